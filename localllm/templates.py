@@ -1,0 +1,106 @@
+"""Render a model's chat template in a sandbox.
+
+Chat templates come from model files written by strangers, so they run only in Jinja's
+``ImmutableSandboxedEnvironment`` (the fix for CVE-2024-34359): no attribute walks to Python
+internals, no mutation of passed-in objects, bounded ``range``. We render them ourselves rather
+than through llama-cpp-python so per-request variables (``enable_thinking``, ``thinking``,
+``reasoning_effort``) can change from one request to the next.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from localllm.errors import TemplateError
+
+Message = Mapping[str, Any]
+
+
+def _raise_exception(message: str) -> None:
+    raise TemplateError(f"the chat template refused the conversation: {message}")
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+@functools.lru_cache(maxsize=16)
+def _compile(source: str) -> Any:
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        extensions=["jinja2.ext.loopcontrols"],
+        undefined=jinja2.Undefined,
+    )
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    try:
+        return env.from_string(source)
+    except jinja2.TemplateError as exc:
+        raise TemplateError(
+            f"the model's chat template does not parse: {exc}",
+            hint="pass a replacement with --template-file or a profile's chat_template",
+        ) from exc
+
+
+def render(
+    source: str,
+    messages: Sequence[Message],
+    *,
+    add_generation_prompt: bool = True,
+    bos_token: str = "",
+    eos_token: str = "",
+    variables: Mapping[str, Any] | None = None,
+) -> str:
+    """Render ``messages`` with the chat template ``source``.
+
+    ``variables`` are extra template variables for this request only (``enable_thinking``...).
+    Any failure, including a sandbox violation, becomes a :class:`TemplateError`.
+    """
+    import jinja2
+    from jinja2.sandbox import SecurityError
+
+    template = _compile(source)
+    context: dict[str, Any] = {
+        "messages": [dict(m) for m in messages],
+        "add_generation_prompt": add_generation_prompt,
+        "bos_token": bos_token,
+        "eos_token": eos_token,
+    }
+    if variables:
+        context.update(variables)
+    try:
+        return template.render(**context)
+    except TemplateError:
+        raise
+    except SecurityError as exc:
+        raise TemplateError(
+            f"the model's chat template tried something unsafe and was stopped: {exc}",
+            hint="pass a replacement with --template-file or a profile's chat_template",
+        ) from exc
+    except (jinja2.TemplateError, TypeError, ValueError, OverflowError, KeyError) as exc:
+        raise TemplateError(
+            f"the model's chat template failed to render: {exc}",
+            hint="pass a replacement with --template-file or a profile's chat_template",
+        ) from exc
+    except RecursionError as exc:
+        raise TemplateError("the model's chat template recursed too deeply") from exc
+
+
+def template_variables(source: str) -> set[str]:
+    """Names the template reads but does not define (``enable_thinking``, ``tools``...)."""
+    import jinja2
+    from jinja2 import meta
+
+    try:
+        ast = _compile(source).environment.parse(source)
+    except jinja2.TemplateError:
+        return set()
+    return set(meta.find_undeclared_variables(ast))

