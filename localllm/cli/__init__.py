@@ -1,0 +1,58 @@
+"""The ``localllm`` command line: parse, call the core, render; errors become exit codes.
+
+Exit codes (documented in the README):
+0 success, 1 unexpected internal error, 2 usage or profile error, 3 model not found or invalid,
+4 network or download failure, 5 not enough disk or memory, 6 inference failure,
+130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from localllm.cli import commands as _commands  # noqa: F401  (registers the commands)
+from localllm.cli._app import app
+from localllm.errors import EXIT_INTERRUPTED, LocalLLMError
+
+__all__ = ["app", "format_error", "main"]
+
+
+def format_error(exc: LocalLLMError) -> str:
+    """One line: what went wrong and what to do next."""
+    text = f"error: {exc.message}"
+    if exc.hint:
+        text += f" ({exc.hint})"
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: runs the app and maps every failure to an exit code."""
+    import typer
+
+    command = typer_command()
+    try:
+        # Non-standalone: Typer returns the code of a typer.Exit (Ctrl-C becomes 130) and
+        # raises usage errors for us to print as one line.
+        code = command.main(args=argv, prog_name="localllm", standalone_mode=False)
+    except LocalLLMError as exc:
+        print(format_error(exc), file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:
+        # Click's (and Typer's vendored click's) usage errors carry exit_code and
+        # format_message; anything else is a bug and keeps its traceback.
+        if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+            raise
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "localllm"
+        print(f"error: {exc.format_message()} (see '{where} --help')", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def typer_command() -> click.Command:
+    import typer.main
+
+    return typer.main.get_command(app)

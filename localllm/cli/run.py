@@ -1,0 +1,278 @@
+"""``localllm run``: one prompt in, a streamed answer out.
+
+The answer alone goes to stdout so it pipes cleanly; progress, warnings and stats go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from localllm.cli._app import app, err
+
+GPU_LAYERS_HELP = "Layers to offload to the GPU: a number, 0 for none, or auto."
+
+
+def read_prompt(prompt: str | None) -> str:
+    """The prompt from the argument and/or stdin.
+
+    PROMPT omitted or ``-``: stdin is the prompt. Both given: stdin is attached as context.
+    """
+    from localllm.errors import UsageError
+
+    stdin_text = ""
+    if prompt in (None, "-"):
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError(
+                "no prompt given", hint='pass one: localllm run "your question", or pipe text in'
+            )
+        stdin_text = sys.stdin.read()
+        text = stdin_text
+    else:
+        if sys.stdin is not None and not sys.stdin.isatty():
+            stdin_text = sys.stdin.read()
+        text = prompt if not stdin_text.strip() else f"{prompt}\n\n{stdin_text}"
+    if not text.strip():
+        raise UsageError("the prompt is empty", hint="give a prompt or pipe text on stdin")
+    return text
+
+
+def parse_gpu_layers(value: str | None) -> int | str | None:
+    from localllm.errors import UsageError
+
+    if value is None or value == "auto":
+        return value
+    try:
+        layers = int(value)
+    except ValueError:
+        layers = -1
+    if layers < 0:
+        raise UsageError(f"--gpu-layers must be a number ≥ 0 or 'auto', not '{value}'")
+    return layers
+
+
+def resolve_model_path(ref: str | None, say: Any) -> Path:
+    """The file to load: an explicit reference, else the starter (fetched on first use)."""
+    from localllm import store
+
+    if ref:
+        return store.resolve_model(ref)
+    from localllm.starter import ensure_starter
+
+    return ensure_starter(say)
+
+
+@app.command()
+def run(
+    prompt: Annotated[
+        str | None, typer.Argument(help="The prompt; omit or '-' to read stdin.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="A .gguf path or an installed model.")
+    ] = None,
+    profile: Annotated[str | None, typer.Option("--profile", "-p", help="Profile name.")] = None,
+    system: Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="Sampling temperature (0 = greedy).")
+    ] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass.")] = None,
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", help="Sample from the k likeliest.")
+    ] = None,
+    min_p: Annotated[
+        float | None, typer.Option("--min-p", help="Drop tokens below p × best.")
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", "-n", help="Most tokens to generate.")
+    ] = None,
+    stop: Annotated[
+        list[str] | None, typer.Option("--stop", help="Stop sequence (repeatable).")
+    ] = None,
+    frequency_penalty: Annotated[float | None, typer.Option("--frequency-penalty")] = None,
+    presence_penalty: Annotated[float | None, typer.Option("--presence-penalty")] = None,
+    repeat_penalty: Annotated[float | None, typer.Option("--repeat-penalty")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for reproducible sampling.")] = None,
+    ctx: Annotated[int | None, typer.Option("--ctx", help="Context length in tokens.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads.")] = None,
+    gpu_layers: Annotated[str | None, typer.Option("--gpu-layers", help=GPU_LAYERS_HELP)] = None,
+    mode: Annotated[str | None, typer.Option(help="reasoning or instant.")] = None,
+    show_reasoning: Annotated[
+        bool | None,
+        typer.Option(
+            "--show-reasoning/--hide-reasoning",
+            help="Stream the model's reasoning, dimmed, to stderr (or hide it).",
+            show_default=False,
+        ),
+    ] = None,
+    reasoning_budget: Annotated[
+        int | None,
+        typer.Option(
+            "--reasoning-budget",
+            help="Most reasoning tokens before the model must answer (0 = instant).",
+        ),
+    ] = None,
+    reasoning_format: Annotated[
+        str | None,
+        typer.Option(
+            "--reasoning-format",
+            help="Force how thinking is switched: auto, enable_thinking, thinking, prefill, "
+            "harmony, instruction or none.",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    show_prompt: Annotated[
+        bool, typer.Option("--show-prompt", help="Print the rendered prompt and stop.")
+    ] = False,
+    stats: Annotated[bool, typer.Option("--stats", help="Print speed figures to stderr.")] = False,
+    verbose: Annotated[
+        bool | None, typer.Option("--verbose", "-v", help="Show llama.cpp's logs.")
+    ] = None,
+) -> None:
+    """Answer one prompt, streaming the answer to stdout."""
+    from localllm import profiles
+    from localllm.engine import Engine, plan_load
+    from localllm.session import ChatSession
+
+    overrides: dict[str, Any] = {
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "min_p": min_p,
+        "max_tokens": max_tokens,
+        "stop": list(stop) if stop else None,
+        "frequency_penalty": frequency_penalty,
+        "presence_penalty": presence_penalty,
+        "repeat_penalty": repeat_penalty,
+        "seed": seed,
+        "system_prompt": system,
+        "context_length": ctx,
+        "threads": threads,
+        "gpu_layers": parse_gpu_layers(gpu_layers),
+        "mode": mode,
+        "show_reasoning": show_reasoning,
+        "reasoning_budget": reasoning_budget,
+        "reasoning_format": reasoning_format,
+        "verbose": verbose,
+    }
+    settings = profiles.resolve(profile, overrides)
+    text = read_prompt(prompt)
+    interactive = sys.stderr.isatty()
+
+    def say(message: str) -> None:
+        err(message, style="dim")
+
+    path = resolve_model_path(model or settings.model, say)
+    if interactive and not as_json:
+        say(f"loading {path.name}…")
+    engine = Engine(path, plan_load(settings, vocab_only=show_prompt))
+    try:
+        session = ChatSession(engine, settings)
+        if not engine.is_chat_model and not as_json:
+            err(
+                "note: this is a base model (no chat template): completing the prompt as plain text"
+            )
+        if show_prompt:
+            rendered = session.render(text)
+            sys.stdout.write(rendered)
+            sys.stdout.flush()
+            err(
+                f"{len(engine.tokenize(rendered))} prompt tokens · mode: {session.mode} · "
+                f"reasoning adapter: {session.adapter}"
+            )
+            return
+        _stream(session, text, as_json=as_json, show_stats=stats, path=path)
+    finally:
+        engine.close()
+
+
+def _stream(session: Any, text: str, *, as_json: bool, show_stats: bool, path: Path) -> None:
+    from dataclasses import asdict
+
+    from localllm.errors import EXIT_INTERRUPTED
+    from localllm.session import AnswerText, ReasoningText
+
+    settings = session.profile
+    out = sys.stdout
+    show_reasoning = settings.show_reasoning and not as_json
+    reasoning_shown = False  # reasoning is on stderr and not yet ended by a newline
+    try:
+        for event in session.send(text):
+            if isinstance(event, AnswerText):
+                if reasoning_shown:
+                    sys.stderr.write("\n")
+                    sys.stderr.flush()
+                    reasoning_shown = False
+                if not as_json:
+                    out.write(event.text)
+                    out.flush()
+            elif isinstance(event, ReasoningText) and show_reasoning:
+                sys.stderr.write(_dim(event.text))
+                sys.stderr.flush()
+                reasoning_shown = True
+    except KeyboardInterrupt:
+        if not as_json:
+            out.write("\n")
+            out.flush()
+        err("interrupted: stopped generating")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if reasoning_shown:
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+    turn = session.last_turn
+    final = turn.stats
+    if as_json:
+        settings_dict = {k: v for k, v in asdict(settings).items() if k != "extra"}
+        settings_dict["stop"] = list(settings.stop)
+        payload = {
+            "model": str(path),
+            "text": turn.answer,
+            "answer": turn.answer,
+            "reasoning": turn.reasoning,
+            **turn.parts_dict(),
+            "settings": settings_dict,
+            "stats": final.as_dict() if final else None,
+        }
+        out.write(json.dumps(payload, ensure_ascii=False) + "\n")
+    elif turn.answer and not turn.answer.endswith("\n") and out.isatty():
+        out.write("\n")
+    out.flush()
+    if not as_json:
+        for note in reasoning_notes(turn):
+            err(note)
+    if show_stats and final is not None:
+        split = ""
+        if turn.reasoning_tokens:
+            split = (
+                f" (reasoning {turn.reasoning_tokens} tok in {turn.reasoning_s:.1f} s, "
+                f"answer {turn.answer_tokens} tok in {turn.answer_s:.1f} s)"
+            )
+        err(
+            f"prompt {final.prompt_tokens} tok ({final.cached_tokens} cached) · "
+            f"generated {final.generated_tokens} tok{split} · "
+            f"TTFT {final.ttft_s * 1000:.0f} ms · "
+            f"{final.tokens_per_s:.1f} tok/s · stop: {final.stop_reason}"
+        )
+
+
+def reasoning_notes(turn: Any) -> list[str]:
+    """What to tell the user, once, about the reasoning of a finished turn."""
+    notes = []
+    if turn.reasoning_leaked:
+        notes.append(
+            f"note: the model reasoned anyway in instant mode ({turn.reasoning_tokens} tokens); "
+            "that text was kept out of the answer"
+        )
+    if turn.reasoning_truncated and not turn.stopped:
+        notes.append(
+            "note: generation ended while the model was still reasoning, so there is no answer "
+            "(raise --max-tokens or --ctx, or set --reasoning-budget N)"
+        )
+    return notes
+
+
+def _dim(text: str) -> str:
+    return f"\x1b[2m{text}\x1b[0m" if sys.stderr.isatty() else text

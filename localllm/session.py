@@ -1,0 +1,238 @@
+"""A conversation with a loaded model: the one place that turns messages into a prompt,
+streams the engine's output as reasoning and answer events, and keeps the history.
+
+Both front ends use it: ``localllm run`` for a single turn, the TUI for many. The history is
+re-rendered in full each turn; because earlier turns render to the same text, the engine's KV
+cache covers them and only the new message is evaluated.
+
+Modes (see :mod:`localllm.reasoning`): each request picks an adapter from the model's chat
+template (or the profile's ``reasoning_format``), renders the prompt for the profile's ``mode``,
+splits the generated text into :class:`ReasoningText` and :class:`AnswerText`, and closes the
+reasoning through :class:`~localllm.engine.Steering` when it reaches its budget. Earlier turns'
+reasoning is kept in :attr:`ChatSession.messages` (under ``reasoning``, for transcripts) but never
+sent back to the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from localllm import reasoning
+from localllm.engine import Engine, Stats, Steering, TextEvent
+from localllm.profiles import Profile
+
+
+@dataclass(frozen=True)
+class AnswerText:
+    """Part of the answer."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ReasoningText:
+    """Part of the model's reasoning (its thinking before the answer)."""
+
+    text: str
+
+
+@dataclass
+class Turn:
+    """The outcome of one request.
+
+    ``reasoning_leaked``: instant mode, yet the model reasoned (kept out of the answer).
+    ``reasoning_truncated``: generation ended inside the reasoning, so the answer is empty.
+    ``budget_exhausted``: the reasoning reached its budget and was closed for the model.
+    """
+
+    answer: str = ""
+    reasoning: str = ""
+    stats: Stats | None = None
+    answer_tokens: int = 0
+    reasoning_tokens: int = 0
+    reasoning_leaked: bool = False
+    reasoning_truncated: bool = False
+    budget_exhausted: bool = False
+    reasoning_s: float = 0.0
+    answer_s: float = 0.0
+    mode: str = "instant"
+    adapter: str = "none"
+
+    @property
+    def stopped(self) -> bool:
+        return self.stats is not None and self.stats.stop_reason == "cancelled"
+
+    def parts_dict(self) -> dict[str, Any]:
+        """Per-part figures for ``--json`` and transcripts."""
+        return {
+            "mode": self.mode,
+            "adapter": self.adapter,
+            "reasoning_tokens": self.reasoning_tokens,
+            "answer_tokens": self.answer_tokens,
+            "reasoning_s": round(self.reasoning_s, 4),
+            "answer_s": round(self.answer_s, 4),
+            "reasoning_leaked": self.reasoning_leaked,
+            "reasoning_truncated": self.reasoning_truncated,
+            "budget_exhausted": self.budget_exhausted,
+        }
+
+
+SessionEvent = AnswerText | ReasoningText | Stats
+
+
+@dataclass
+class ChatSession:
+    """History plus settings; ``send`` runs one turn."""
+
+    engine: Engine
+    profile: Profile
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    last_turn: Turn | None = None
+
+    # -- what the model sees ------------------------------------------------------------
+
+    @property
+    def adapter(self) -> str:
+        """The reasoning adapter for this model and profile (see :mod:`localllm.reasoning`)."""
+        if not self.engine.is_chat_model:
+            fmt = self.profile.reasoning_format
+            return fmt if fmt and fmt != "auto" else "none"
+        return reasoning.choose_adapter(
+            self.engine.info.chat_template, self.profile.reasoning_format
+        )
+
+    @property
+    def mode(self) -> reasoning.Mode:
+        """The mode actually used (a reasoning budget of 0 means instant)."""
+        return reasoning.effective_mode(self.profile.mode, self.profile.reasoning_budget)
+
+    def request_messages(self, user_text: str | None = None) -> list[dict[str, Any]]:
+        """What the template sees: the system prompt, the history (without reasoning), and
+        the new user message (plus the adapter's system instruction, if any)."""
+        return self.plan(user_text).messages
+
+    def plan(self, user_text: str | None = None) -> reasoning.PromptPlan:
+        """Messages, template variables and generation flags for the next request."""
+        out: list[dict[str, Any]] = []
+        if self.profile.system_prompt:
+            out.append({"role": "system", "content": self.profile.system_prompt})
+        out.extend({"role": m["role"], "content": m["content"]} for m in self.messages)
+        if user_text is not None:
+            out.append({"role": "user", "content": user_text})
+        effort = getattr(self.profile, "reasoning_effort", None)
+        return reasoning.plan_prompt(self.adapter, self.mode, out, effort=effort)
+
+    def _render_plan(self, plan: reasoning.PromptPlan) -> str:
+        text = self.engine.render(plan.messages, variables=plan.variables or None)
+        if not self.engine.is_chat_model:
+            return text
+        return text + reasoning.prefill(plan.adapter, plan.mode, text)
+
+    def render(self, user_text: str | None = None) -> str:
+        """The exact prompt text for the next request (pre-filled text included)."""
+        return self._render_plan(self.plan(user_text))
+
+    # -- one turn ------------------------------------------------------------------------
+
+    def send(
+        self,
+        user_text: str,
+        *,
+        cancel: Callable[[], bool] | None = None,
+        grammar: str | None = None,
+    ) -> Iterator[SessionEvent]:
+        """Stream one turn as reasoning and answer events, then one :class:`Stats`.
+
+        The exchange joins the history when the stream ends (a stopped answer is kept with
+        what was produced). ``grammar`` (GBNF) constrains generation; for tests.
+        """
+        plan = self.plan(user_text)
+        prompt = self._render_plan(plan)
+        profile = self.profile
+        budget = reasoning.budget_for(plan.mode, profile.reasoning_budget, profile.max_tokens)
+        bridge = getattr(profile, "reasoning_bridge", None)
+        stream = reasoning.ReasoningStream(
+            reasoning.make_splitter(plan.adapter, prompt),
+            budget=budget if plan.splits else None,
+            close=reasoning.close_text(
+                plan.adapter, reasoning.DEFAULT_BRIDGE if bridge is None else bridge
+            ),
+            answer_limit=profile.max_tokens,
+        )
+        settings = profile.replace(
+            max_tokens=reasoning.engine_limit(plan.adapter, budget, profile.max_tokens)
+        )
+        steering = Steering()
+        user_stopped = False
+
+        def stop() -> bool:
+            nonlocal user_stopped
+            if cancel is not None and cancel():
+                user_stopped = True
+                return True
+            return stream.answer_full
+
+        turn = Turn(mode=plan.mode, adapter=plan.adapter)
+        stats: Stats | None = None
+        try:
+            for event in self.engine.generate(
+                prompt,
+                settings,
+                cancel=stop,
+                grammar=grammar,
+                steering=steering,
+                special=plan.special,
+            ):
+                if isinstance(event, TextEvent):
+                    tokens = 0 if event.injected else event.tokens
+                    yield from _events(stream.feed(event.text, tokens))
+                    extra = stream.injection()
+                    if extra:
+                        steering.inject(extra)
+                else:
+                    stats = event
+            yield from _events(stream.finish())
+        except GeneratorExit:  # the consumer stopped reading: keep what was produced
+            self._finish(turn, stream, user_text)
+            raise
+        if stats is not None and stats.stop_reason == "cancelled" and not user_stopped:
+            stats = replace(stats, stop_reason="length")  # the answer reached max_tokens
+        turn.stats = stats
+        self._finish(turn, stream, user_text)
+        if stats is not None:
+            yield stats
+
+    def _finish(self, turn: Turn, stream: reasoning.ReasoningStream, user_text: str) -> None:
+        stream.finish()
+        splitter = stream.splitter
+        turn.answer = stream.answer
+        turn.reasoning = stream.reasoning
+        turn.answer_tokens = stream.answer_tokens
+        turn.reasoning_tokens = stream.reasoning_tokens
+        turn.reasoning_s = stream.reasoning_s
+        turn.answer_s = stream.answer_s
+        turn.budget_exhausted = stream.injected
+        turn.reasoning_truncated = splitter.unterminated and not turn.answer
+        turn.reasoning_leaked = turn.mode == "instant" and (
+            splitter.saw_reasoning or bool(turn.reasoning)
+        )
+        self.messages.append({"role": "user", "content": user_text})
+        entry: dict[str, Any] = {"role": "assistant", "content": turn.answer}
+        if turn.reasoning:
+            entry["reasoning"] = turn.reasoning
+        self.messages.append(entry)
+        self.last_turn = turn
+
+    def reset(self) -> None:
+        self.messages.clear()
+        self.last_turn = None
+
+
+def _events(parts: list[reasoning.Part]) -> Iterator[AnswerText | ReasoningText]:
+    for part in parts:
+        if part.kind == "reasoning":
+            yield ReasoningText(part.text)
+        else:
+            yield AnswerText(part.text)

