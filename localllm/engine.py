@@ -276,7 +276,9 @@ class Engine:
             self._pieces[key] = cached
         return cached
 
-    def tokenize(self, text: str, *, special: bool = True, add_bos: bool | None = None) -> list[int]:
+    def tokenize(
+        self, text: str, *, special: bool = True, add_bos: bool | None = None
+    ) -> list[int]:
         """Tokens of ``text``; BOS is added per the model's metadata, never twice."""
         llm = self._llm
         if add_bos is None:
@@ -453,8 +455,36 @@ class Engine:
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if x != y:
             break
         n += 1
     return n
+
+
+# -- for front ends: where the layers run (added for the TUI status bar) ------------------
+
+
+def backend_name(n_gpu_layers: int | None = None) -> str:
+    """``CPU``, ``CUDA``, ``Metal``, ``Vulkan``, ``ROCm``, ...: where a model loaded with
+    ``n_gpu_layers`` runs (``CPU`` when nothing is offloaded or this build has no GPU)."""
+    if n_gpu_layers == 0 or not gpu_offload_supported():
+        return "CPU"
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace")
+    for key, label in (
+        ("CUDA", "CUDA"),
+        ("HIP", "ROCm"),
+        ("ROCm", "ROCm"),
+        ("MTL", "Metal"),
+        ("Metal", "Metal"),
+        ("Vulkan", "Vulkan"),
+        ("SYCL", "SYCL"),
+        ("OpenCL", "OpenCL"),
+    ):
+        if key in info:
+            return label
+    import sys
+
+    return "Metal" if sys.platform == "darwin" else "GPU"

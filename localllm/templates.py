@@ -18,6 +18,10 @@ from localllm.errors import TemplateError
 
 Message = Mapping[str, Any]
 
+# Caps for hostile templates: no real chat template comes near them.
+MAX_EXPONENT = 64
+MAX_REPEAT = 1_000_000
+
 
 def _raise_exception(message: str) -> None:
     raise TemplateError(f"the chat template refused the conversation: {message}")
@@ -27,12 +31,44 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
+@functools.lru_cache(maxsize=1)
+def _environment_class() -> Any:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+
+    class StrictSandbox(ImmutableSandboxedEnvironment):
+        """Jinja's sandbox renders an unsafe attribute as empty; we stop the render instead,
+        so a template probing for Python internals fails loudly rather than half-working."""
+
+        intercepted_binops = frozenset(["*", "**"])
+
+        def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
+            raise SecurityError(
+                f"access to attribute {attribute!r} of a {type(obj).__name__!r} object is unsafe"
+            )
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            # Bound the two operators that can exhaust memory or CPU in one expression.
+            if operator == "**":
+                if isinstance(right, (int, float)) and abs(right) > MAX_EXPONENT:
+                    raise SecurityError(f"exponent {right} is too large for a chat template")
+                return left**right
+            for seq, count in ((left, right), (right, left)):
+                if (
+                    isinstance(seq, (str, list, tuple))
+                    and isinstance(count, int)
+                    and len(seq) * count > MAX_REPEAT
+                ):
+                    raise SecurityError("a repeated string or list in the template is too long")
+            return left * right
+
+    return StrictSandbox
+
+
 @functools.lru_cache(maxsize=16)
 def _compile(source: str) -> Any:
     import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(
+    env = _environment_class()(
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,

