@@ -22,6 +22,7 @@ from localllm.errors import ProfileError
 
 Mode = Literal["instant", "reasoning"]
 MODES: tuple[str, ...] = ("instant", "reasoning")
+KV_CACHE_TYPES: tuple[str, ...] = ("f16", "q8_0", "q4_0")
 REASONING_FORMATS: tuple[str, ...] = (
     "auto",
     "enable_thinking",
@@ -64,6 +65,9 @@ class Profile:
     context_length: int | None = None
     threads: int | None = None
     gpu_layers: int | Literal["auto"] = "auto"
+    kv_cache_type: str = "f16"
+    flash_attn: bool = False
+    chat_template: str | None = None
     verbose: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -257,6 +261,9 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "context_length": _integer(64, nullable=True),
     "threads": _integer(1, nullable=True),
     "gpu_layers": _gpu_layers,
+    "kv_cache_type": _choice(KV_CACHE_TYPES),
+    "flash_attn": _boolean,
+    "chat_template": _string(nullable=True),
     "verbose": _boolean,
 }
 assert set(_CHECKS) == set(field_names())
@@ -530,7 +537,19 @@ def _load_origin(origin: _Origin, chain: tuple[str, ...] = ()) -> dict[str, Any]
 
 def _make(name: str, values: Mapping[str, Any]) -> Profile:
     settable = {f.name for f in fields(Profile)} - {"name", "extra"}
-    return Profile(name=name, **{k: v for k, v in values.items() if k in settable})
+    profile = Profile(name=name, **{k: v for k, v in values.items() if k in settable})
+    check_consistency(profile)
+    return profile
+
+
+def check_consistency(profile: Profile) -> None:
+    """Rules that involve more than one field."""
+    if profile.kv_cache_type != "f16" and not profile.flash_attn:
+        raise ProfileError(
+            f"profile {profile.name!r}: kv_cache_type {profile.kv_cache_type} needs flash "
+            "attention: llama.cpp can only quantize the V cache when flash attention is on",
+            hint="set flash_attn: true (or pass --flash-attn), or use kv_cache_type: f16",
+        )
 
 
 def _looks_like_path(ref: str) -> bool:
@@ -633,7 +652,9 @@ def resolve(name: str | None, overrides: Mapping[str, Any] | None = None) -> Pro
     from dataclasses import replace
 
     profile = load_profile(name if name is not None else DEFAULT_PROFILE)
-    return replace(profile, **validate_overrides(overrides or {}))
+    resolved = replace(profile, **validate_overrides(overrides or {}))
+    check_consistency(resolved)
+    return resolved
 
 
 def available_profiles() -> list[ProfileSource]:
@@ -691,7 +712,14 @@ def _dumper() -> type:
         pass
 
     def represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
-        style = "|" if "\n" in data else None
+        # YAML treats NEL and the Unicode line/paragraph separators as line breaks: such text
+        # only survives a round trip double-quoted, with escapes.
+        if any(c in data for c in "\x85\u2028\u2029") or not all(
+            c.isprintable() or c == "\n" for c in data
+        ):
+            style = '"'
+        else:
+            style = "|" if "\n" in data else None
         return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
 
     Dumper.add_representer(str, represent_str)

@@ -569,6 +569,9 @@ VALID_VALUES = {
     "context_length": st.none() | st.integers(64, 10**6),
     "threads": st.none() | st.integers(1, 256),
     "gpu_layers": st.just("auto") | st.integers(0, 200),
+    "flash_attn": st.just(True),
+    "kv_cache_type": st.just("f16"),  # quantized types need flash_attn: tested apart
+    "chat_template": st.none() | st.text(max_size=40),
     "verbose": st.booleans(),
 }
 
@@ -602,3 +605,22 @@ def test_profile_fields_unchanged():
     for key in ("temperature", "top_p", "top_k", "min_p", "max_tokens", "stop", "seed", "mode"):
         assert key in names
     assert profiles.MODES == ("instant", "reasoning")
+
+
+def test_quantized_kv_cache_needs_flash_attention() -> None:
+    with pytest.raises(ProfileError, match="flash attention") as info:
+        validate_dict({"kv_cache_type": "q8_0"}, "x.yaml")
+    assert info.value.hint and "flash_attn" in info.value.hint
+    ok = validate_dict({"kv_cache_type": "q4_0", "flash_attn": True}, "x.yaml")
+    assert (ok.kv_cache_type, ok.flash_attn) == ("q4_0", True)
+    with pytest.raises(ProfileError, match="flash attention"):
+        resolve(None, {"kv_cache_type": "q8_0"})
+    with pytest.raises(ProfileError, match="kv_cache_type"):
+        validate_dict({"kv_cache_type": "q2"}, "x.yaml")
+
+
+def test_chat_template_replacement_is_a_string_field() -> None:
+    p = validate_dict({"chat_template": "{{ messages[0]['content'] }}"}, "x.yaml")
+    assert p.chat_template == "{{ messages[0]['content'] }}"
+    with pytest.raises(ProfileError, match="chat_template"):
+        validate_dict({"chat_template": 5}, "x.yaml")
