@@ -23,6 +23,7 @@ from localllm.errors import ProfileError
 Mode = Literal["instant", "reasoning"]
 MODES: tuple[str, ...] = ("instant", "reasoning")
 KV_CACHE_TYPES: tuple[str, ...] = ("f16", "q8_0", "q4_0")
+REASONING_EFFORTS: tuple[str, ...] = ("low", "medium", "high")
 REASONING_FORMATS: tuple[str, ...] = (
     "auto",
     "enable_thinking",
@@ -61,6 +62,8 @@ class Profile:
     mode: Mode = "instant"
     reasoning_budget: int | None = None
     reasoning_format: str | None = None
+    reasoning_bridge: str | None = None
+    reasoning_effort: str | None = None
     show_reasoning: bool = True
     context_length: int | None = None
     threads: int | None = None
@@ -257,6 +260,8 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "mode": _choice(MODES),
     "reasoning_budget": _integer(0, nullable=True),
     "reasoning_format": _choice(REASONING_FORMATS, nullable=True),
+    "reasoning_bridge": _string(nullable=True),
+    "reasoning_effort": _choice(REASONING_EFFORTS, nullable=True),
     "show_reasoning": _boolean,
     "context_length": _integer(64, nullable=True),
     "threads": _integer(1, nullable=True),

@@ -94,14 +94,21 @@ class ChatSession:
     # -- what the model sees ------------------------------------------------------------
 
     @property
+    def chat_template(self) -> str | None:
+        """The template in use: the profile's replacement, else the model's own."""
+        return self.profile.chat_template or self.engine.info.chat_template
+
+    @property
+    def is_chat(self) -> bool:
+        return self.chat_template is not None
+
+    @property
     def adapter(self) -> str:
         """The reasoning adapter for this model and profile (see :mod:`localllm.reasoning`)."""
-        if not self.engine.is_chat_model:
+        if not self.is_chat:
             fmt = self.profile.reasoning_format
             return fmt if fmt and fmt != "auto" else "none"
-        return reasoning.choose_adapter(
-            self.engine.info.chat_template, self.profile.reasoning_format
-        )
+        return reasoning.choose_adapter(self.chat_template, self.profile.reasoning_format)
 
     @property
     def mode(self) -> reasoning.Mode:
@@ -125,8 +132,10 @@ class ChatSession:
         return reasoning.plan_prompt(self.adapter, self.mode, out, effort=effort)
 
     def _render_plan(self, plan: reasoning.PromptPlan) -> str:
-        text = self.engine.render(plan.messages, variables=plan.variables or None)
-        if not self.engine.is_chat_model:
+        text = self.engine.render(
+            plan.messages, variables=plan.variables or None, chat_template=self.chat_template
+        )
+        if not self.is_chat:
             return text
         return text + reasoning.prefill(plan.adapter, plan.mode, text)
 
@@ -167,8 +176,9 @@ class ChatSession:
         steering = Steering()
         user_stopped = False
 
-        def stop() -> bool:
+        def stop() -> bool:  # the engine asks between tokens, once per generated token
             nonlocal user_stopped
+            stream.tick()
             if cancel is not None and cancel():
                 user_stopped = True
                 return True

@@ -229,3 +229,31 @@ def test_starter_streams_incrementally(starter_model: Path) -> None:
     assert proc.returncode == 0
     assert len(arrivals) >= 10, "the answer arrived in one piece, not streamed"
     assert arrivals[-1] - arrivals[0] > 0.05
+
+
+def test_template_file_replaces_a_hostile_model_template(tmp_path: Path) -> None:
+    """A model whose template tries the CVE-2024-34359 escape fails with a clear error; the
+    user's replacement template makes it usable."""
+    import sys as _sys
+
+    _sys.path.insert(0, str(Path(__file__).parent))
+    from ggufgen import write_tiny_gguf
+    from test_templates import CVE_2024_34359
+
+    model = write_tiny_gguf(tmp_path / "evil.gguf", chat_template=CVE_2024_34359)
+    bad = localllm("run", "-m", str(model), "hi", "--show-prompt")
+    assert bad.returncode == 3
+    assert "unsafe" in bad.stderr and "--template-file" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    replacement = tmp_path / "plain.jinja"
+    replacement.write_text(
+        "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    )
+    good = localllm(
+        "run", "-m", str(model), "hi", "--show-prompt", "--template-file", str(replacement)
+    )
+    assert good.returncode == 0, good.stderr
+    assert good.stdout == "[user] hi\n"
+    missing = localllm("run", "-m", str(model), "hi", "--template-file", str(tmp_path / "no"))
+    assert missing.returncode == 2
+    assert "cannot read the template file" in missing.stderr

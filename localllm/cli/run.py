@@ -41,6 +41,19 @@ def read_prompt(prompt: str | None) -> str:
     return text
 
 
+def read_template_file(path: Path | None) -> str | None:
+    from localllm.errors import UsageError
+
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(
+            f"cannot read the template file {path}: {getattr(exc, 'strerror', None) or exc}"
+        ) from exc
+
+
 def parse_gpu_layers(value: str | None) -> int | str | None:
     from localllm.errors import UsageError
 
@@ -123,6 +136,14 @@ def run(
             "harmony, instruction or none.",
         ),
     ] = None,
+    template_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--template-file",
+            help="A Jinja chat template to use instead of the model's own.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     show_prompt: Annotated[
         bool, typer.Option("--show-prompt", help="Print the rendered prompt and stop.")
@@ -156,6 +177,7 @@ def run(
         "show_reasoning": show_reasoning,
         "reasoning_budget": reasoning_budget,
         "reasoning_format": reasoning_format,
+        "chat_template": read_template_file(template_file),
         "verbose": verbose,
     }
     settings = profiles.resolve(profile, overrides)
@@ -171,7 +193,7 @@ def run(
     engine = Engine(path, plan_load(settings, vocab_only=show_prompt))
     try:
         session = ChatSession(engine, settings)
-        if not engine.is_chat_model and not as_json:
+        if not session.is_chat and not as_json:
             err(
                 "note: this is a base model (no chat template): completing the prompt as plain text"
             )
