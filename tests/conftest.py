@@ -29,6 +29,9 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("LOCALLLM_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    # The user's own Hugging Face cache and saved token stay out of tests.
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf-cache"))
+    monkeypatch.setenv("HF_TOKEN_PATH", str(home / "no-token"))
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("EDITOR", raising=False)
     monkeypatch.delenv("VISUAL", raising=False)
@@ -115,6 +118,7 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.setenv("LOCALLLM_RETRY_BACKOFF", "0.05")
     monkeypatch.setenv("LOCALLLM_HUB_TIMEOUT", "5")
     monkeypatch.setenv("HF_HUB_CACHE", str(Path(os.environ["LOCALLLM_HOME"]) / "hf-cache"))
+    monkeypatch.setenv("HF_TOKEN_PATH", str(Path(os.environ["LOCALLLM_HOME"]) / "no-token"))
     try:
         yield hub
     finally:

@@ -1,0 +1,477 @@
+"""Model management: ``pull``, ``search``, ``list``, ``rm``, ``import``, ``verify``.
+
+Results go to stdout (tables, or JSON with ``--json``); progress, notes and warnings to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from localllm.cli._app import app, err
+
+if TYPE_CHECKING:
+    from localllm import hub, store
+
+CTX_HELP = "Context length the memory estimate assumes."
+FIT_STYLES = {"fits": "green", "tight": "yellow", "won't fit": "red"}
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def _say(message: str) -> None:
+    err(message, style="dim")
+
+
+def _bytes(n: float | None) -> str:
+    from localllm.refs import format_bytes
+
+    return format_bytes(n) if n is not None else "-"
+
+
+def _count(n: int | None) -> str:
+    if not n:
+        return "-"
+    from localllm.modelfile import format_count
+
+    return format_count(n)
+
+
+class _Bar:
+    """A rich progress bar on stderr (bytes, speed, ETA) when stderr is a terminal; a final
+    line otherwise."""
+
+    def __init__(self, label: str, total: int | None) -> None:
+        self.label = label
+        self.total = total
+        self.start = time.monotonic()
+        self.done = 0
+        self.first: int | None = None
+        self.progress: Any = None
+        self.task: Any = None
+        if sys.stderr.isatty():
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=_console(stderr=True),
+                transient=False,
+            )
+
+    def __enter__(self) -> _Bar:
+        if self.progress is not None:
+            self.progress.start()
+            self.task = self.progress.add_task(self.label, total=self.total)
+        return self
+
+    def update(self, done: int, total: int | None) -> None:
+        if self.first is None:
+            self.first = done  # bytes already there (a resumed partial)
+        self.done = done
+        if self.progress is not None:
+            self.progress.update(self.task, completed=done, total=total)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def summary(self) -> str:
+        seconds = max(time.monotonic() - self.start, 1e-6)
+        fetched = self.done - (self.first or 0)
+        return f"{_bytes(fetched)} in {seconds:.2f}s ({_bytes(fetched / seconds)}/s)"
+
+
+# -- pull / search -----------------------------------------------------------------------
+
+
+def _listing_json(listing: hub.Listing, pick: Any) -> dict[str, Any]:
+    return {
+        "repo": listing.info.repo,
+        "commit": listing.info.commit,
+        "context": listing.n_ctx,
+        "estimate_method": listing.method,
+        "available_ram": listing.budget.ram,
+        "available_vram": listing.budget.vram,
+        "files": [
+            {
+                "name": r.entry.name,
+                "quant": r.entry.quant,
+                "size": r.entry.size,
+                "parts": [f.path for f in r.entry.files],
+                "missing_parts": r.entry.missing_parts,
+                "memory": r.estimate.total,
+                "weights": r.estimate.weights,
+                "kv_cache": r.estimate.kv_cache,
+                "overhead": r.estimate.overhead,
+                "fit": r.verdict,
+                "gpu_fit": r.gpu_verdict,
+                "auto_pick": pick is not None and pick.entry.name == r.entry.name,
+            }
+            for r in listing.rows
+        ],
+        "projectors": [{"name": e.name, "size": e.size} for e in listing.projectors],
+        "auto_pick": pick.entry.name if pick else None,
+        "auto_pick_reason": pick.reason if pick else None,
+    }
+
+
+def _print_listing(listing: hub.Listing, as_json: bool) -> None:
+    from rich.table import Table
+
+    from localllm import refs
+    from localllm.errors import LocalLLMError
+
+    try:
+        pick = refs.auto_pick([r.entry for r in listing.rows], listing.verdicts)
+    except LocalLLMError:
+        pick = None
+    if as_json:
+        print(json.dumps(_listing_json(listing, pick), indent=2))
+        return
+    gpu = listing.budget.vram is not None
+    table = Table(title=f"{listing.info.repo}", title_justify="left", box=None, pad_edge=False)
+    table.add_column("QUANT")
+    table.add_column("FILE", overflow="fold")
+    table.add_column("SIZE", justify="right")
+    table.add_column(f"NEEDS @{listing.n_ctx}", justify="right")
+    table.add_column("RAM")
+    if gpu:
+        table.add_column("GPU")
+    table.add_column("NOTE")
+    for r in listing.rows:
+        e = r.entry
+        notes = []
+        if e.split:
+            notes.append(f"{len(e.files)} parts")
+        if e.missing_parts:
+            notes.append(f"incomplete: parts {e.missing_parts} missing")
+        if pick is not None and pick.entry.name == e.name:
+            notes.append("← auto-pick")
+        cells = [
+            e.quant or "?",
+            e.name,
+            _bytes(e.size),
+            _bytes(r.estimate.total),
+            f"[{FIT_STYLES[r.verdict]}]{r.verdict}[/]",
+        ]
+        if gpu:
+            gv = r.gpu_verdict or "-"
+            cells.append(f"[{FIT_STYLES.get(gv, 'dim')}]{gv}[/]")
+        cells.append(", ".join(notes))
+        table.add_row(*cells)
+    out = _console()
+    out.print(table)
+    if listing.info.gated:
+        out.print(
+            "gated: accept the licence on the Hub and set HF_TOKEN before pulling",
+            markup=False,
+            style="yellow",
+        )
+    for p in listing.projectors:
+        out.print(f"multimodal projector: {p.name} ({_bytes(p.size)})", markup=False)
+    if listing.method == "header" and listing.shape is not None:
+        s = listing.shape
+        how = (
+            f"KV cache from the model's header ({s.n_layer} layers, {s.n_head_kv} KV heads, "
+            f"width {s.n_embd})"
+        )
+    else:
+        how = "KV cache guessed from the file size (the model's header could not be read)"
+    ram = f"available RAM {_bytes(listing.budget.ram)}"
+    if gpu:
+        ram += f", VRAM {_bytes(listing.budget.vram)}"
+    out.print(
+        f"estimate = weights + KV cache + overhead at --ctx {listing.n_ctx}; {how}; {ram}",
+        markup=False,
+        style="dim",
+    )
+    if pick is not None:
+        out.print(f"auto-pick: {pick.reason}", markup=False)
+
+
+def _repo_of(ref: str) -> tuple[str, str | None]:
+    from localllm import catalog, refs
+    from localllm.errors import UsageError
+
+    parsed = refs.parse_ref(ref)
+    if parsed.kind == "alias":
+        entry = catalog.lookup(parsed.alias or ref)
+        assert entry is not None
+        return entry.repo, None
+    if parsed.kind != "hub" or parsed.repo is None:
+        raise UsageError(f"'{ref}' is not a Hub repository", hint="use owner/repo")
+    return parsed.repo, parsed.revision
+
+
+@app.command()
+def pull(
+    ref: Annotated[
+        str, typer.Argument(help="owner/repo[:QUANT], owner/repo/file.gguf, URL, alias.")
+    ],
+    list_files: Annotated[
+        bool,
+        typer.Option("--list", "-l", help="List the repo's GGUFs with fit marks, no download."),
+    ] = False,
+    ctx: Annotated[int, typer.Option("--ctx", min=1, help=CTX_HELP)] = 4096,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Store the model under this name.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """Download a GGUF model from the Hugging Face Hub into the local store.
+
+    Without a quant, the best one that fits this machine is picked (Q4_K_M when it fits).
+    Interrupted downloads resume where they stopped; files are sha256-checked.
+    """
+    from localllm import hub
+
+    if list_files:
+        repo, revision = _repo_of(ref)
+        _print_listing(hub.list_repo(repo, revision=revision, n_ctx=ctx), as_json)
+        return
+    plan = hub.plan_pull(ref, n_ctx=ctx, name=name)
+    if plan.reason:
+        _say(f"picked {plan.reason}")
+    parts = f" in {len(plan.files)} parts" if len(plan.files) > 1 else ""
+    _say(f"pulling {plan.name}: {plan.entry.name} ({_bytes(plan.size)}{parts})")
+    if plan.listing is not None:
+        row = plan.listing.row(plan.entry)
+        if row is not None and row.verdict == "won't fit":
+            err(
+                f"warning: {plan.name} needs about {_bytes(row.estimate.total)} at --ctx {ctx}, "
+                f"more than the {_bytes(plan.listing.budget.ram)} of RAM available",
+                style="yellow",
+            )
+    for p in plan.listing.projectors if plan.listing else []:
+        _say(f"note: the repo also has a multimodal projector, {p.name} (not downloaded)")
+    try:
+        with _Bar(plan.name, plan.size) as bar:
+            manifest = hub.pull(plan, progress=bar.update, say=_say)
+    except KeyboardInterrupt:
+        err(
+            f"interrupted: the partial download is kept; run `localllm pull {ref}` again to resume",
+            style="yellow",
+        )
+        raise typer.Exit(130) from None
+    if bar.done:
+        _say(f"downloaded {bar.summary()}")
+    if as_json:
+        print(json.dumps({**_model_row(manifest), "reason": plan.reason}, indent=2))
+        return
+    print(f"{manifest.name}\t{_bytes(manifest.size)}\t{manifest.primary}")
+    _say(f'run it: localllm run -m {manifest.name} "your prompt"')
+
+
+@app.command()
+def search(
+    query: Annotated[
+        str, typer.Argument(help="owner/repo to list its GGUFs, or words to find repos.")
+    ],
+    ctx: Annotated[int, typer.Option("--ctx", min=1, help=CTX_HELP)] = 4096,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=100, help="Most repos to show.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """List a repo's GGUF files with fit marks, or search the Hub for GGUF repos."""
+    from localllm import hub, refs
+
+    if "/" in query.strip() or refs.parse_ref(query).kind == "alias":
+        repo, revision = _repo_of(query)
+        _print_listing(hub.list_repo(repo, revision=revision, n_ctx=ctx), as_json)
+        return
+    found = hub.search(query, limit=limit)
+    if as_json:
+        print(json.dumps(found, indent=2))
+        return
+    if not found:
+        _say(f"no GGUF repos match '{query}'")
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    table.add_column("REPO")
+    table.add_column("DOWNLOADS", justify="right")
+    table.add_column("LIKES", justify="right")
+    for d in found:
+        table.add_row(d["id"], str(d.get("downloads", "")), str(d.get("likes", "")))
+    _console().print(table)
+    _say("list one's files: localllm pull OWNER/REPO --list")
+
+
+# -- list / rm / import / verify ---------------------------------------------------------
+
+
+def _sync_hf_cache() -> None:
+    from localllm import hub, store
+
+    try:
+        store.sync_hf_cache(hub.scan_hf_cache())
+    except Exception as exc:  # the cache is a bonus: never fail `list` over it
+        _say(f"note: could not read the Hugging Face cache: {exc}")
+
+
+def _model_row(m: store.Manifest) -> dict[str, Any]:
+    return {
+        "name": m.name,
+        "quant": m.quant,
+        "size": m.size or sum(p.stat().st_size for p in m.paths() if p.is_file()),
+        "parameters": m.parameters,
+        "architecture": m.architecture,
+        "context_length": m.context_length,
+        "source": m.source,
+        "repo": m.repo,
+        "revision": m.revision,
+        "files": m.files,
+        "path": str(m.primary),
+        "added": m.added,
+    }
+
+
+@app.command("list")
+def list_models(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """The installed models (and GGUFs found in the Hugging Face cache)."""
+    from localllm import store
+
+    _sync_hf_cache()
+    models = [store.fill_info(m, save=True) for m in store.installed()]
+    rows = [_model_row(m) for m in models]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        _say("no models installed; get one with `localllm pull owner/repo` (or `localllm run`)")
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for col, justify in (
+        ("NAME", "left"),
+        ("QUANT", "left"),
+        ("SIZE", "right"),
+        ("PARAMS", "right"),
+        ("ARCH", "left"),
+        ("CTX", "right"),
+        ("SOURCE", "left"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for r in rows:
+        table.add_row(
+            r["name"],
+            r["quant"] or "-",
+            _bytes(r["size"]),
+            _count(r["parameters"]),
+            r["architecture"] or "-",
+            str(r["context_length"] or "-"),
+            r["source"],
+        )
+    _console().print(table)
+
+
+@app.command()
+def rm(
+    model: Annotated[str, typer.Argument(help="An installed model's name or reference.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    purge: Annotated[
+        bool, typer.Option("--purge", help="Also delete a model's files in the Hugging Face cache.")
+    ] = False,
+) -> None:
+    """Remove a model from the store (asks first unless --yes)."""
+    import click
+
+    from localllm import store
+    from localllm.errors import UsageError
+
+    manifest = store.lookup(model)
+    if manifest.in_hf_cache and not purge:
+        what = (
+            f"unlist {manifest.name} (its files stay in the Hugging Face cache; "
+            "--purge deletes them)"
+        )
+    elif manifest.in_hf_cache:
+        what = f"delete {manifest.name} from the Hugging Face cache ({_bytes(manifest.size)})"
+    elif manifest.source == "import" and manifest.location is None:
+        what = f"remove {manifest.name} (imported links are removed; the original file stays)"
+    else:
+        what = f"delete {manifest.name} ({_bytes(manifest.size)})"
+    if not yes:
+        try:
+            ok = click.confirm(f"{what[0].upper()}{what[1:]}?", default=False, err=True)
+        except click.Abort:
+            raise UsageError("not confirmed; nothing removed", hint="pass --yes") from None
+        if not ok:
+            _say("nothing removed")
+            raise typer.Exit(1)
+    store.remove(manifest, purge=purge)
+    _say(
+        f"removed {manifest.name}"
+        if not manifest.in_hf_cache or purge
+        else f"unlisted {manifest.name}"
+    )
+
+
+@app.command("import")
+def import_model(
+    path: Annotated[str, typer.Argument(help="A .gguf file (the first part of a split model).")],
+    name: Annotated[str | None, typer.Option("--name", help="The name in the store.")] = None,
+    copy: Annotated[bool, typer.Option("--copy", help="Copy instead of linking.")] = False,
+) -> None:
+    """Validate a local GGUF and add it to the store (hard link or symlink, or --copy)."""
+    from localllm import refs, store
+
+    src = refs.expand_path(path)
+    with _Bar(f"importing {src.name}", src.stat().st_size if src.is_file() else None) as bar:
+        manifest = store.import_model(src, name=name, copy=copy, progress=bar.update)
+    how = "copied" if copy else "linked"
+    print(f"{manifest.name}\t{_bytes(manifest.size)}\t{manifest.primary}")
+    _say(f'{how} into the store; run it: localllm run -m {manifest.name} "your prompt"')
+
+
+@app.command()
+def verify(
+    model: Annotated[str | None, typer.Argument(help="One model; all when omitted.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """Re-hash stored files against their manifests."""
+    from dataclasses import asdict
+
+    from localllm import store
+    from localllm.errors import InvalidModelError
+
+    manifests = [store.lookup(model)] if model else store.all_manifests()
+    checks = []
+    for m in manifests:
+        with _Bar(f"verifying {m.name}", m.size or None) as bar:
+            checks.extend(store.verify(m, progress=bar.update))
+    bad = [c for c in checks if c.status in ("mismatch", "missing")]
+    if as_json:
+        print(json.dumps([asdict(c) for c in checks], indent=2))
+    else:
+        for c in checks:
+            print(f"{c.status:9} {c.model}  {c.file}")
+        if not checks:
+            _say("nothing to verify")
+    if bad:
+        raise InvalidModelError(
+            f"{len(bad)} file(s) failed verification",
+            hint="remove the model with `localllm rm` and pull it again",
+        )

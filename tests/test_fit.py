@@ -1,0 +1,106 @@
+"""Memory estimates and the bounded header reader."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+from ggufgen import write_tiny_gguf
+from hypothesis import given
+from hypothesis import strategies as st
+
+from localllm import fit
+
+GiB = 1 << 30
+
+
+def test_kv_cache_of_a_llama_3_8b_shape() -> None:
+    # 32 layers, 4096 wide, 32 heads, 8 KV heads: 128 KiB per token in f16.
+    est = fit.estimate_memory(4_920_000_000, 32, 4096, 32, 8, 8192)
+    assert est.kv_cache == 32 * 8192 * 2 * 8 * 128 * 2 == 1 * GiB
+    assert est.weights == 4_920_000_000
+    assert est.total == est.weights + est.kv_cache + est.overhead
+    assert 128 << 20 < est.overhead < 1 * GiB
+    assert est.method == "header"
+
+
+def test_kv_scales_with_context_and_element_size() -> None:
+    a = fit.estimate_memory(1000, 2, 64, 4, 4, 1024)
+    b = fit.estimate_memory(1000, 2, 64, 4, 4, 2048)
+    q8 = fit.estimate_memory(1000, 2, 64, 4, 4, 2048, kv_bytes_per_elem=1)
+    assert b.kv_cache == 2 * a.kv_cache
+    assert q8.kv_cache * 2 == b.kv_cache
+
+
+def test_explicit_head_width() -> None:
+    # Gemma 3 270M: 640 wide, 4 heads, 1 KV head of 256.
+    est = fit.estimate_memory(250_000_000, 18, 640, 4, 1, 4096, key_length=256, value_length=256)
+    assert est.kv_cache == 18 * 4096 * (256 + 256) * 2
+
+
+def test_bad_shapes_are_refused() -> None:
+    with pytest.raises(ValueError):
+        fit.estimate_memory(1000, 0, 64, 4, 4, 1024)
+    with pytest.raises(ValueError):
+        fit.estimate_memory(1000, 2, 64, 4, 4, 0)
+
+
+def test_size_heuristic_is_sane() -> None:
+    small = fit.estimate_from_size(100_000_000, 4096, 4.5)
+    big = fit.estimate_from_size(5_000_000_000, 4096, 4.8)
+    assert small.method == big.method == "size"
+    assert small.kv_cache < big.kv_cache
+    # A real 8B model at 4096 needs ~0.5 GiB of KV in f16: the guess is within 2x.
+    assert 0.25 * GiB < big.kv_cache < 1 * GiB
+
+
+def test_verdicts() -> None:
+    est = fit.MemoryEstimate(700, 50, 50, 1024)
+    assert fit.fit_verdict(est, 1000) == "fits"
+    assert fit.fit_verdict(est, 900) == "tight"
+    assert fit.fit_verdict(est, 799) == "won't fit"
+    assert fit.fit_verdict(est, 0) == "won't fit"
+    assert fit.fit_verdict(800, 1000) == "fits"
+
+
+def test_available_memory_and_gpu_hook() -> None:
+    budget = fit.available_memory()
+    assert budget.ram > 0 and budget.vram is None
+    fit.set_gpu_probe(lambda: (8 * GiB, "Test GPU"))
+    try:
+        budget = fit.available_memory()
+        assert budget.vram == 8 * GiB and budget.gpu_name == "Test GPU"
+    finally:
+        fit.set_gpu_probe(None)
+    fit.set_gpu_probe(lambda: 1 / 0)  # a broken probe never breaks an estimate
+    try:
+        assert fit.available_memory().vram is None
+    finally:
+        fit.set_gpu_probe(None)
+
+
+def test_header_prefix_gives_the_shape(tmp_path: Path) -> None:
+    path = write_tiny_gguf(tmp_path / "m.gguf", n_layer=3, n_embd=64, n_head=4, n_head_kv=2)
+    data = path.read_bytes()
+    head = fit.parse_header_prefix(data)
+    assert head.complete
+    assert head.shape() == fit.ModelShape(3, 64, 4, 2, None, None, 4096, "llama")
+    # The architecture keys come before the vocabulary: a short prefix is enough.
+    short = fit.parse_header_prefix(data[:2048])
+    assert not short.complete
+    assert short.shape() == head.shape()
+
+
+def test_header_prefix_rejects_non_gguf() -> None:
+    with pytest.raises(ValueError):
+        fit.parse_header_prefix(b"NOPE" + b"\0" * 100)
+    with pytest.raises(ValueError):
+        fit.parse_header_prefix(b"GG")
+
+
+@given(st.binary(max_size=300))
+def test_header_prefix_never_crashes(data: bytes) -> None:
+    for blob in (data, b"GGUF\x03\0\0\0" + data):
+        with contextlib.suppress(ValueError):
+            fit.parse_header_prefix(blob)

@@ -1,0 +1,694 @@
+"""Listing and downloading against the loopback Hub (tests/fakehub.py): real HTTP, real files,
+real subprocesses killed mid-download."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fakehub import FakeHub
+from ggufgen import write_split_gguf, write_tiny_gguf
+
+from localllm import fit, hub, paths, store
+from localllm.errors import (
+    ChecksumError,
+    InvalidModelError,
+    ModelNotFoundError,
+    NetworkError,
+    OfflineError,
+    ResourceError,
+)
+
+MiB = 1 << 20
+ROOMY = fit.MemoryBudget(ram=64 << 30)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny GGUFs of distinct sizes standing in for the quants of one model, and a few-MB one."""
+    d = tmp_path_factory.mktemp("hubfiles")
+    return {
+        "small": write_tiny_gguf(d / "small.gguf", n_embd=32, n_head=4, n_ff=64),
+        "mid": write_tiny_gguf(d / "mid.gguf", n_embd=64, seed=1),
+        "large": write_tiny_gguf(d / "large.gguf", n_embd=128, n_head=4, n_ff=256, seed=2),
+        "big": write_tiny_gguf(d / "big.gguf", n_embd=256, n_head=4, n_ff=1024, seed=3),
+    }
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def quant_repo(fake_hub: FakeHub, files: dict[str, Path], repo: str = "acme/Tiny-GGUF") -> str:
+    fake_hub.add_repo(
+        repo,
+        {
+            "Tiny-Q2_K.gguf": files["small"],
+            "Tiny-Q4_K_M.gguf": files["mid"],
+            "Tiny-Q8_0.gguf": files["large"],
+            "mmproj-Tiny-F16.gguf": files["small"],
+            "README.md": b"# tiny\n",
+        },
+    )
+    return repo
+
+
+def test_list_repo_marks_fit(fake_hub: FakeHub, files: dict[str, Path]) -> None:
+    repo = quant_repo(fake_hub, files)
+    mid_need = files["mid"].stat().st_size
+    listing = hub.list_repo(repo, n_ctx=2048, budget=ROOMY)
+    assert listing.info.commit == fake_hub.repos[repo].commit
+    assert [r.entry.quant for r in listing.rows] == ["Q2_K", "Q4_K_M", "Q8_0"]
+    assert [p.name for p in listing.projectors] == ["mmproj-Tiny-F16.gguf"]
+    assert listing.method == "header"
+    assert listing.shape is not None and listing.shape.n_layer == 2
+    assert {r.verdict for r in listing.rows} == {"fits"}
+    row = listing.rows[1]
+    assert row.estimate.weights == mid_need
+    # The shape comes from one header, the smallest file's (32 wide): K and V, f16.
+    assert row.estimate.kv_cache == 2 * 2048 * 2 * 32 * 2
+    # Against a small budget the marks differ per size.
+    need = [r.estimate.total for r in listing.rows]
+    budget = fit.MemoryBudget(ram=int(need[1] / 0.8) + 1)
+    listing = hub.list_repo(repo, n_ctx=2048, budget=budget)
+    assert [r.verdict for r in listing.rows] == ["fits", "fits", "tight"]
+    # Only one header was read per listing, and nothing was downloaded.
+    assert fake_hub.sent("Tiny-Q4_K_M.gguf") == 0 and fake_hub.sent("Tiny-Q8_0.gguf") == 0
+
+
+def test_list_repo_falls_back_to_size_heuristic(fake_hub: FakeHub, files: dict[str, Path]) -> None:
+    fake_hub.add_repo("o/r", {"m-Q4_K_M.gguf": b"this is no gguf header" * 10})
+    listing = hub.list_repo("o/r", budget=ROOMY)
+    assert listing.method == "size" and listing.rows[0].estimate.method == "size"
+
+
+def test_repo_without_gguf(fake_hub: FakeHub) -> None:
+    fake_hub.add_repo("o/safetensors", {"model.safetensors": b"x" * 100})
+    with pytest.raises(hub.NoGGUFError) as exc:
+        hub.list_repo("o/safetensors")
+    assert exc.value.exit_code == 3
+
+
+def test_missing_repo_file_and_revision(fake_hub: FakeHub, files: dict[str, Path]) -> None:
+    repo = quant_repo(fake_hub, files)
+    with pytest.raises(hub.RepoNotFoundError):
+        hub.list_repo("nobody/nothing")
+    with pytest.raises(hub.RepoNotFoundError):
+        hub.plan_pull(f"{repo}@nope:Q4_K_M")
+    with pytest.raises(ModelNotFoundError) as exc:
+        hub.plan_pull(f"{repo}:IQ1_S")
+    assert "Q4_K_M" in (exc.value.hint or "")
+    with pytest.raises(hub.EntryNotFoundError):
+        hub.download_file(repo, "nope.gguf", paths.data_dir() / "x.gguf")
+
+
+def test_pull_by_quant(fake_hub: FakeHub, files: dict[str, Path]) -> None:
+    repo = quant_repo(fake_hub, files)
+    plan = hub.plan_pull(f"{repo}:q8_0", budget=ROOMY)
+    assert plan.reason is None and plan.name == f"{repo}:Q8_0"
+    events: list[tuple[int, int | None]] = []
+    m = hub.pull(plan, progress=lambda d, t: events.append((d, t)))
+    size = files["large"].stat().st_size
+    assert m.files == ["Tiny-Q8_0.gguf"] and m.size == size
+    assert m.sha256 == {"Tiny-Q8_0.gguf": sha(files["large"])}
+    assert m.revision == fake_hub.repos[repo].commit and m.source == "hub"
+    assert m.architecture == "llama" and m.context_length == 4096 and m.parameters
+    assert m.primary.read_bytes() == files["large"].read_bytes()
+    assert events[-1] == (size, size)
+    assert fake_hub.sent("Tiny-Q8_0.gguf") == size
+    assert store.resolve_model(f"{repo}:Q8_0") == m.primary
+    # The partial, its sidecar and the lock leave nothing half-done behind.
+    assert not list(paths.downloads_dir().glob("*.part"))
+    sidecar = hub.Partial.of(repo, "Tiny-Q8_0.gguf").read_sidecar()
+    assert sidecar is not None and sidecar["complete"]["dest"] == str(m.primary)
+    # A second pull finds it installed and sends nothing.
+    fake_hub.reset_counters()
+    again = hub.pull(hub.plan_pull(f"{repo}:Q8_0", budget=ROOMY))
+    assert again.name == m.name and fake_hub.sent("Tiny-Q8_0.gguf") == 0
+
+
+def test_pull_auto_pick(fake_hub: FakeHub, files: dict[str, Path]) -> None:
+    repo = quant_repo(fake_hub, files)
+    plan = hub.plan_pull(repo, budget=ROOMY)
+    assert plan.entry.quant == "Q4_K_M" and plan.reason and "fits" in plan.reason
+    listing = hub.list_repo(repo, budget=ROOMY)
+    small_need = listing.rows[0].estimate.total
+    tight = fit.MemoryBudget(ram=int(small_need / 0.8) + 1)
+    plan = hub.plan_pull(repo, budget=tight)
+    assert plan.entry.quant == "Q2_K" and "Q4_K_M would be too large" in (plan.reason or "")
+    with pytest.raises(ResourceError):
+        hub.plan_pull(repo, budget=fit.MemoryBudget(ram=1000))
+    hub.pull(plan)
+    assert store.get(f"{repo}:Q2_K") is not None
+
+
+def test_split_model_is_fetched_together_and_loads_from_part_one(
+    fake_hub: FakeHub, tmp_path: Path
+) -> None:
+    parts = write_split_gguf(tmp_path / "src", "Tiny-Q8_0", n_parts=3)
+    fake_hub.add_repo("o/split", {f"Q8_0/{p.name}": p for p in parts})
+    listing = hub.list_repo("o/split", budget=ROOMY)
+    assert len(listing.rows) == 1 and len(listing.rows[0].entry.files) == 3
+    m = hub.pull(hub.plan_pull("o/split/Q8_0/Tiny-Q8_0-00002-of-00003.gguf", budget=ROOMY))
+    assert m.files == [p.name for p in parts]
+    assert m.primary.name == "Tiny-Q8_0-00001-of-00003.gguf"
+    assert all(p.is_file() for p in m.paths())
+    from localllm import modelfile
+
+    info = modelfile.read_info(m.primary)
+    assert len(info.split) == 3 and info.architecture == "llama"
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(model_path=str(m.primary), n_ctx=64, verbose=False)
+    try:
+        assert llm.n_vocab() > 256
+    finally:
+        llm.close()
+
+
+def test_cut_transfer_resumes_with_range(fake_hub: FakeHub, files: dict[str, Path]) -> None:
+    fake_hub.add_repo("o/r", {"m-Q4_K_M.gguf": files["big"]})
+    size = files["big"].stat().st_size
+    fake_hub.cut_after["m-Q4_K_M.gguf"] = size // 3
+    fake_hub.cut_times["m-Q4_K_M.gguf"] = 2
+    said: list[str] = []
+    dest = paths.data_dir() / "out.gguf"
+    hub.download_file("o/r", "m-Q4_K_M.gguf", dest, say=said.append)
+    assert dest.read_bytes() == files["big"].read_bytes()
+    assert fake_hub.sent("m-Q4_K_M.gguf") == size  # nothing sent twice
+    ranges = [p for m, p in fake_hub.requests if p.startswith("/cdn/")]
+    assert len(ranges) == 3
+    assert any("retrying" in s for s in said)
+
+
+def test_a_progress_callback_can_cancel_and_the_next_try_resumes(
+    fake_hub: FakeHub, files: dict[str, Path]
+) -> None:
+    fake_hub.add_repo("o/r", {"m.gguf": files["big"]})
+    size = files["big"].stat().st_size
+    fake_hub.throttle["m.gguf"] = 16 * MiB
+    dest = paths.data_dir() / "m.gguf"
+
+    def stop_half_way(done: int, total: int | None) -> None:
+        if done >= size // 2:
+            raise hub.Cancelled
+
+    with pytest.raises(hub.Cancelled):
+        hub.download_file("o/r", "m.gguf", dest, progress=stop_half_way)
+    kept = hub.partial_bytes("o/r", "m.gguf")
+    assert size // 2 <= kept < size and not dest.exists()
+    del fake_hub.throttle["m.gguf"]
+    hub.download_file("o/r", "m.gguf", dest)
+    assert dest.read_bytes() == files["big"].read_bytes()
+    assert fake_hub.sent("m.gguf") - size <= MiB
+    assert not [t for t in threading.enumerate() if t.name == "localllm-download"]
+
+
+def test_server_ignoring_range_still_gives_the_right_file(
+    fake_hub: FakeHub, files: dict[str, Path]
+) -> None:
+    fake_hub.add_repo("o/r", {"m.gguf": files["mid"]})
+    fake_hub.ignore_range = True
+    fake_hub.cut_after["m.gguf"] = 1000
+    dest = paths.data_dir() / "m.gguf"
+    hub.download_file("o/r", "m.gguf", dest)
+    assert dest.read_bytes() == files["mid"].read_bytes()
+
+
+def test_corrupt_bytes_are_downloaded_again_then_refused(
+    fake_hub: FakeHub, files: dict[str, Path]
+) -> None:
+    fake_hub.add_repo("o/r", {"m.gguf": files["mid"]})
+    size = files["mid"].stat().st_size
+    fake_hub.corrupt["m.gguf"] = 1
+    said: list[str] = []
+    dest = paths.data_dir() / "m.gguf"
+    hub.download_file("o/r", "m.gguf", dest, say=said.append)
+    assert dest.read_bytes() == files["mid"].read_bytes()
+    assert any("checksum mismatch" in s and "again" in s for s in said)
+    assert fake_hub.sent("m.gguf") == 2 * size
+    dest.unlink()
+    hub.Partial.of("o/r", "m.gguf").sidecar.unlink()  # forget that it was finished
+    fake_hub.corrupt["m.gguf"] = 2
+    with pytest.raises(ChecksumError) as exc:
+        hub.download_file("o/r", "m.gguf", dest)
+    assert exc.value.exit_code == 4
+    assert not dest.exists()
+    assert not list(paths.downloads_dir().glob("*.part"))
+
+
+def test_a_catalog_checksum_overrides_the_hub(fake_hub: FakeHub, files: dict[str, Path]) -> None:
+    fake_hub.add_repo("o/r", {"m.gguf": files["mid"]})
+    with pytest.raises(ChecksumError) as exc:
+        hub.download_file("o/r", "m.gguf", paths.data_dir() / "m.gguf", sha256="0" * 64)
+    assert "not the expected file" in exc.value.message
+    assert fake_hub.sent("m.gguf") == 0  # refused before downloading anything
+
+
+def test_files_kept_in_git_are_checked_by_git_sha1(
+    fake_hub: FakeHub, files: dict[str, Path]
+) -> None:
+    fake_hub.add_repo("o/git", {"m-Q4_0.gguf": files["small"]}, lfs=False)
+    m = hub.pull(hub.plan_pull("o/git:Q4_0", budget=ROOMY))
+    assert m.primary.read_bytes() == files["small"].read_bytes()
+    assert m.sha256 == {"m-Q4_0.gguf": sha(files["small"])}  # so `verify` can check it
+    fake_hub.add_repo("o/git2", {"m-Q4_0.gguf": files["small"]}, lfs=False)
+    fake_hub.corrupt["m-Q4_0.gguf"] = 2
+    with pytest.raises(ChecksumError):
+        hub.download_file("o/git2", "m-Q4_0.gguf", paths.data_dir() / "x.gguf")
+
+
+def test_transient_errors_are_retried_then_reported(
+    fake_hub: FakeHub, files: dict[str, Path]
+) -> None:
+    fake_hub.add_repo("o/r", {"m.gguf": files["mid"]})
+    fake_hub.fail["cdn:m.gguf"] = [500, 503, 429]
+    fake_hub.fail["api:o/r"] = [502]
+    listing = hub.list_repo("o/r", budget=ROOMY, read_header=False)
+    assert listing.rows
+    dest = paths.data_dir() / "m.gguf"
+    hub.download_file("o/r", "m.gguf", dest)
+    assert dest.read_bytes() == files["mid"].read_bytes()
+    fake_hub.fail["cdn:m.gguf"] = [500] * 20
+    with pytest.raises(NetworkError) as exc:
+        hub.download_file("o/r", "m.gguf", paths.data_dir() / "other.gguf")
+    assert "500" in exc.value.message
+
+
+def test_a_stalled_transfer_times_out_and_resumes(
+    fake_hub: FakeHub, files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOCALLLM_HUB_TIMEOUT", "0.5")
+    fake_hub.add_repo("o/r", {"m.gguf": files["big"]})
+    fake_hub.stall["m.gguf"] = 3.0
+    dest = paths.data_dir() / "m.gguf"
+    start = time.monotonic()
+    hub.download_file("o/r", "m.gguf", dest)
+    assert dest.read_bytes() == files["big"].read_bytes()
+    assert time.monotonic() - start < 3.0
+
+
+def test_offline_makes_no_connection(
+    fake_hub: FakeHub, files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = quant_repo(fake_hub, files)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OfflineError) as exc:
+        hub.plan_pull(f"{repo}:Q4_K_M")
+    assert "HF_HUB_OFFLINE" in exc.value.message and exc.value.exit_code == 4
+    for call in (
+        lambda: hub.list_repo(repo),
+        lambda: hub.download_file(repo, "Tiny-Q4_K_M.gguf", paths.data_dir() / "x.gguf"),
+        lambda: hub.search("tiny"),
+        lambda: hub.fetch_header(repo, "Tiny-Q4_K_M.gguf"),
+    ):
+        with pytest.raises(OfflineError):
+            call()
+    assert fake_hub.connections == 0
+
+
+def test_gated_repo(
+    fake_hub: FakeHub, files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_hub.add_repo(
+        "meta/Gated-GGUF", {"m-Q4_K_M.gguf": files["mid"]}, gated=True, tokens={"hf_good"}
+    )
+    with pytest.raises(hub.GatedRepoError) as exc:
+        hub.pull(hub.plan_pull("meta/Gated-GGUF:Q4_K_M", budget=ROOMY))
+    assert "gated" in exc.value.message and "HF_TOKEN" in (exc.value.hint or "")
+    assert "licence" in (exc.value.hint or "") and exc.value.exit_code == 4
+    with pytest.raises(hub.GatedRepoError) as exc:  # the Hub's own 401 says the same
+        hub.download_file("meta/Gated-GGUF", "m-Q4_K_M.gguf", paths.data_dir() / "x.gguf")
+    assert "401" in exc.value.message and "HF_TOKEN" in (exc.value.hint or "")
+    monkeypatch.setenv("HF_TOKEN", "hf_bad")
+    with pytest.raises(hub.GatedRepoError) as exc:
+        hub.pull(hub.plan_pull("meta/Gated-GGUF:Q4_K_M", budget=ROOMY))
+    assert "refused" in exc.value.message
+    monkeypatch.setenv("HF_TOKEN", "hf_good")
+    fake_hub.reset_counters()
+    m = hub.pull(hub.plan_pull("meta/Gated-GGUF:Q4_K_M", budget=ROOMY))
+    assert m.primary.read_bytes() == files["mid"].read_bytes()
+    # The token goes to the Hub, never to the CDN a redirect leads to.
+    assert all(auth == "Bearer hf_good" for p, auth in fake_hub.auth if not p.startswith("/cdn/"))
+    assert all(auth is None for p, auth in fake_hub.auth if p.startswith("/cdn/"))
+
+
+def test_private_repo_without_token_reads_as_missing(fake_hub: FakeHub) -> None:
+    fake_hub.add_repo("me/private", {"m.gguf": b"GGUF"}, private=True, tokens={"t"})
+    with pytest.raises(hub.RepoNotFoundError) as exc:
+        hub.list_repo("me/private")
+    assert "HF_TOKEN" in (exc.value.hint or "")
+
+
+def test_network_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("LOCALLLM_RETRY_BACKOFF", "0.01")
+    with pytest.raises(NetworkError) as exc:
+        hub.list_repo("o/r")
+    assert "could not reach the Hub" in exc.value.message and exc.value.exit_code == 4
+
+
+def test_changed_etag_restarts_from_zero(fake_hub: FakeHub, files: dict[str, Path]) -> None:
+    fake_hub.add_repo("o/r", {"m.gguf": files["big"]})
+    partial = hub.Partial.of("o/r", "m.gguf")
+    meta = hub.file_meta("o/r", "m.gguf")
+    partial.part.parent.mkdir(parents=True, exist_ok=True)
+    partial.part.write_bytes(b"stale bytes of an older version")
+    partial.write_sidecar({"etag": "0" * 64, "size": meta.size, "done": 31})
+    said: list[str] = []
+    dest = paths.data_dir() / "m.gguf"
+    hub.download_file("o/r", "m.gguf", dest, say=said.append)
+    assert dest.read_bytes() == files["big"].read_bytes()
+    assert any("changed on the Hub" in s for s in said)
+
+
+def test_a_complete_partial_is_not_downloaded_again(
+    fake_hub: FakeHub, files: dict[str, Path]
+) -> None:
+    fake_hub.add_repo("o/r", {"m.gguf": files["mid"]})
+    partial = hub.Partial.of("o/r", "m.gguf")
+    meta = hub.file_meta("o/r", "m.gguf")
+    partial.part.parent.mkdir(parents=True, exist_ok=True)
+    partial.part.write_bytes(files["mid"].read_bytes())
+    partial.write_sidecar({"etag": meta.etag, "size": meta.size, "done": meta.size})
+    dest = paths.data_dir() / "m.gguf"
+    hub.download_file("o/r", "m.gguf", dest)
+    assert dest.read_bytes() == files["mid"].read_bytes()
+    assert fake_hub.sent("m.gguf") == 0
+
+
+def test_disk_space_is_checked_first(
+    fake_hub: FakeHub, files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """On a tiny tmpfs when this runs as root (mount works), else with the free-space probe
+    reporting a nearly full disk."""
+    fake_hub.add_repo("o/r", {"m-Q4_K_M.gguf": files["big"]})
+    size = files["big"].stat().st_size
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = False
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        mounted = (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)],
+                capture_output=True,
+            ).returncode
+            == 0
+        )
+    if not mounted:
+        monkeypatch.setattr(hub, "free_space", lambda path: 1 << 20)
+    try:
+        monkeypatch.setenv("LOCALLLM_HOME", str(small / "home"))
+        plan = hub.plan_pull("o/r:Q4_K_M", budget=ROOMY)
+        fake_hub.reset_counters()
+        with pytest.raises(ResourceError) as exc:
+            hub.pull(plan)
+        message = exc.value.message
+        assert "not enough disk space" in message and exc.value.exit_code == 5
+        assert f"needs {hub.refs.format_bytes(size)}" in message and "free in" in message
+        assert fake_hub.sent("m-Q4_K_M.gguf") == 0
+        assert store.installed() == []
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return False
+    path.mkdir(parents=True, exist_ok=True)
+    cmd = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]
+    return subprocess.run(cmd, capture_output=True).returncode == 0
+
+
+def test_disk_filling_up_mid_download_keeps_a_resumable_partial(
+    fake_hub: FakeHub, files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Something else fills the disk while the download runs: a clear ResourceError, the
+    partial kept; once space is freed the same pull resumes."""
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "12m"):
+        pytest.skip("needs root to mount a tmpfs")
+    try:
+        monkeypatch.setenv("LOCALLLM_HOME", str(disk / "home"))
+        fake_hub.add_repo("o/r", {"m-Q4_K_M.gguf": files["big"]})
+        size = files["big"].stat().st_size
+        fake_hub.throttle["m-Q4_K_M.gguf"] = 4 * MiB
+        plan = hub.plan_pull("o/r:Q4_K_M", budget=ROOMY)
+        filler = disk / "filler"
+
+        def fill() -> None:
+            wait_until = time.monotonic() + 10
+            part = hub.Partial.of("o/r", "m-Q4_K_M.gguf").part
+            while time.monotonic() < wait_until and (
+                not part.exists() or part.stat().st_size < MiB
+            ):
+                time.sleep(0.01)
+            with filler.open("wb") as f, contextlib.suppress(OSError):
+                f.write(b"\0" * (12 * MiB))
+
+        t = threading.Thread(target=fill)
+        t.start()
+        with pytest.raises(ResourceError) as exc:
+            hub.pull(plan)
+        t.join()
+        assert "disk filled up" in exc.value.message and "again to resume" in (exc.value.hint or "")
+        kept = hub.partial_bytes("o/r", "m-Q4_K_M.gguf")
+        assert 0 < kept < size
+        assert store.installed() == []
+        filler.unlink()
+        del fake_hub.throttle["m-Q4_K_M.gguf"]
+        m = hub.pull(plan)
+        assert m.primary.read_bytes() == files["big"].read_bytes()
+        assert fake_hub.sent("m-Q4_K_M.gguf") - size <= MiB
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+# -- several processes ---------------------------------------------------------------------
+
+
+def localllm_proc(*args: str, **kw: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "localllm", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ},
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def wait_for_partial(
+    repo: str, filename: str, at_least: int, proc: subprocess.Popen[str], timeout: float = 60
+) -> int:
+    part = hub.Partial.of(repo, filename).part
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = part.stat().st_size if part.exists() else 0
+        if done >= at_least:
+            return done
+        if proc.poll() is not None:
+            raise AssertionError(f"pull ended early: {proc.communicate()}")
+        time.sleep(0.02)
+    raise AssertionError("the download did not progress")
+
+
+def big_repo(fake_hub: FakeHub, files: dict[str, Path]) -> tuple[str, str, int]:
+    fake_hub.add_repo("o/big", {"Big-Q4_K_M.gguf": files["big"], "Big-Q2_K.gguf": files["small"]})
+    return "o/big", "Big-Q4_K_M.gguf", files["big"].stat().st_size
+
+
+def test_sigkill_mid_download_then_resume_resends_little(
+    fake_hub: FakeHub, files: dict[str, Path]
+) -> None:
+    repo, name, size = big_repo(fake_hub, files)
+    assert size > 4 * MiB
+    fake_hub.throttle[name] = 3 * MiB
+    proc = localllm_proc("pull", f"{repo}:Q4_K_M")
+    try:
+        at_kill = wait_for_partial(repo, name, size // 2, proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert at_kill < size
+    # Nothing half-done is visible: no model, no file in the store folder.
+    assert store.installed() == [] and store.all_manifests() == []
+    sidecar = json.loads(hub.Partial.of(repo, name).sidecar.read_text())
+    assert sidecar["size"] == size and sidecar["etag"]
+    del fake_hub.throttle[name]
+    proc = localllm_proc("pull", f"{repo}:Q4_K_M")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "resuming" in err
+    m = store.get(f"{repo}:Q4_K_M")
+    assert m is not None and m.primary.read_bytes() == files["big"].read_bytes()
+    resent = fake_hub.sent(name) - size
+    assert 0 <= resent <= MiB, resent
+
+
+def test_killed_at_ten_random_points_always_completes_and_verifies(
+    fake_hub: FakeHub, files: dict[str, Path]
+) -> None:
+    """Three kills at random moments of start-up, seven at random byte offsets of the
+    download (each run resumes the last one's partial); then a last run completes."""
+    repo, name, size = big_repo(fake_hub, files)
+    fake_hub.throttle[name] = 8 * MiB
+    rng = random.Random(7)
+    points: list[tuple[str, float]] = [("time", rng.uniform(0.0, 0.6)) for _ in range(3)]
+    points += [("bytes", f) for f in sorted(rng.uniform(0.05, 0.9) for _ in range(7))]
+    part = hub.Partial.of(repo, name).part
+    seen = []
+    for how, value in points:
+        proc = localllm_proc("pull", f"{repo}:Q4_K_M")
+        try:
+            if how == "time":
+                time.sleep(value)
+            else:
+                have = part.stat().st_size if part.exists() else 0
+                wait_for_partial(repo, name, max(int(value * size), have + 1), proc)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        # Never a half-written file in the store, never a model that does not verify.
+        for m in store.all_manifests():
+            assert [c.status for c in store.verify(m)] == ["ok"]
+        assert not part.exists() or part.stat().st_size <= size
+        seen.append(part.stat().st_size if part.exists() else 0)
+    assert len({s for s in seen if 0 < s < size}) >= 5, seen  # really killed mid-download
+    del fake_hub.throttle[name]
+    proc = localllm_proc("pull", f"{repo}:Q4_K_M")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    m = store.get(f"{repo}:Q4_K_M")
+    assert m is not None and [c.status for c in store.verify(m)] == ["ok"]
+    assert fake_hub.sent(name) - size <= 10 * MiB
+
+
+def test_two_concurrent_pulls_download_once(fake_hub: FakeHub, files: dict[str, Path]) -> None:
+    repo, name, size = big_repo(fake_hub, files)
+    fake_hub.throttle[name] = 2 * MiB  # slow enough that the second starts while it runs
+    first = localllm_proc("pull", f"{repo}:Q4_K_M")
+    wait_for_partial(repo, name, 1, first)
+    second = localllm_proc("pull", f"{repo}:Q4_K_M")
+    _, err1 = first.communicate(timeout=120)
+    _, err2 = second.communicate(timeout=120)
+    assert first.returncode == 0, err1
+    assert second.returncode == 0, err2
+    assert "waiting" in err2
+    assert fake_hub.sent(name) == size
+    m = store.get(f"{repo}:Q4_K_M")
+    assert m is not None and [c.status for c in store.verify(m)] == ["ok"]
+
+
+def test_two_threads_share_one_download(fake_hub: FakeHub, files: dict[str, Path]) -> None:
+    fake_hub.add_repo("o/r", {"m.gguf": files["big"]})
+    fake_hub.throttle["m.gguf"] = 16 * MiB
+    dest = paths.data_dir() / "m.gguf"
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            hub.download_file("o/r", "m.gguf", dest)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert dest.read_bytes() == files["big"].read_bytes()
+    assert fake_hub.sent("m.gguf") == files["big"].stat().st_size
+
+
+def test_ctrl_c_leaves_a_resumable_partial(fake_hub: FakeHub, files: dict[str, Path]) -> None:
+    repo, name, size = big_repo(fake_hub, files)
+    fake_hub.throttle[name] = 2 * MiB
+    proc = localllm_proc("pull", f"{repo}:Q4_K_M")
+    wait_for_partial(repo, name, MiB, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert f"run `localllm pull {repo}:Q4_K_M` again to resume" in err
+    assert "Traceback" not in err
+    assert hub.Partial.of(repo, name).part.stat().st_size > 0
+    del fake_hub.throttle[name]
+    proc = localllm_proc("pull", f"{repo}:Q4_K_M")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert fake_hub.sent(name) - size <= MiB
+
+
+# -- other paths into the store -------------------------------------------------------------
+
+
+def test_pull_reuses_the_hf_cache(fake_hub: FakeHub, files: dict[str, Path]) -> None:
+    repo = quant_repo(fake_hub, files)
+    commit = fake_hub.repos[repo].commit
+    f = fake_hub.file(repo, "Tiny-Q4_K_M.gguf")
+    cache = store.hf_repo_folder(repo)
+    blob = cache / "blobs" / f.sha256
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(files["mid"].read_bytes())
+    snap = cache / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (snap / "Tiny-Q4_K_M.gguf").symlink_to(f"../../blobs/{f.sha256}")
+    m = hub.pull(hub.plan_pull(f"{repo}:Q4_K_M", budget=ROOMY))
+    assert m.source == "hf-cache" and m.primary == snap / "Tiny-Q4_K_M.gguf"
+    assert fake_hub.sent("Tiny-Q4_K_M.gguf") == 0
+
+
+def test_a_downloaded_file_that_is_no_gguf_never_enters_the_store(fake_hub: FakeHub) -> None:
+    fake_hub.add_repo("o/junk", {"junk-Q4_K_M.gguf": b"GGUF" + b"\xff" * 5000})
+    with pytest.raises(InvalidModelError):
+        hub.pull(hub.plan_pull("o/junk:Q4_K_M", budget=ROOMY))
+    assert store.installed() == []
+
+
+def test_search(fake_hub: FakeHub, files: dict[str, Path]) -> None:
+    quant_repo(fake_hub, files)
+    assert [d["id"] for d in hub.search("tiny")] == ["acme/Tiny-GGUF"]
+    assert hub.search("nothing-like-this") == []
+
+
+@pytest.mark.slow
+def test_starter_comes_from_the_hub(fake_hub: FakeHub, starter_model: Path) -> None:
+    from localllm import catalog
+    from localllm.starter import ensure_starter
+
+    entry = catalog.starter()
+    fake_hub.add_repo(entry.repo, {entry.filename: starter_model})
+    said: list[str] = []
+    path = ensure_starter(said.append)
+    m = store.get(entry.alias)
+    assert m is not None and m.source == "hub" and path == m.primary
+    assert sha(path) == entry.sha256
+    assert fake_hub.sent(entry.filename) == entry.size
+    assert any("Hugging Face Hub" in s for s in said)
+    # `localllm pull smollm2-135m` names the same model: already there, nothing sent.
+    plan = hub.plan_pull(entry.alias, budget=ROOMY)
+    assert plan.name == entry.alias and plan.expected == {entry.filename: entry.sha256}
+    assert hub.pull(plan).primary == path
+    # Only the listing's one header read (the architecture keys lie in the first 256 KiB).
+    assert fake_hub.sent(entry.filename) == entry.size + hub.HEADER_PREFIXES[0]
+    assert plan.listing is not None and plan.listing.method == "header"
+    assert plan.listing.shape is not None and plan.listing.shape.n_layer == 30
