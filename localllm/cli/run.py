@@ -149,13 +149,16 @@ def run(
         bool, typer.Option("--show-prompt", help="Print the rendered prompt and stop.")
     ] = False,
     stats: Annotated[bool, typer.Option("--stats", help="Print speed figures to stderr.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Load even if the model looks too big for memory.")
+    ] = False,
     verbose: Annotated[
         bool | None, typer.Option("--verbose", "-v", help="Show llama.cpp's logs.")
     ] = None,
 ) -> None:
     """Answer one prompt, streaming the answer to stdout."""
     from localllm import profiles
-    from localllm.engine import Engine, plan_load
+    from localllm.loading import open_engine
     from localllm.session import ChatSession
 
     overrides: dict[str, Any] = {
@@ -190,7 +193,7 @@ def run(
     path = resolve_model_path(model or settings.model, say)
     if interactive and not as_json:
         say(f"loading {path.name}…")
-    engine = Engine(path, plan_load(settings, vocab_only=show_prompt))
+    engine = open_engine(path, settings, vocab_only=show_prompt, force=force, warn=err)
     try:
         session = ChatSession(engine, settings)
         if not session.is_chat and not as_json:
