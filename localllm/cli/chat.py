@@ -1,0 +1,50 @@
+"""``localllm chat``: the terminal chat app (Textual is imported inside the command)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from localllm.cli._app import app, err
+
+
+@app.command()
+def chat(
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="A .gguf path or an installed model.")
+    ] = None,
+    profile: Annotated[str | None, typer.Option("--profile", "-p", help="Profile name.")] = None,
+    mode: Annotated[str | None, typer.Option(help="reasoning or instant.")] = None,
+    system: Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")] = None,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="Continue a saved conversation (its id).")
+    ] = None,
+    expand_reasoning: Annotated[
+        bool,
+        typer.Option(
+            "--expand-reasoning", help="Keep reasoning blocks open after the answer starts."
+        ),
+    ] = False,
+) -> None:
+    """Chat with a model in a full-screen terminal app (F1 inside lists the keys)."""
+    from localllm import profiles
+    from localllm.cli.run import resolve_model_path
+    from localllm.errors import UsageError
+
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError(
+            "localllm chat needs an interactive terminal",
+            hint='use `localllm run "PROMPT"` in scripts and pipes',
+        )
+    settings = profiles.resolve(profile, {"mode": mode, "system_prompt": system})
+    path = None
+    if model or settings.model or not resume:
+        path = resolve_model_path(model or settings.model, lambda m: err(m, style="dim"))
+
+    from localllm.tui.app import run_chat
+
+    code = run_chat(path, settings, resume=resume, expand_reasoning=expand_reasoning)
+    if code:
+        raise typer.Exit(code)

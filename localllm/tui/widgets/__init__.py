@@ -1,0 +1,1 @@
+"""Widgets of the chat app; each owns the messages it posts."""

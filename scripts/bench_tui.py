@@ -1,0 +1,197 @@
+#!/usr/bin/env python
+"""The chat app's speed against `localllm run`, and KV-cache reuse across turns, in one run.
+
+    python scripts/bench_tui.py [--model PATH] [--rounds 3] [--tokens 200] [--turns 10]
+
+1. Decode speed: the same prompt and settings (temperature 0, fixed seed, so the same answer)
+   answered by `localllm run --json` (a subprocess) and by the TUI driven headless with Pilot,
+   interleaved; prints the median tokens/s of each and the ratio (goal: TUI / run >= 0.9).
+2. Multi-turn: a TUI conversation of --turns turns of ~--tokens-token answers (~2,000 tokens of
+   history by turn 10); prints each turn's prompt tokens, how many came from the KV cache and
+   the time to first token, then TTFT(turn N) / TTFT(turn 1) (goal: <= 1.5). For scale it also
+   times the last prompt on a cold cache (what every turn would cost without reuse).
+
+Without --model it uses the starter model (fetched like the test suite does). Figures drift
+from run to run on a busy machine: compare within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+PROMPT = "Write a detailed story about a lighthouse keeper who finds a message in a bottle."
+QUESTIONS = [
+    "Explain how a steam engine works.",
+    "Now tell me about the history of railways in Britain.",
+    "What were the main effects of railways on cities?",
+    "Describe how electric trains differ from steam trains.",
+    "Tell me about high-speed rail in Japan.",
+    "How do maglev trains work?",
+    "What are the environmental benefits of trains over cars?",
+    "Describe a famous train journey across a continent.",
+    "What jobs do people do on a railway?",
+    "Summarise everything we discussed so far.",
+    "What should I read next about trains?",
+    "Thank you! Any final thoughts?",
+]
+
+
+def starter_path() -> Path:
+    import conftest  # the test suite's cached download of the starter
+
+    return conftest.starter_model.__wrapped__()  # type: ignore[attr-defined]
+
+
+def settings(tokens: int, threads: int | None) -> Any:
+    from localllm import profiles
+
+    return profiles.resolve(
+        None,
+        {"temperature": 0.0, "seed": 1, "max_tokens": tokens, "threads": threads, "gpu_layers": 0},
+    )
+
+
+def bench_run(model: Path, tokens: int, threads: int | None) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "localllm",
+        "run",
+        "-m",
+        str(model),
+        "--json",
+        "--temperature",
+        "0",
+        "--seed",
+        "1",
+        "-n",
+        str(tokens),
+        "--gpu-layers",
+        "0",
+    ]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    out = subprocess.run(
+        [*cmd, PROMPT], capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL
+    )
+    return json.loads(out.stdout)["stats"]
+
+
+async def _tui_session(model: Path, profile: Any, prompts: list[str]) -> list[dict[str, Any]]:
+    from localllm.tui.app import ChatApp
+
+    app = ChatApp(model, profile)
+    results: list[dict[str, Any]] = []
+    async with app.run_test(size=(100, 30)) as pilot:
+        while app.model_path is None or app.loading:
+            await pilot.pause(0.05)
+        for prompt in prompts:
+            app.prompt.load_text(prompt)
+            before = len(app.conversation.messages)
+            started = time.perf_counter()
+            await pilot.press("enter")
+            while len(app.conversation.messages) < before + 2:  # the question and its answer
+                await asyncio.sleep(0.02)  # not pilot.pause: that forces extra screen updates
+            wall = time.perf_counter() - started
+            stats = dict(app.conversation.messages[-1]["stats"])
+            stats["wall_s"] = wall
+            results.append(stats)
+    app.close_engine()
+    return results
+
+
+def bench_tui(model: Path, tokens: int, threads: int | None) -> dict[str, Any]:
+    return asyncio.run(_tui_session(model, settings(tokens, threads), [PROMPT]))[0]
+
+
+def cold_ttft(model: Path, profile: Any, history: list[dict[str, Any]], question: str) -> Any:
+    from localllm.engine import Engine, Stats, plan_load
+    from localllm.session import ChatSession
+
+    engine = Engine(model, plan_load(profile))
+    try:
+        session = ChatSession(engine, profile.replace(max_tokens=1))
+        session.messages = history
+        stats = None
+        for event in session.send(question):
+            if isinstance(event, Stats):
+                stats = event
+        return stats
+    finally:
+        engine.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--turns", type=int, default=10)
+    parser.add_argument("--threads", type=int)
+    args = parser.parse_args()
+    os.environ["LOCALLLM_HOME"] = tempfile.mkdtemp(prefix="localllm-bench-tui-")
+    model = args.model or starter_path()
+    print(f"model {model.name} · {args.tokens} tokens · threads {args.threads or 'default'}")
+
+    # 1. decode speed, interleaved
+    run_tps: list[float] = []
+    tui_tps: list[float] = []
+    for i in range(args.rounds):
+        a = bench_run(model, args.tokens, args.threads)
+        b = bench_tui(model, args.tokens, args.threads)
+        run_tps.append(a["tokens_per_s"])
+        tui_tps.append(b["tokens_per_s"])
+        print(
+            f"round {i + 1}: run {a['tokens_per_s']:.1f} tok/s ({a['generated_tokens']} tok) · "
+            f"TUI {b['tokens_per_s']:.1f} tok/s ({b['generated_tokens']} tok, "
+            f"{b['generated_tokens'] / b['wall_s']:.1f} tok/s end to end)"
+        )
+    run_med, tui_med = statistics.median(run_tps), statistics.median(tui_tps)
+    ratio = tui_med / run_med if run_med else float("nan")
+    print(
+        f"decode: localllm run {run_med:.1f} tok/s · TUI {tui_med:.1f} tok/s · "
+        f"ratio {ratio:.2f} (goal >= 0.9)"
+    )
+
+    # 2. multi-turn KV reuse
+    questions = (QUESTIONS * ((args.turns // len(QUESTIONS)) + 1))[: args.turns]
+    profile = settings(args.tokens, args.threads)
+    turns = asyncio.run(_tui_session(model, profile, questions))
+    for n, t in enumerate(turns, 1):
+        print(
+            f"turn {n:2d}: prompt {t['prompt_tokens']:5d} tok, {t['cached_tokens']:5d} cached, "
+            f"{t['prompt_tokens'] - t['cached_tokens']:4d} evaluated · TTFT "
+            f"{t['ttft_s'] * 1000:6.0f} ms · generated {t['generated_tokens']}"
+        )
+    first, last = turns[0]["ttft_s"], turns[-1]["ttft_s"]
+    print(
+        f"TTFT turn {len(turns)} / turn 1 = {last * 1000:.0f} / {first * 1000:.0f} ms = "
+        f"{last / first:.2f} (goal <= 1.5) with {turns[-1]['prompt_tokens']} prompt tokens"
+    )
+    from localllm import conversations
+
+    saved = conversations.list_conversations()[0]
+    history = conversations.load(saved.id).history()[:-2]
+    cold = cold_ttft(model, profile, history, questions[-1])
+    print(
+        f"without reuse the last prompt ({cold.prompt_tokens} tok) takes "
+        f"{cold.ttft_s * 1000:.0f} ms to first token"
+    )
+
+
+if __name__ == "__main__":
+    main()
