@@ -8,17 +8,123 @@ parts of the core (llama_cpp, textual, the Hub client) inside the command functi
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
+from typer.core import TyperGroup
+
+
+class _PlainHelpGroup(TyperGroup):
+    """Plain (click-style) help. Typer's rich help imports rich.markdown, markdown-it, pygments
+    and rich.traceback, which made ``localllm --help`` take twice as long as everything else
+    together. Command summaries wrap instead of being cut at the terminal width."""
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit=1000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _install_plain_coercion() -> None:
+    """Coerce plain ``str``/``int``/``float``/``bool``/``list[str]`` parameters without pydantic.
+
+    Typer >= 0.26 converts every parameter of the command being run through a pydantic
+    ``TypeAdapter``: importing pydantic and building ~30 adapters cost ``localllm run`` about
+    0.15 s of CPU per invocation, before any work. Plain types get a direct conversion with
+    the same error messages; anything else (paths, choices, ranges, custom parsers) keeps
+    Typer's own conversion, built only when the user gives that option a value. A Typer whose
+    internals differ is left alone.
+    """
+    try:
+        from dataclasses import dataclass
+
+        from typer import core
+        from typer._click.exceptions import BadParameter
+        from typer._coercion import RuntimeParam
+    except ImportError:  # pragma: no cover - another Typer: keep its behaviour
+        return
+    original = getattr(core._TyperParameter, "get_runtime_param", None)
+    if (
+        original is None
+        or getattr(original, "_localllm", False)
+        or not hasattr(core, "build_runtime_param")
+    ):  # pragma: no cover
+        return
+    messages = {
+        int: "Input should be a valid integer, unable to parse string as an integer",
+        float: "Input should be a valid number, unable to parse string as a number",
+        bool: "Input should be a valid boolean, unable to interpret input",
+    }
+    booleans = {
+        **dict.fromkeys(("1", "true", "t", "yes", "y", "on"), True),
+        **dict.fromkeys(("0", "false", "f", "no", "n", "off"), False),
+    }
+
+    @dataclass(frozen=True)
+    class PlainParam(RuntimeParam):  # type: ignore[misc]
+        kind: Any = str
+
+        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+            if self.kind is list:
+                return [v if isinstance(v, str) else str(v) for v in value]
+            if isinstance(value, self.kind) and (self.kind is bool or not isinstance(value, bool)):
+                return value
+            if self.kind is str:
+                return str(value)
+            if self.kind is bool:
+                if str(value).strip().lower() in booleans:
+                    return booleans[str(value).strip().lower()]
+                raise BadParameter(messages[bool], ctx=ctx, param=param)
+            try:
+                return self.kind(value)
+            except (TypeError, ValueError):
+                raise BadParameter(messages[self.kind], ctx=ctx, param=param) from None
+
+    @dataclass(frozen=True)
+    class DeferredParam(RuntimeParam):  # type: ignore[misc]
+        """Typer's own conversion, built only when a value is actually given."""
+
+        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+            real = core.build_runtime_param(param.type_descriptor)
+            param._runtime_param = real
+            return real._coerce_value(value, param=param, ctx=ctx)
+
+    def get_runtime_param(self: Any) -> Any:
+        if self._runtime_param is None:
+            d = self.type_descriptor
+            info = d.parameter_info
+            plain = (
+                getattr(info, "parser", None) is None
+                and getattr(info, "min", None) is None
+                and getattr(info, "max", None) is None
+                and d.file_annotation is None
+            )
+            kind = {str: str, int: int, float: float, bool: bool, list[str]: list}.get(d.annotation)
+            if plain and kind is not None and not d.is_path and not d.is_choice:
+                self._runtime_param = PlainParam(info, d.annotation, kind)
+            else:
+                self._runtime_param = DeferredParam(info, d.annotation)
+        return self._runtime_param
+
+    get_runtime_param._localllm = True  # type: ignore[attr-defined]
+    core._TyperParameter.get_runtime_param = get_runtime_param
+
+
+_install_plain_coercion()
 
 app = typer.Typer(
     name="localllm",
+    cls=_PlainHelpGroup,
     help="Run quantized large language models on your own machine.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

@@ -1,0 +1,241 @@
+"""``localllm doctor``: what this installation runs on, and what to fix.
+
+Versions (Python, llama-cpp-python, the llama.cpp/ggml it was built from), the backends compiled
+in and their devices with free and total memory, the CPU and the instruction sets llama.cpp
+uses, RAM, the model store, the Hub endpoint and offline state. When the machine has a GPU the
+build cannot use, it prints the command that reinstalls llama-cpp-python with that backend.
+
+It never opens a network connection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from localllm.cli._app import app
+
+REINSTALL = 'CMAKE_ARGS="{flag}" pip install --force-reinstall --no-cache-dir llama-cpp-python'
+GPU_BACKENDS = {
+    # hardware: (backend names that serve it, CMake flag)
+    "nvidia": (("CUDA",), "-DGGML_CUDA=on"),
+    "apple": (("Metal", "MTL"), "-DGGML_METAL=on"),
+    "amd": (("ROCm", "HIP", "Vulkan"), "-DGGML_HIP=on"),
+}
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name, from /proc/cpuinfo or sysctl; platform.processor() else."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "cpu model") and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        import subprocess
+
+        try:
+            out = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def detect_gpu_hardware() -> dict[str, list[str]]:
+    """GPUs present on the machine whatever llama.cpp was built with: ``{"nvidia": [names]}``,
+    ``{"apple": ["Apple Silicon"]}``, ``{"amd": [...]}``. Reads /proc and /sys; no network."""
+    found: dict[str, list[str]] = {}
+    nvidia = Path("/proc/driver/nvidia")
+    if nvidia.exists() or shutil.which("nvidia-smi"):
+        names = []
+        for info in sorted((nvidia / "gpus").glob("*/information")):
+            try:
+                for line in info.read_text(errors="replace").splitlines():
+                    if line.startswith("Model:"):
+                        names.append(line.partition(":")[2].strip())
+            except OSError:
+                continue
+        found["nvidia"] = names or ["NVIDIA GPU"]
+    if sys.platform == "darwin" and platform.machine() == "arm64":
+        found["apple"] = ["Apple Silicon"]
+    if Path("/dev/kfd").exists() and Path("/sys/module/amdgpu").exists():
+        found["amd"] = ["AMD GPU"]
+    return found
+
+
+def reinstall_advice(hardware: dict[str, list[str]], backends: list[str]) -> list[str]:
+    """For each GPU whose backend this build lacks: what is missing and the fix."""
+    have = {b.lower() for b in backends}
+    advice = []
+    for kind, names in hardware.items():
+        wanted, flag = GPU_BACKENDS[kind]
+        if any(w.lower() in name for w in wanted for name in have):
+            continue
+        advice.append(
+            f"{', '.join(names)} found, but this llama-cpp-python has no "
+            f"{wanted[0]} backend; reinstall it with:\n  {REINSTALL.format(flag=flag)}"
+        )
+    return advice
+
+
+def _store(path: Path) -> dict[str, Any]:
+    size = files = 0
+    if path.is_dir():
+        for root, _dirs, names in os.walk(path):
+            for name in names:
+                try:
+                    size += (Path(root) / name).stat().st_size
+                    files += 1
+                except OSError:
+                    continue
+    return {"path": str(path), "exists": path.is_dir(), "size_bytes": size, "files": files}
+
+
+def collect() -> dict[str, Any]:
+    """Everything ``doctor`` reports, JSON-ready."""
+    from localllm import hub, paths
+    from localllm.engine import physical_cores
+
+    report: dict[str, Any] = {
+        "python": {
+            "version": platform.python_version(),
+            "implementation": platform.python_implementation(),
+            "executable": sys.executable,
+        },
+        "platform": {
+            "system": platform.system(),
+            "release": platform.release(),
+            "machine": platform.machine(),
+        },
+    }
+    llama: dict[str, Any] = {}
+    try:
+        from localllm import engine
+
+        llama.update(engine.llama_cpp_versions())
+        llama["system_info"] = engine.system_info()
+        llama["gpu_offload"] = engine.gpu_offload_supported()
+        llama["backends"] = engine.backends()
+        llama["devices"] = [d.as_dict() for d in engine.devices()]
+        simd = engine.simd_features(llama["system_info"])
+    except Exception as exc:  # a broken llama_cpp install is exactly what doctor is for
+        llama["error"] = f"{type(exc).__name__}: {exc}"
+        llama.setdefault("backends", [])
+        llama.setdefault("devices", [])
+        simd = []
+    report["llama_cpp"] = llama
+    report["cpu"] = {
+        "model": cpu_model(),
+        "physical_cores": physical_cores(),
+        "logical_cores": os.cpu_count() or 1,
+        "simd": simd,
+    }
+    try:
+        import psutil
+
+        vm = psutil.virtual_memory()
+        report["memory"] = {"total_bytes": int(vm.total), "available_bytes": int(vm.available)}
+    except Exception:  # pragma: no cover - psutil is a dependency
+        report["memory"] = {"total_bytes": None, "available_bytes": None}
+    report["store"] = _store(paths.models_dir())
+    report["hub"] = {"endpoint": hub.endpoint(), "offline": hub.is_offline()}
+    hardware = detect_gpu_hardware()
+    report["gpu_hardware"] = hardware
+    report["advice"] = reinstall_advice(hardware, llama["backends"])
+    return report
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The human-readable report: one ``label  value`` line each, grouped."""
+    py, llama, cpu, mem = report["python"], report["llama_cpp"], report["cpu"], report["memory"]
+    store, hubinfo = report["store"], report["hub"]
+    rows: list[tuple[str, str]] = [
+        ("python", f"{py['version']} ({py['executable']})"),
+        (
+            "platform",
+            f"{report['platform']['system']} {report['platform']['release']} "
+            f"{report['platform']['machine']}",
+        ),
+    ]
+    if "error" in llama:
+        rows.append(("llama-cpp-python", f"cannot load: {llama['error']}"))
+    else:
+        rows.append(("llama-cpp-python", llama.get("llama_cpp_python", "?")))
+        rows.append(
+            (
+                "llama.cpp (ggml)",
+                f"{llama.get('ggml', '?')} (commit {llama.get('ggml_commit', '?')})",
+            )
+        )
+        rows.append(("backends", ", ".join(llama["backends"]) or "none"))
+        rows.append(("GPU offload", "yes" if llama.get("gpu_offload") else "no (CPU-only build)"))
+        for dev in llama["devices"]:
+            rows.append(
+                (
+                    f"device {dev['name']}",
+                    f"{dev['description']} [{dev['type']}] · "
+                    f"{_bytes(dev['free_bytes'])} free of {_bytes(dev['total_bytes'])}",
+                )
+            )
+    rows += [
+        ("CPU", cpu["model"]),
+        ("cores", f"{cpu['physical_cores']} physical, {cpu['logical_cores']} logical"),
+        ("SIMD", " ".join(cpu["simd"]) or "none reported"),
+        ("RAM", f"{_bytes(mem['available_bytes'])} available of {_bytes(mem['total_bytes'])}"),
+        (
+            "store",
+            f"{store['path']} ({_bytes(store['size_bytes'])} in {store['files']} files)"
+            if store["exists"]
+            else f"{store['path']} (empty)",
+        ),
+        (
+            "Hub",
+            hubinfo["endpoint"]
+            + (" (offline: HF_HUB_OFFLINE is set)" if hubinfo["offline"] else " (online)"),
+        ),
+    ]
+    width = max(len(label) for label, _ in rows)
+    lines = [f"{label.ljust(width)}  {value}" for label, value in rows]
+    for item in report["advice"]:
+        lines.append("")
+        lines.append("warning: " + item)
+    return "\n".join(lines)
+
+
+@app.command()
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Show versions, backends, devices, CPU, memory and store; suggest fixes."""
+    report = collect()
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report))

@@ -1,0 +1,232 @@
+#!/usr/bin/env python
+"""localllm against llama-cpp-python's high-level streaming and native llama-bench, in one run,
+interleaved round by round, on the same model, threads, batch sizes and flash-attention setting.
+
+    python scripts/bench_compare.py [--model PATH] [--rounds 5] [--threads N] [-p 512] [-n 128]
+                                    [--llama-bench PATH | --build] [--flash-attn]
+
+Without --model it uses the starter model (fetched and cached like the test suite does). Native
+llama-bench comes from --llama-bench, else from the cache that scripts/build_llama_bench.sh
+fills (--build runs that script first). Each round runs every contender once, in a fresh
+process, with ``--reps`` repetitions inside (the order alternates from round to round); the
+report gives the median over rounds and the ratios against native as the median of per-round
+ratios, which cancels drifts in machine speed (goals: decode >= 0.95x native tg, prompt
+processing >= 0.95x pp512).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("LOCALLLM_BENCH_CACHE", Path.home() / ".cache" / "localllm-bench"))
+STORY = "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle."
+
+
+def starter_path() -> Path:
+    sys.path.insert(0, str(ROOT / "tests"))
+    import conftest  # the test suite's cached download of the starter
+
+    return conftest.starter_model.__wrapped__()  # type: ignore[attr-defined]
+
+
+def find_llama_bench(explicit: str | None, build: bool) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    if build:
+        out = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "build_llama_bench.sh")],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return Path(out.stdout.strip().splitlines()[-1])
+    found = sorted(CACHE.glob("build-*/bin/llama-bench"))
+    return found[-1] if found else None
+
+
+# -- the contenders (each in its own process) ---------------------------------------------
+
+
+def run_localllm(model: Path, a: argparse.Namespace) -> dict[str, float]:
+    cmd = [sys.executable, "-m", "localllm", "bench", str(model), "-p", str(a.p), "-n", str(a.n),
+           "-r", str(a.reps), "-t", str(a.threads), "-b", str(a.batch), "-ub", str(a.ubatch),
+           "--gpu-layers", "0", "--json"]  # fmt: skip
+    cmd.append("--flash-attn" if a.flash_attn else "--no-flash-attn")
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+    data = json.loads(out.stdout)
+    res = {}
+    for r in data["results"]:
+        t = r["test"]
+        key = ("pp" if t.startswith("pp") else "tg@d" if "@ d" in t else "tg" if t.startswith(
+            "tg") else "ttft_ms" if t.startswith("ttft") else "e2e")  # fmt: skip
+        res[key] = r["mean"]
+    return res
+
+
+def run_native(binary: Path, model: Path, a: argparse.Namespace) -> dict[str, float]:
+    cmd = [str(binary), "-m", str(model), "-t", str(a.threads), "-p", str(a.p), "-n", str(a.n),
+           "-d", f"0,{a.p}", "-r", str(a.reps), "-b", str(a.batch), "-ub", str(a.ubatch),
+           "-ngl", "0", "-fa", "1" if a.flash_attn else "0", "-o", "json"]  # fmt: skip
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    res: dict[str, float] = {}
+    for r in json.loads(out.stdout):
+        depth = r.get("n_depth", 0)
+        if r["n_prompt"] and not r["n_gen"] and depth == 0:
+            res["pp"] = r["avg_ts"]
+        elif r["n_gen"] and not r["n_prompt"]:
+            res["tg" if depth == 0 else "tg@d"] = r["avg_ts"]
+    return res
+
+
+def run_highlevel(model: Path, a: argparse.Namespace) -> dict[str, float]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker-highlevel", "--model",
+           str(model), "--threads", str(a.threads), "-p", str(a.p), "-n", str(a.n),
+           "--reps", str(a.reps), "--batch", str(a.batch), "--ubatch", str(a.ubatch)]  # fmt: skip
+    if a.flash_attn:
+        cmd.append("--flash-attn")
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def highlevel_worker(a: argparse.Namespace) -> None:
+    """llama-cpp-python's own streaming: create_completion(stream=True). pp from the time to
+    the first chunk of a prompt of p random tokens; tg from the chunks of a story after that."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(a.model), n_ctx=a.p + a.n + 256, n_threads=a.threads,
+                n_threads_batch=a.threads, n_batch=min(a.batch, a.p + a.n + 256),
+                n_ubatch=a.ubatch, n_gpu_layers=0, flash_attn=a.flash_attn,
+                verbose=False)  # fmt: skip
+    rng = random.Random(7)
+    n_vocab = llm.n_vocab()
+    pp, tg = [], []
+    for i in range(a.reps + 1):
+        llm.reset()
+        tokens = [rng.randrange(n_vocab) for _ in range(a.p)]
+        t0 = time.perf_counter()
+        for _ in llm.create_completion(tokens, max_tokens=1, stream=True, temperature=0.7):
+            break
+        t1 = time.perf_counter()
+        llm.reset()
+        first = last = None
+        count = 0
+        for chunk in llm.create_completion(STORY, max_tokens=a.n, stream=True, temperature=0.7,
+                                           top_k=40, top_p=0.95, min_p=0.05, seed=i):  # fmt: skip
+            if chunk["choices"][0]["text"] is not None:
+                last = time.perf_counter()
+                first = first or last
+                count += 1
+        if i == 0:
+            continue  # warm-up
+        pp.append(a.p / (t1 - t0))
+        if count > 1 and first is not None and last is not None and last > first:
+            tg.append((count - 1) / (last - first))
+    print(json.dumps({"pp": statistics.fmean(pp), "tg": statistics.fmean(tg) if tg else 0.0}))
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    sys.path.insert(0, str(ROOT))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--reps", type=int, default=2, help="repetitions inside each run")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("-p", type=int, default=512)
+    parser.add_argument("-n", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=2048)
+    parser.add_argument("--ubatch", type=int, default=512)
+    parser.add_argument("--flash-attn", action="store_true")
+    parser.add_argument("--llama-bench")
+    parser.add_argument("--build", action="store_true", help="build native llama-bench first")
+    parser.add_argument("--no-highlevel", action="store_true")
+    parser.add_argument("--worker-highlevel", action="store_true", help=argparse.SUPPRESS)
+    a = parser.parse_args()
+    if a.threads is None:
+        from localllm.engine import physical_cores
+
+        a.threads = physical_cores()
+    if a.worker_highlevel:
+        highlevel_worker(a)
+        return
+    model = a.model or starter_path()
+    native = find_llama_bench(a.llama_bench, a.build)
+    if native is None or not native.exists():
+        print("native llama-bench not found: run scripts/build_llama_bench.sh (or --build)",
+              file=sys.stderr)  # fmt: skip
+        native = None
+    runs: dict[str, list[dict[str, float]]] = {"localllm": [], "native": [], "highlevel": []}
+    contenders: list[tuple[str, Any]] = [("localllm", lambda: run_localllm(model, a))]
+    if native is not None:
+        contenders.append(("native", lambda: run_native(native, model, a)))
+    if not a.no_highlevel:
+        contenders.append(("highlevel", lambda: run_highlevel(model, a)))
+    print(f"model {model.name} · threads {a.threads} · pp{a.p} / tg{a.n} · batch {a.batch}/"
+          f"{a.ubatch} · flash attention {'on' if a.flash_attn else 'off'} · {a.rounds} rounds "
+          f"x {a.reps} reps, interleaved", flush=True)  # fmt: skip
+    for i in range(a.rounds):
+        order = contenders if i % 2 == 0 else contenders[::-1]
+        for name, fn in order:
+            res = fn()
+            runs[name].append(res)
+            print(
+                f"  round {i + 1} {name:9s} "
+                + " ".join(f"{k}={v:.1f}" for k, v in sorted(res.items())),
+                flush=True,
+            )
+
+    def med(name: str, key: str) -> float | None:
+        values = [r[key] for r in runs[name] if key in r]
+        return statistics.median(values) if values else None
+
+    print("\nmedian over rounds (t/s; ttft in ms)")
+    keys = ["pp", "tg", "tg@d", "ttft_ms", "e2e"]
+    print(f"  {'':10s}" + "".join(f"{k:>10s}" for k in keys))
+    for name in runs:
+        if runs[name]:
+            cells = "".join(f"{med(name, k):10.1f}" if med(name, k) is not None else f"{'-':>10s}"
+                            for k in keys)  # fmt: skip
+            print(f"  {name:10s}{cells}")
+    print("\nratios")
+
+    def paired(x: str, y: str, kx: str, ky: str) -> float | None:
+        """Median over rounds of x/y measured side by side: drifts in machine speed cancel."""
+        values = [
+            rx[kx] / ry[ky]
+            for rx, ry in zip(runs[x], runs[y], strict=False)
+            if kx in rx and ky in ry and ry[ky] > 0
+        ]
+        return statistics.median(values) if values else None
+
+    def ratio(label: str, x: str, y: str, kx: str, ky: str, goal: float | None) -> None:
+        mx, my, pr = med(x, kx), med(y, ky), paired(x, y, kx, ky)
+        if mx is None or my is None or not my or pr is None:
+            return
+        mark = "" if goal is None else ("  ok" if pr >= goal else f"  below {goal}x")
+        print(f"  {label:50s} {pr:5.3f}x (of medians {mx / my:5.3f}x){mark}")
+
+    print("  (median of the per-round ratios; each round runs the contenders back to back)")
+    ratio(f"localllm pp{a.p} / native pp{a.p}", "localllm", "native", "pp", "pp", 0.95)
+    ratio(f"localllm tg{a.n} / native tg{a.n}", "localllm", "native", "tg", "tg", 0.95)
+    ratio(f"localllm engine decode @ d{a.p} / native tg{a.n} @ d{a.p}", "localllm", "native",
+          "tg@d", "tg@d", 0.95)  # fmt: skip
+    ratio("llama-cpp-python streaming tg / native tg", "highlevel", "native", "tg", "tg", None)
+    ratio("localllm tg / llama-cpp-python streaming tg", "localllm", "highlevel", "tg", "tg",
+          None)  # fmt: skip
+    ratio(f"localllm pp{a.p} / llama-cpp-python pp", "localllm", "highlevel", "pp", "pp", None)
+
+
+if __name__ == "__main__":
+    main()
