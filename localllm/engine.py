@@ -400,6 +400,9 @@ class Engine:
         self.options = options
         if not self.path.is_file():
             raise InvalidModelError(f"model file not found: {self.path}")
+        from localllm.modelfile import validate_gguf
+
+        validate_gguf(self.path)  # never hand llama.cpp a file our checks refuse
         _route_llama_logs(options.verbose)
         n_batch = min(options.n_batch, options.n_ctx)
         kv_type = _KV_GGML_TYPES.get(options.kv_cache_type)
@@ -431,6 +434,13 @@ class Engine:
             raise InvalidModelError(
                 f"llama.cpp could not load {self.path.name}: {exc}",
                 hint="check that the file is a complete GGUF model (localllm show FILE)",
+            ) from exc
+        except (MemoryError, OSError) as exc:
+            raise InferenceError(f"llama.cpp could not load {self.path.name}: {exc}") from exc
+        except Exception as exc:  # e.g. llama-cpp-python compiling a broken chat template
+            raise InvalidModelError(
+                f"llama-cpp-python refused {self.path.name}: {type(exc).__name__}: {exc}",
+                hint="check the file with `localllm show FILE`",
             ) from exc
         import llama_cpp
 

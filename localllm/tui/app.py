@@ -44,9 +44,9 @@ LOAD_FIELDS = ("context_length", "threads", "gpu_layers", "verbose")
 
 def default_engine(path: Path, profile: Profile) -> Any:
     """Load ``path`` as :class:`localllm.engine.Engine` with the profile's load settings."""
-    from localllm.engine import Engine, plan_load
+    from localllm.loading import open_engine
 
-    return Engine(path, plan_load(profile))
+    return open_engine(path, profile)
 
 
 def _backend(engine: Any) -> str:
