@@ -1,3 +1,13 @@
-"""Imports every command module so each registers itself on the app."""
+"""Imports every command module so each registers itself on the app.
 
-from localllm.cli import bench, chat, doctor, inspect, models, profile, run  # noqa: F401
+The order of these imports is the order of ``localllm --help``: the everyday commands first.
+"""
+
+# ruff: noqa: F401, I001
+from localllm.cli import run
+from localllm.cli import chat
+from localllm.cli import models
+from localllm.cli import inspect
+from localllm.cli import profile
+from localllm.cli import bench
+from localllm.cli import doctor
