@@ -69,7 +69,7 @@ class Profile:
     threads: int | None = None
     gpu_layers: int | Literal["auto"] = "auto"
     kv_cache_type: str = "f16"
-    flash_attn: bool = False
+    flash_attn: bool | Literal["auto"] = "auto"
     chat_template: str | None = None
     verbose: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -192,6 +192,12 @@ def _boolean(value: Any) -> bool:
     return value
 
 
+def _flash_attn(value: Any) -> bool | str:
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise _Invalid(f"must be true, false or auto, got {_describe(value)}")
+
+
 def _choice(choices: tuple[str, ...], *, nullable: bool = False) -> Callable[[Any], Any]:
     listed = ", ".join(choices) + (" or null" if nullable else "")
 
@@ -267,7 +273,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "threads": _integer(1, nullable=True),
     "gpu_layers": _gpu_layers,
     "kv_cache_type": _choice(KV_CACHE_TYPES),
-    "flash_attn": _boolean,
+    "flash_attn": _flash_attn,
     "chat_template": _string(nullable=True),
     "verbose": _boolean,
 }
@@ -549,11 +555,11 @@ def _make(name: str, values: Mapping[str, Any]) -> Profile:
 
 def check_consistency(profile: Profile) -> None:
     """Rules that involve more than one field."""
-    if profile.kv_cache_type != "f16" and not profile.flash_attn:
+    if profile.kv_cache_type != "f16" and profile.flash_attn is False:
         raise ProfileError(
             f"profile {profile.name!r}: kv_cache_type {profile.kv_cache_type} needs flash "
             "attention: llama.cpp can only quantize the V cache when flash attention is on",
-            hint="set flash_attn: true (or pass --flash-attn), or use kv_cache_type: f16",
+            hint="set flash_attn: true or auto, or use kv_cache_type: f16",
         )
 
 

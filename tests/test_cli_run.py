@@ -44,6 +44,7 @@ def test_answer_on_stdout_stats_on_stderr(tiny_model: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip()
     assert "tok/s" in proc.stderr and "TTFT" in proc.stderr
+    assert "threads" in proc.stderr and "CPU" in proc.stderr  # what plan_load chose
     assert "tok/s" not in proc.stdout
 
 

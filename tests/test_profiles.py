@@ -569,7 +569,7 @@ VALID_VALUES = {
     "context_length": st.none() | st.integers(64, 10**6),
     "threads": st.none() | st.integers(1, 256),
     "gpu_layers": st.just("auto") | st.integers(0, 200),
-    "flash_attn": st.just(True),
+    "flash_attn": st.sampled_from([True, False, "auto"]),
     "kv_cache_type": st.just("f16"),  # quantized types need flash_attn: tested apart
     "chat_template": st.none() | st.text(max_size=40),
     "verbose": st.booleans(),
@@ -609,12 +609,13 @@ def test_profile_fields_unchanged():
 
 def test_quantized_kv_cache_needs_flash_attention() -> None:
     with pytest.raises(ProfileError, match="flash attention") as info:
-        validate_dict({"kv_cache_type": "q8_0"}, "x.yaml")
+        validate_dict({"kv_cache_type": "q8_0", "flash_attn": False}, "x.yaml")
     assert info.value.hint and "flash_attn" in info.value.hint
     ok = validate_dict({"kv_cache_type": "q4_0", "flash_attn": True}, "x.yaml")
     assert (ok.kv_cache_type, ok.flash_attn) == ("q4_0", True)
-    with pytest.raises(ProfileError, match="flash attention"):
-        resolve(None, {"kv_cache_type": "q8_0"})
+    assert validate_dict({"kv_cache_type": "q8_0"}, "x.yaml").flash_attn == "auto"
+    with pytest.raises(ProfileError, match="flash_attn"):
+        validate_dict({"flash_attn": "sometimes"}, "x.yaml")
     with pytest.raises(ProfileError, match="kv_cache_type"):
         validate_dict({"kv_cache_type": "q2"}, "x.yaml")
 

@@ -281,6 +281,12 @@ def _stream(session: Any, text: str, *, as_json: bool, show_stats: bool, path: P
             f"TTFT {final.ttft_s * 1000:.0f} ms · "
             f"{final.tokens_per_s:.1f} tok/s · stop: {final.stop_reason}"
         )
+        opts = session.engine.options
+        err(
+            f"{opts.offload_summary} · {opts.n_threads} threads · ctx {opts.n_ctx} · "
+            f"KV {opts.kv_cache_type} · flash attention "
+            f"{'auto' if opts.flash_attn is None else 'on' if opts.flash_attn else 'off'}"
+        )
 
 
 def reasoning_notes(turn: Any) -> list[str]:
