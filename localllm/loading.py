@@ -73,6 +73,10 @@ def plan(
             options.n_ctx,
             kv_bytes_per_elem(options.kv_cache_type),
         )
+        if options.n_gpu_layers != 0:
+            from localllm.engine import install_fit_probe
+
+            install_fit_probe()
         budget = fit.available_memory()
         offloading = options.n_gpu_layers != 0 and budget.vram is not None
         available = budget.ram + (budget.vram if offloading and budget.vram else 0)

@@ -246,8 +246,10 @@ def pull(
 
     if list_files:
         repo, revision = _repo_of(ref)
+        _gpu_fit_marks()
         _print_listing(hub.list_repo(repo, revision=revision, n_ctx=ctx), as_json)
         return
+    _gpu_fit_marks()
     plan = hub.plan_pull(ref, n_ctx=ctx, name=name)
     if plan.reason:
         _say(f"picked {plan.reason}")
@@ -295,6 +297,7 @@ def search(
 
     if "/" in query.strip() or refs.parse_ref(query).kind == "alias":
         repo, revision = _repo_of(query)
+        _gpu_fit_marks()
         _print_listing(hub.list_repo(repo, revision=revision, n_ctx=ctx), as_json)
         return
     found = hub.search(query, limit=limit)
@@ -475,3 +478,11 @@ def verify(
             f"{len(bad)} file(s) failed verification",
             hint="remove the model with `localllm rm` and pull it again",
         )
+
+
+def _gpu_fit_marks() -> None:
+    """Judge fit against free GPU memory too, when this build can offload."""
+    from localllm.engine import gpu_offload_supported, install_fit_probe
+
+    if gpu_offload_supported():
+        install_fit_probe()
