@@ -610,3 +610,31 @@ def test_new_chat_while_answering_saves_the_stopped_turn(tiny_model: Path) -> No
         assert len(app.history) == 2
 
     run(app, body)
+
+
+def test_older_answers_are_archived_to_keep_streaming_cheap(tiny_model: Path) -> None:
+    conversation = conversations.Conversation.new({"model_path": str(tiny_model)})
+    for i in range(4):
+        conversation.add_message("user", f"question {i}")
+        conversation.add_message("assistant", f"**answer {i}**", reasoning=f"thought {i}")
+    app = chat_app(None, QUICK, resume=conversation.id)
+
+    async def body(pilot: Pilot[Any]) -> None:
+        await loaded(pilot)
+        await wait_for(pilot, lambda: len(app.screen.query(AssistantMessage)) == 4)
+        answers = list(app.screen.query(AssistantMessage))
+        assert [a.archived for a in answers] == [True, True, False, False]
+        archived = answers[0].query_one(".answer")
+        assert getattr(archived.content, "markup", None) == "**answer 0**"
+        await ask(pilot, "one more")
+        await wait_for(pilot, lambda: answers[2].archived, what="archiving")
+        assert not answers[3].archived
+        assert answers[2].query_one(".answer.archived") is not None
+        assert answers[2].reasoning == "thought 2"
+        # The archived copy still holds the text for the next request's history.
+        assert [m["content"] for m in app.history if m["role"] == "assistant"][:2] == [
+            "**answer 0**",
+            "**answer 1**",
+        ]
+
+    run(app, body)

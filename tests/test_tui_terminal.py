@@ -52,7 +52,7 @@ class Tmux:
             text = self.screen()
             if condition(text):
                 return text
-            time.sleep(0.2)
+            time.sleep(0.1)
         raise AssertionError(f"timed out waiting for {what}; the screen:\n{text}")
 
 
@@ -61,6 +61,16 @@ def tmux(tmp_path: Path) -> Iterator[Tmux]:
     session = Tmux(f"localllm-test-{uuid.uuid4().hex[:8]}", "chat")
     yield session
     session.run("kill-server", check=False)
+
+
+def _answer_after(screen: str, question: str) -> bool:
+    """Whether some answer text shows below the line holding ``question``."""
+    lines = screen.splitlines()
+    asked = [i for i, line in enumerate(lines) if question in line]
+    if not asked:
+        return False
+    below = lines[asked[-1] + 1 :]
+    return any(line.startswith(" █ ") and line[3:].strip() for line in below[:4])
 
 
 def _status_line(screen: str) -> str:
@@ -76,10 +86,14 @@ def test_chat_in_a_real_terminal(tmux: Tmux, starter_model: Path, tmp_path: Path
         "TERM": "xterm-256color",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
+    # Temperature 0: the answers below are the same on every run.
+    profiles = tmp_path / "home" / "config" / "profiles"
+    profiles.mkdir(parents=True)
+    (profiles / "steady.yaml").write_text("temperature: 0\nseed: 1\nmax_tokens: 512\n")
     exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
     chat = (
         f"{shlex.quote(sys.executable)} -m localllm chat -m {shlex.quote(str(starter_model))}"
-        " -p default"
+        " -p steady"
     )
     # COLUMNS / LINES from the test runner's environment would override the pane's real size.
     command = (
@@ -114,13 +128,14 @@ def test_chat_in_a_real_terminal(tmux: Tmux, starter_model: Path, tmp_path: Path
     size = tmux.run("display", "-p", "-t", tmux.name, "#{window_width}x#{window_height}").stdout
     assert "tok/s" in _status_line(screen) and "TTFT" in _status_line(screen), (size, screen)
 
-    # A long answer, stopped with Esc: the partial stays, marked stopped.
+    # A long answer (512 tokens at temperature 0), stopped with Esc as soon as it streams:
+    # the partial stays, marked stopped.
     tmux.keys("Write a very long essay about the history of the Roman Empire.", literal=True)
     tmux.keys("Enter")
     tmux.wait(lambda s: "answering" in _status_line(s), 60, "the long answer to start")
-    time.sleep(1.5)
+    tmux.wait(lambda s: _answer_after(s, "Roman Empire."), 60, "the essay to stream")
     tmux.keys("Escape")
-    screen = tmux.wait(
+    tmux.wait(
         lambda s: (
             "stopped" in s
             and "answering" not in _status_line(s)
@@ -129,6 +144,7 @@ def test_chat_in_a_real_terminal(tmux: Tmux, starter_model: Path, tmp_path: Path
         60,
         "the answer to stop",
     )
+    assert _answer_after(tmux.screen(), "Roman Empire.")  # the partial answer is still there
 
     # The next prompt works at once.
     tmux.keys("Say hello.", literal=True)
@@ -145,4 +161,5 @@ def test_chat_in_a_real_terminal(tmux: Tmux, starter_model: Path, tmp_path: Path
     assert exit_file.read_text().strip() == "0"
     saved = list((tmp_path / "home" / "data" / "conversations").glob("*.jsonl"))
     assert len(saved) == 1
-    assert "Paris" in saved[0].read_text()
+    transcript = saved[0].read_text()
+    assert "Paris" in transcript and '"stopped": true' in transcript
