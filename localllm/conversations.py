@@ -28,6 +28,7 @@ from typing import Any
 
 from localllm import paths
 from localllm.errors import LocalLLMError, UsageError
+from localllm.store import fsync_dir
 
 FORMAT_VERSION = 1
 SUFFIX = ".jsonl"
@@ -49,21 +50,6 @@ def _storage_error(action: str, path: Path, exc: OSError) -> LocalLLMError:
         f"cannot {action} {path}: {exc.strerror or exc}",
         hint="check free disk space and the permissions of the conversations folder",
     )
-
-
-def _fsync_dir(folder: Path) -> None:
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _title_from(text: str) -> str:
@@ -213,7 +199,7 @@ class Conversation:
                 f.flush()
                 os.fsync(f.fileno())
             if fresh:
-                _fsync_dir(folder)
+                fsync_dir(folder)
         except OSError as exc:
             raise _storage_error("save the conversation to", self.path, exc) from None
 

@@ -102,10 +102,11 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     if durable:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new file in ``folder`` durable (POSIX; a no-op elsewhere)."""
     if os.name != "posix":
         return
     try:
