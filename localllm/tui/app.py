@@ -37,7 +37,7 @@ from localllm.tui.widgets.status import StatusBar
 
 EngineFactory = Callable[[Path, Profile], Any]
 
-FLUSH_S = 0.1  # the worker batches streamed text: at most ~10 widget updates a second
+FLUSH_S = 0.2  # streamed text is batched: ~5 screen updates a second (each costs a frame)
 LIVE_ANSWERS = 2  # answers kept as live Markdown widgets; older ones are archived
 LOAD_FIELDS = ("context_length", "threads", "gpu_layers", "verbose")
 
