@@ -574,16 +574,7 @@ class Engine:
         reason: StopReason = "length"
         hit = False
         piece = self.piece
-        sampling = {
-            "top_k": settings.top_k,
-            "top_p": settings.top_p,
-            "min_p": settings.min_p,
-            "temp": settings.temperature,
-            "repeat_penalty": settings.repeat_penalty,
-            "frequency_penalty": settings.frequency_penalty,
-            "presence_penalty": settings.presence_penalty,
-            "grammar": llama_grammar,
-        }
+        sampling = {**sampling_kwargs(settings), "grammar": llama_grammar}
         context = list(tokens)
         room = n_ctx - 1
         try:
@@ -656,6 +647,19 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def sampling_kwargs(settings: Profile) -> dict[str, Any]:
+    """A profile's sampling settings as ``Llama.generate`` keyword arguments."""
+    return {
+        "top_k": settings.top_k,
+        "top_p": settings.top_p,
+        "min_p": settings.min_p,
+        "temp": settings.temperature,
+        "repeat_penalty": settings.repeat_penalty,
+        "frequency_penalty": settings.frequency_penalty,
+        "presence_penalty": settings.presence_penalty,
+    }
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -978,16 +982,7 @@ def bench_generate(engine: Engine, first: int, n: int, settings: Profile) -> flo
     room = llm.n_ctx() - 1
     start = time.perf_counter()
     for count, _ in enumerate(
-        llm.generate(
-            [first],
-            top_k=settings.top_k,
-            top_p=settings.top_p,
-            min_p=settings.min_p,
-            temp=settings.temperature,
-            repeat_penalty=settings.repeat_penalty,
-            frequency_penalty=settings.frequency_penalty,
-            presence_penalty=settings.presence_penalty,
-        ),
+        llm.generate([first], **sampling_kwargs(settings)),
         start=1,
     ):
         if count >= n or llm.n_tokens >= room:
