@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from localllm import reasoning
+from localllm import reasoning, structured
 from localllm.engine import Engine, Stats, Steering, TextEvent
 from localllm.profiles import Profile
 
@@ -151,15 +151,26 @@ class ChatSession:
         *,
         cancel: Callable[[], bool] | None = None,
         grammar: str | None = None,
+        constraint: structured.Constraint | None = None,
     ) -> Iterator[SessionEvent]:
         """Stream one turn as reasoning and answer events, then one :class:`Stats`.
 
         The exchange joins the history when the stream ends (a stopped answer is kept with
-        what was produced). ``grammar`` (GBNF) constrains generation; for tests.
+        what was produced). ``grammar`` (GBNF) constrains all of the generation; for tests.
+        ``constraint`` (:mod:`localllm.structured`) constrains the answer only: in reasoning
+        mode the model thinks freely first and the grammar applies after the reasoning closes.
         """
         plan = self.plan(user_text)
         prompt = self._render_plan(plan)
         profile = self.profile
+        lazy: dict[str, Any] = {}
+        if constraint is not None:
+            hook = structured.reasoning_hook(plan.adapter, plan.mode, prompt)
+            prompt += hook.prefill
+            grammar = constraint.grammar
+            if hook.lazy_after is not None:
+                grammar = structured.answer_grammar(grammar, plan.adapter)
+                lazy["grammar_lazy_after"] = hook.lazy_after
         budget = reasoning.budget_for(plan.mode, profile.reasoning_budget, profile.max_tokens)
         bridge = getattr(profile, "reasoning_bridge", None)
         stream = reasoning.ReasoningStream(
@@ -194,6 +205,7 @@ class ChatSession:
                 grammar=grammar,
                 steering=steering,
                 special=plan.special,
+                **lazy,
             ):
                 if isinstance(event, TextEvent):
                     tokens = 0 if event.injected else event.tokens
@@ -246,3 +258,66 @@ def _events(parts: list[reasoning.Part]) -> Iterator[AnswerText | ReasoningText]
             yield ReasoningText(part.text)
         else:
             yield AnswerText(part.text)
+
+
+# -- structured output: the one step that needs llama-cpp-python ------------------------------
+
+
+def schema_grammar(schema: Any) -> str:
+    """GBNF for a JSON schema, by llama-cpp-python's converter (pure Python, but shipped inside
+    ``llama_cpp``, so it is called from this engine-layer module). Check the schema with
+    :func:`localllm.structured.check_schema` first; a pattern the converter cannot translate
+    is a :class:`~localllm.errors.UsageError`."""
+    import json
+
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    from localllm.errors import UsageError
+
+    try:
+        gbnf = json_schema_to_gbnf(json.dumps(structured.normalize_schema(schema)))
+    except (ValueError, AssertionError, KeyError, TypeError, IndexError, RecursionError) as exc:
+        raise UsageError(
+            f"the JSON schema cannot become a grammar: {exc}", hint=structured.SCHEMA_HINT
+        ) from None
+    gbnf = structured.fix_converted(gbnf)
+    try:
+        structured.check_gbnf(gbnf, "the grammar converted from the JSON schema")
+    except structured.GrammarSyntaxError as exc:
+        raise UsageError(
+            f"the JSON schema cannot become a grammar ({exc.message}); a 'pattern' is the "
+            "usual cause",
+            hint=structured.SCHEMA_HINT,
+        ) from None
+    return gbnf
+
+
+def make_constraint(
+    *,
+    json_schema: Any = None,
+    json_format: bool = False,
+    grammar: str | None = None,
+    source: str = "",
+) -> structured.Constraint | None:
+    """The answer's constraint from a schema, ``--format json`` or raw GBNF (at most one)."""
+    from localllm.errors import UsageError
+
+    given = [x for x in (json_schema is not None, json_format, grammar is not None) if x]
+    if len(given) > 1:
+        raise UsageError(
+            "use only one of a JSON schema, --format json and a grammar",
+            hint="a schema already makes the answer JSON",
+        )
+    if json_schema is not None:
+        structured.check_schema(json_schema, source or "the JSON schema")
+        return structured.Constraint(
+            "json_schema",
+            schema_grammar(json_schema),
+            schema=json_schema if isinstance(json_schema, dict) else {},
+            source=source,
+        )
+    if json_format:
+        return structured.json_object_constraint()
+    if grammar is not None:
+        return structured.grammar_constraint(grammar, source or "the grammar")
+    return None

@@ -144,6 +144,24 @@ def run(
             show_default=False,
         ),
     ] = None,
+    json_schema: Annotated[
+        str | None,
+        typer.Option(
+            "--json-schema",
+            help="Make the answer JSON valid against this schema (a file or inline JSON).",
+            show_default=False,
+        ),
+    ] = None,
+    output_format: Annotated[
+        str | None,
+        typer.Option("--format", help="json: make the answer a JSON object.", show_default=False),
+    ] = None,
+    grammar_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--grammar", help="Constrain the answer with a GBNF grammar file.", show_default=False
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     show_prompt: Annotated[
         bool, typer.Option("--show-prompt", help="Print the rendered prompt and stop.")
@@ -184,6 +202,7 @@ def run(
         "verbose": verbose,
     }
     settings = profiles.resolve(profile, overrides)
+    constraint_args = constraint_options(json_schema, output_format, grammar_file, settings)
     text = read_prompt(prompt)
     interactive = sys.stderr.isatty()
 
@@ -209,12 +228,64 @@ def run(
                 f"reasoning adapter: {session.adapter}"
             )
             return
-        _stream(session, text, as_json=as_json, show_stats=stats, path=path)
+        from localllm.session import make_constraint
+
+        constraint = make_constraint(**constraint_args) if constraint_args else None
+        _stream(session, text, as_json=as_json, show_stats=stats, path=path, constraint=constraint)
     finally:
         engine.close()
 
 
-def _stream(session: Any, text: str, *, as_json: bool, show_stats: bool, path: Path) -> None:
+def constraint_options(
+    json_schema: str | None, output_format: str | None, grammar_file: Path | None, settings: Any
+) -> dict[str, Any]:
+    """What constrains the answer, checked before the model loads: the flags, else the
+    profile's ``json_schema`` or ``grammar``. Arguments for ``session.make_constraint``."""
+    from localllm import structured
+    from localllm.errors import UsageError
+
+    if output_format is not None and output_format != "json":
+        raise UsageError(f"--format must be 'json', not {output_format!r}")
+    flags = [
+        f
+        for f, v in (
+            ("--json-schema", json_schema),
+            ("--format", output_format),
+            ("--grammar", grammar_file),
+        )
+        if v is not None
+    ]
+    if len(flags) > 1:
+        raise UsageError(
+            f"{' and '.join(flags)} cannot be used together",
+            hint="a schema already makes the answer JSON; a grammar replaces both",
+        )
+    if json_schema is not None:
+        schema, source = structured.read_schema_arg(json_schema)
+        return {"json_schema": schema, "source": source}
+    if output_format == "json":
+        return {"json_format": True}
+    if grammar_file is not None:
+        return {
+            "grammar": structured.read_grammar_file(str(grammar_file)),
+            "source": str(grammar_file),
+        }
+    if settings.json_schema is not None:
+        return {"json_schema": settings.json_schema, "source": f"profile {settings.name}"}
+    if settings.grammar is not None:
+        return {"grammar": settings.grammar, "source": f"profile {settings.name}"}
+    return {}
+
+
+def _stream(
+    session: Any,
+    text: str,
+    *,
+    as_json: bool,
+    show_stats: bool,
+    path: Path,
+    constraint: Any = None,
+) -> None:
     from dataclasses import asdict
 
     from localllm.errors import EXIT_INTERRUPTED
@@ -225,7 +296,7 @@ def _stream(session: Any, text: str, *, as_json: bool, show_stats: bool, path: P
     show_reasoning = settings.show_reasoning and not as_json
     reasoning_shown = False  # reasoning is on stderr and not yet ended by a newline
     try:
-        for event in session.send(text):
+        for event in session.send(text, constraint=constraint):
             if isinstance(event, AnswerText):
                 if reasoning_shown:
                     sys.stderr.write("\n")
@@ -249,6 +320,7 @@ def _stream(session: Any, text: str, *, as_json: bool, show_stats: bool, path: P
         sys.stderr.flush()
     turn = session.last_turn
     final = turn.stats
+    parsed, problem = _check_constrained(turn, constraint, settings.max_tokens)
     if as_json:
         settings_dict = {k: v for k, v in asdict(settings).items() if k != "extra"}
         settings_dict["stop"] = list(settings.stop)
@@ -258,6 +330,7 @@ def _stream(session: Any, text: str, *, as_json: bool, show_stats: bool, path: P
             "answer": turn.answer,
             "reasoning": turn.reasoning,
             **turn.parts_dict(),
+            **({"parsed": parsed} if constraint is not None and constraint.is_json else {}),
             "settings": settings_dict,
             "stats": final.as_dict() if final else None,
         }
@@ -287,6 +360,41 @@ def _stream(session: Any, text: str, *, as_json: bool, show_stats: bool, path: P
             f"KV {opts.kv_cache_type} · flash attention "
             f"{'auto' if opts.flash_attn is None else 'on' if opts.flash_attn else 'off'}"
         )
+    if problem is not None:
+        from localllm.errors import InferenceError
+
+        raise problem if isinstance(problem, InferenceError) else InferenceError(str(problem))
+
+
+def _check_constrained(turn: Any, constraint: Any, max_tokens: int) -> tuple[Any, Any]:
+    """(parsed answer, error to raise after the output) for a constrained turn. A grammar that
+    never lets the answer end stops at max_tokens: said on stderr, and for JSON an error (the
+    answer is not usable)."""
+    from localllm.errors import InferenceError
+    from localllm.structured import AnswerError
+
+    if constraint is None or turn.stopped:
+        return None, None
+    cut = turn.stats is not None and turn.stats.stop_reason in ("length", "context")
+    if not constraint.is_json:
+        if cut:
+            err(
+                f"note: the answer reached the token limit ({max_tokens}) before the grammar let "
+                "it end, so it may be incomplete (raise --max-tokens, or check that the grammar "
+                "can finish)"
+            )
+        return None, None
+    try:
+        return constraint.parse(turn.answer), None
+    except AnswerError as exc:
+        if cut:
+            return None, InferenceError(
+                f"the JSON answer was cut off at the token limit ({max_tokens}) before it was "
+                "complete",
+                hint="raise --max-tokens (or --ctx); in reasoning mode also consider "
+                "--reasoning-budget",
+            )
+        return None, InferenceError(str(exc))
 
 
 def reasoning_notes(turn: Any) -> list[str]:
