@@ -238,7 +238,7 @@ def _stream(fmt: str, text: str, cuts: list[int]) -> tuple[list[Any], tools.Tool
     parser = tools.ToolCallParser(fmt, id_factory=ids())  # type: ignore[arg-type]
     events: list[Any] = []
     last = 0
-    for cut in sorted(set(cuts)) + [len(text)]:
+    for cut in [*sorted(set(cuts)), len(text)]:
         events += parser.feed(text[last:cut])
         last = cut
     events += parser.finish()
