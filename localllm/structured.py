@@ -171,7 +171,8 @@ def _metaschema_check(schema: dict[str, Any], source: str) -> None:
     try:
         cls.check_schema(schema)
     except SchemaError as exc:
-        best = jsonschema.exceptions.best_match([exc]) or exc
+        meta = cls(cls.META_SCHEMA)
+        best = jsonschema.exceptions.best_match(meta.iter_errors(schema)) or exc
         keyword = best.path[-1] if best.path else best.validator
         where = _pointer(best.path)
         raise UsageError(
@@ -730,14 +731,13 @@ class AnswerError(ValueError):
 
 
 def validation_errors(value: Any, schema: Mapping[str, Any]) -> list[str]:
-    """Why ``value`` fails ``schema`` (empty when it validates)."""
+    """Why ``value`` fails ``schema`` (empty when it validates). Formats are annotations, as
+    JSON Schema 2020-12 says by default (the grammar shapes dates, times and uuids but cannot
+    know that February has no 31st)."""
     from jsonschema.validators import validator_for
 
     cls = validator_for(schema)
-    return [
-        f"{_pointer(e.absolute_path)}: {e.message}"
-        for e in cls(schema, format_checker=cls.FORMAT_CHECKER).iter_errors(value)
-    ]
+    return [f"{_pointer(e.absolute_path)}: {e.message}" for e in cls(schema).iter_errors(value)]
 
 
 def json_object_constraint() -> Constraint:
