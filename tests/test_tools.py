@@ -292,7 +292,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from localllm.engine import Engine, LoadOptions
 
     path = write_tiny_gguf(tmp_path_factory.mktemp("tools") / "tiny-tools.gguf")
-    eng = Engine(path, LoadOptions(n_ctx=2048, n_threads=1, n_gpu_layers=0))
+    eng = Engine(path, LoadOptions(n_ctx=4096, n_threads=1, n_gpu_layers=0))
     yield eng
     eng.close()
 
