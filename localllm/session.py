@@ -171,6 +171,7 @@ class ChatSession:
             if hook.lazy_after is not None:
                 grammar = structured.answer_grammar(grammar, plan.adapter)
                 lazy["grammar_lazy_after"] = hook.lazy_after
+                _check_lazy_grammar(self.engine)
         budget = reasoning.budget_for(plan.mode, profile.reasoning_budget, profile.max_tokens)
         bridge = getattr(profile, "reasoning_bridge", None)
         stream = reasoning.ReasoningStream(
@@ -261,6 +262,20 @@ def _events(parts: list[reasoning.Part]) -> Iterator[AnswerText | ReasoningText]
 
 
 # -- structured output: the one step that needs llama-cpp-python ------------------------------
+
+
+def _check_lazy_grammar(engine: Engine) -> None:
+    """A clear error, not a TypeError, from an engine that cannot wait for the reasoning to
+    close before applying a grammar."""
+    import inspect
+
+    if "grammar_lazy_after" not in inspect.signature(engine.generate).parameters:
+        from localllm.errors import UsageError
+
+        raise UsageError(
+            "this build cannot constrain only the answer after reasoning",
+            hint="use --mode instant with a schema or grammar",
+        )
 
 
 def schema_grammar(schema: Any) -> str:
