@@ -247,6 +247,17 @@ def _walk(node: Any, path: list[Any], root: Any) -> tuple[str, str] | None:
                 f"required property '{missing[0]}' has no schema under 'properties', so the "
                 "grammar cannot produce it",
             )
+    if isinstance(types, list):
+        extra = sorted(set(node) - ANNOTATIONS - {"type"})
+        if extra:
+            return (
+                _pointer([*path, extra[0]]),
+                f"'{extra[0]}' beside a list of types cannot be enforced (use anyOf with one "
+                "schema per type)",
+            )
+    for key in ("minItems", "maxItems"):
+        if key in node and "items" not in node and "prefixItems" not in node:
+            return _pointer([*path, key]), f"'{key}' needs 'items' beside it"
     if "items" in node and "prefixItems" in node:
         return _pointer([*path, "items"]), "'items' beside 'prefixItems' cannot be enforced"
     for key in ("minLength", "maxLength"):
@@ -270,6 +281,21 @@ def _walk(node: Any, path: list[Any], root: Any) -> tuple[str, str] | None:
                     _pointer([*path, "pattern"]),
                     f"pattern {pattern!r} uses {bad!r}, which the grammar converter cannot "
                     "translate (write character classes such as [0-9] instead)",
+                )
+    for key in ("enum", "const"):
+        if key in node and "\\" in json.dumps(node[key], ensure_ascii=False):
+            return (
+                _pointer([*path, key]),
+                f"'{key}' values with quotes, backslashes or control characters cannot be "
+                "expressed by the grammar converter",
+            )
+    if isinstance(props, dict):
+        for name in props:
+            if "\\" in json.dumps(name, ensure_ascii=False):
+                return (
+                    _pointer([*path, "properties", name]),
+                    "property names with quotes, backslashes or control characters cannot be "
+                    "expressed by the grammar converter",
                 )
     if "enum" in node and not node["enum"]:
         return _pointer([*path, "enum"]), "an empty enum accepts nothing"
@@ -339,7 +365,17 @@ def normalize_schema(schema: Any) -> dict[str, Any]:
         return out
 
     fixed = fix(schema)
-    return fixed if isinstance(fixed, dict) else {}
+    if not isinstance(fixed, dict):
+        return {}
+    ref = fixed.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        # The converter reads no other keyword of a node with $ref, so refs inside the root's
+        # $defs would stay unresolved: put the referenced schema at the root instead.
+        target = _resolve(fixed, ref)
+        if isinstance(target, dict):
+            rest = {k: v for k, v in fixed.items() if k != "$ref"}
+            return {**rest, **target}
+    return fixed
 
 
 #: JSON strings may not hold raw control characters; the converter's ``char`` rule allows them

@@ -341,6 +341,38 @@ def _array(children: Any) -> Any:
 SCHEMAS = _object(st.recursive(_leaf, lambda c: st.one_of(_object(c), _array(c)), max_leaves=5))
 
 
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=4),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3),
+    max_leaves=6,
+)
+_keywords = st.sampled_from(
+    sorted(structured.SUPPORTED | {"minimum", "not", "uniqueItems", "title", "$defs"})
+)
+_HOSTILE = st.recursive(
+    st.dictionaries(_keywords, _json_values, max_size=3),
+    lambda c: st.dictionaries(_keywords, c | _json_values | st.lists(c, max_size=2), max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(_HOSTILE, SCHEMAS))
+def test_a_schema_is_refused_up_front_or_becomes_a_valid_grammar(schema: Any) -> None:
+    """No schema reaches the converter and fails there with anything but a usage error, and
+    every grammar it produces parses."""
+    pytest.importorskip("llama_cpp")
+    from localllm.session import make_constraint
+
+    try:
+        constraint = make_constraint(json_schema=schema)
+    except UsageError as exc:
+        assert exc.exit_code == 2 and exc.message
+        return
+    assert constraint is not None
+    structured.check_gbnf(constraint.grammar)
+
+
 @pytest.mark.parametrize("mode", ["instant", "reasoning"])
 def test_any_supported_schema_yields_valid_answers(engines: dict[str, Any], mode: str) -> None:
     from localllm.session import make_constraint
