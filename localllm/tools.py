@@ -384,6 +384,22 @@ class ToolCallParser:
 
     # -- public ---------------------------------------------------------------------------
 
+    def prime(self, prompt: str) -> None:
+        """Harmony: read the prompt's last message header (from its last ``<|start|>``), so
+        generation that continues inside a pre-filled channel is parsed as that channel."""
+        if self.fmt != "harmony":
+            return
+        at = prompt.rfind(H_START)
+        if at < 0:
+            return
+        self._buf = prompt[at + len(H_START) :]
+        self._state = "header"
+        while self._step_harmony([], final=False):
+            pass
+        self.calls.clear()
+        self.content_parts.clear()
+        self.reasoning_parts.clear()
+
     def feed(self, text: str) -> list[ToolEvent]:
         self._buf += text
         out: list[ToolEvent] = []
@@ -697,3 +713,45 @@ def tool_call_grammar(
         alts.append(f"{_literal(before)} {prefix}root {_literal(after)}")
         bodies.append(body.rstrip("\n"))
     return "root ::= " + " | ".join(alts) + "\n" + "\n".join(bodies) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# A request's tools
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    """``tool_choice``: ``auto`` (the model decides), ``none`` (no calls are parsed),
+    ``required`` (some call, forced), or a named function (that call, forced)."""
+
+    mode: Literal["auto", "none", "required", "named"] = "auto"
+    name: str | None = None
+
+    @property
+    def forced(self) -> bool:
+        return self.mode in ("required", "named")
+
+
+def parse_tool_choice(value: Any, tools: Sequence[Mapping[str, Any]] | None) -> ToolChoice:
+    """OpenAI's ``tool_choice`` (a string or ``{"type": "function", "function": {"name"}}``)."""
+    if value is None:
+        return ToolChoice("auto" if tools else "none")
+    if isinstance(value, str):
+        if value not in ("auto", "none", "required"):
+            raise UsageError(
+                f"tool_choice must be auto, none, required or a function, not {value!r}"
+            )
+        if value == "required" and not tools:
+            raise UsageError("tool_choice is required but no tools were given")
+        return ToolChoice(value)  # type: ignore[arg-type]
+    fn = value.get("function") if isinstance(value, Mapping) else None
+    name = fn.get("name") if isinstance(fn, Mapping) else None
+    if not isinstance(name, str):
+        raise UsageError('tool_choice must be {"type": "function", "function": {"name": ...}}')
+    names = [t["function"]["name"] for t in tools or ()]
+    if name not in names:
+        raise UsageError(
+            f"tool_choice names the function {name!r}, which is not among the tools",
+            hint="tools: " + (", ".join(names) or "none given"),
+        )
+    return ToolChoice("named", name)

@@ -356,3 +356,37 @@ def test_forced_required_call_has_arguments_valid_for_its_schema(
 def test_tool_choice_naming_an_unknown_function_is_refused() -> None:
     with pytest.raises(UsageError, match="not among the tools"):
         tools.tool_call_grammar("hermes", tools.check_tools([WEATHER]), lambda s: "", name="nope")
+
+
+def test_harmony_parser_primed_with_the_prompt_continues_its_channel() -> None:
+    """In instant mode the prompt already opened the final channel; a tool call starts a new
+    message. The parser primed with the prompt reads both right."""
+    prompt = (
+        "<|start|>user<|message|>hi<|end|><|start|>assistant<|channel|>analysis<|message|>"
+        "<|end|><|start|>assistant<|channel|>final<|message|>"
+    )
+    parser = tools.ToolCallParser("harmony", id_factory=ids())
+    parser.prime(prompt)
+    parser.feed("Checking.<|end|><|start|>assistant to=functions.f<|channel|>commentary json")
+    parser.feed('<|message|>{"a": 1}<|call|>')
+    parser.finish()
+    assert parser.content == "Checking."
+    assert [(c.name, c.parsed_arguments()) for c in parser.tool_calls] == [("f", {"a": 1})]
+
+
+def test_tool_choice_forms() -> None:
+    defs = tools.check_tools([WEATHER])
+    assert tools.parse_tool_choice(None, defs) == tools.ToolChoice("auto")
+    assert tools.parse_tool_choice(None, None) == tools.ToolChoice("none")
+    assert tools.parse_tool_choice("required", defs).forced
+    named = tools.parse_tool_choice({"type": "function", "function": {"name": "get_weather"}}, defs)
+    assert named == tools.ToolChoice("named", "get_weather") and named.forced
+    for bad, message in (
+        ("sometimes", "auto, none, required"),
+        ({"type": "function"}, "function"),
+        ({"type": "function", "function": {"name": "nope"}}, "not among the tools"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            tools.parse_tool_choice(bad, defs)
+    with pytest.raises(UsageError, match="no tools"):
+        tools.parse_tool_choice("required", None)
