@@ -78,7 +78,7 @@ SUPPORTED = frozenset(
 #: String formats the converter turns into grammar rules.
 FORMATS = ("date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5")
 #: Limits that keep a grammar small enough to build (the converter unrolls repetitions).
-MAX_REPEAT = 1000
+MAX_REPEAT = 256
 SCHEMA_HINT = (
     "supported: type, enum, const, properties, required, additionalProperties, items, "
     "prefixItems, minItems, maxItems, minLength, maxLength, pattern, anyOf, oneOf, allOf, "
@@ -267,7 +267,7 @@ def _walk(node: Any, path: list[Any], root: Any) -> tuple[str, str] | None:
             return _pointer([*path, key]), f"'{key}' beside 'pattern'/'format' cannot be enforced"
     for key in ("maxItems", "maxLength", "minItems", "minLength"):
         if isinstance(node.get(key), int) and node[key] > MAX_REPEAT:
-            return _pointer([*path, key]), f"'{key}' above {MAX_REPEAT} makes the grammar too big"
+            return _pointer([*path, key]), f"'{key}' above {MAX_REPEAT} would make the grammar too big"
     if "pattern" in node:
         pattern = node["pattern"]
         if not (pattern.startswith("^") and pattern.endswith("$")):
@@ -705,7 +705,13 @@ def check_gbnf(text: str, source: str = "the grammar") -> Grammar:
     """Parse ``text`` as llama.cpp would; a :class:`GrammarSyntaxError` (exit 2) names the line."""
     if not isinstance(text, str):
         raise GrammarSyntaxError(f"{source} must be GBNF text")
-    return _Parser(text, source).parse()
+    try:
+        return _Parser(text, source).parse()
+    except RecursionError:
+        raise GrammarSyntaxError(
+            f"{source}: the grammar nests groups too deeply",
+            hint="use rules instead of deeply nested parentheses",
+        ) from None
 
 
 def read_grammar_file(path: str) -> str:
