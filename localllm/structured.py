@@ -267,7 +267,9 @@ def _walk(node: Any, path: list[Any], root: Any) -> tuple[str, str] | None:
             return _pointer([*path, key]), f"'{key}' beside 'pattern'/'format' cannot be enforced"
     for key in ("maxItems", "maxLength", "minItems", "minLength"):
         if isinstance(node.get(key), int) and node[key] > MAX_REPEAT:
-            return _pointer([*path, key]), f"'{key}' above {MAX_REPEAT} would make the grammar too big"
+            return _pointer(
+                [*path, key]
+            ), f"'{key}' above {MAX_REPEAT} would make the grammar too big"
     if "pattern" in node:
         pattern = node["pattern"]
         if not (pattern.startswith("^") and pattern.endswith("$")):
