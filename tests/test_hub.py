@@ -571,7 +571,7 @@ def test_stale_partials_note_goes_to_stderr(fake_hub: FakeHub, files: dict[str, 
     proc = localllm_proc("pull", f"{repo}:Q2_K")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    assert "removed 1 stale partial download " in err and "stale" not in out
+    assert "removed 1 stale partial download " in err and "removed" not in out
     assert not stale.part.exists()
 
 
