@@ -8,9 +8,9 @@ Two figures, as issue #3 asks:
    transfer phase (curl's whole run vs pull's own "downloaded ... in Ns" line, which also
    covers the sha256, GGUF validation and the fsynced manifest); end to end (pull's process
    start-up and Hub listing included);
-2. resume: a pull of a --kill-size-mb file, SIGKILLed the moment the server has sent 50% (the
-   fake Hub holds the stream there until the kill) and run again; bytes the server sent twice
-   (goal <= 1 MiB).
+2. resume: a pull of a --kill-size-mb file, throttled to 16 MiB/s so the kill lands near 50%,
+   SIGKILLed at 50% and run again; bytes the server sent twice (goal <= 1 MiB). The fake Hub
+   holds the stream a little past 50% until the kill, so the pull never finishes first.
 
     python scripts/bench_download.py [--size-mb 1024] [--runs 5] [--dir /dev/shm] [--json]
 
@@ -119,31 +119,36 @@ def run_pull(endpoint: str, home: Path) -> tuple[float, float]:
 
 
 def kill_at_half(hub: object, endpoint: str, home: Path, size: int) -> dict[str, int]:
-    """SIGKILL a pull the moment the server has sent 50% (the server holds the stream there
-    until the kill, so the kill lands at 50% however loaded the machine), run it again, count
-    the bytes sent twice: what was in flight (socket buffers, the writer's queue) when the
-    process died."""
+    """SIGKILL a throttled pull at 50%, run it again unthrottled, count bytes sent twice.
+    Besides the throttle (so the kill lands near 50% with little in flight, as on a real
+    network), the server holds the stream at 50% + 4 MiB until the kill: the pull cannot
+    finish first, however loaded the machine."""
     from localllm import hub as hubmod
 
     shutil.rmtree(home, ignore_errors=True)
     env = pull_env(home, endpoint)
     os.environ["LOCALLLM_HOME"] = str(home)
     part = hubmod.Partial.of(KILL_REPO, KILL_FILE).part
+    # Throttled so the kill lands near 50%; at full loopback speed on a busy machine the
+    # kernel's socket buffers alone hold megabytes in flight, whoever the client is.
+    hub.throttle[KILL_FILE] = 16 * MiB  # type: ignore[attr-defined]
     hub.reset_counters()  # type: ignore[attr-defined]
-    hold = hub.hold(KILL_FILE, size // 2)  # type: ignore[attr-defined]
+    hold = hub.hold(KILL_FILE, min(size, size // 2 + 4 * MiB))  # type: ignore[attr-defined]
     cmd = [sys.executable, "-m", "localllm", "pull", f"{KILL_REPO}:Q8_0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     try:
-        while not hold.reached.wait(0.1):
+        while not (part.exists() and part.stat().st_size >= size // 2):
             if proc.poll() is not None:
                 err = proc.stderr.read() if proc.stderr else ""
                 raise SystemExit(f"pull ended before 50%: {err}")
+            time.sleep(0.005)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         hold.release()
-    on_disk = part.stat().st_size if part.exists() else 0
+    on_disk = part.stat().st_size
     sent_before = hub.sent(KILL_FILE)  # type: ignore[attr-defined]
+    del hub.throttle[KILL_FILE]  # type: ignore[attr-defined]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise SystemExit(f"resumed pull failed: {result.stderr}")
