@@ -82,12 +82,15 @@ class FakeFile:
 
 
 class Hold:
-    """A transfer of one file stops once it has sent the bytes before ``offset`` (an offset in
-    the file, so a resumed transfer stops at the same place) and waits for :meth:`release`.
-    ``reached`` is set when the server stops there. One transfer is held, once."""
+    """Transfers of one file stop once they have sent the bytes before ``offset`` (an offset in
+    the file, so a resumed transfer stops at the same place) and wait for :meth:`release`.
+    ``reached`` is set when the server first stops there. Every transfer is held until the
+    release (a client that times out and resumes is held again), or only the first one with
+    ``once``."""
 
-    def __init__(self, offset: int) -> None:
+    def __init__(self, offset: int, once: bool = False) -> None:
         self.offset = offset
+        self.once = once
         self.reached = threading.Event()
         self.released = threading.Event()
         self.used = False
@@ -179,11 +182,11 @@ class FakeHub:
     def file(self, repo: str, path: str) -> FakeFile:
         return self.repos[repo].files[path]
 
-    def hold(self, path: str, offset: int) -> Hold:
+    def hold(self, path: str, offset: int, *, once: bool = False) -> Hold:
         """Hold the next transfer of ``path`` (or its basename) that passes byte ``offset`` of
         the file there until the returned hold is released; :meth:`stop` releases every hold.
         Several holds on one file stop a transfer at each in turn."""
-        h = Hold(offset)
+        h = Hold(offset, once)
         with self.lock:
             self.holds[path].append(h)
         return h
@@ -495,7 +498,8 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     (
                         h
                         for h in (hub.holds[key_hold] if key_hold else [])
-                        if not h.used and start <= h.offset < end
+                        if not (h.once and h.used) and not h.released.is_set()
+                        if start <= h.offset < end
                     ),
                     key=lambda h: h.offset,
                 )
