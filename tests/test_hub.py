@@ -504,13 +504,15 @@ def test_the_environment_is_read_at_every_call(
 ) -> None:
     """huggingface_hub reads HF_ENDPOINT, HF_HUB_OFFLINE and the token path once, at import;
     localllm obeys the environment of the moment of each call."""
-    import huggingface_hub  # noqa: F401 - imported now, with the settings of this moment
+    from huggingface_hub import constants
 
     quant_repo(fake_hub, files)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OfflineError):
         hub.list_repo("acme/Tiny-GGUF")
     monkeypatch.delenv("HF_HUB_OFFLINE")
+    # As if the library had been imported while offline: its request hook would refuse all.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert hub.list_repo("acme/Tiny-GGUF", budget=ROOMY).rows
     # Another endpoint (a mirror) from one call to the next.
     with FakeHub() as mirror:
@@ -530,6 +532,38 @@ def test_the_environment_is_read_at_every_call(
     assert m.primary.read_bytes() == files["mid"].read_bytes()
     # Every request carries the library's user agent with ours in it.
     assert fake_hub.agents and all("localllm/0.1" in (a or "") for _, a in fake_hub.agents)
+
+
+def test_library_errors_become_ours() -> None:
+    """One translation of huggingface_hub's errors, with our exit codes."""
+    import httpx2
+    from huggingface_hub import errors as hf
+
+    from localllm.hub import client
+
+    def http(cls: type[Exception], status: int) -> Exception:
+        request = httpx2.Request("GET", "https://huggingface.co/api/models/o/r")
+        response = httpx2.Response(status, request=request)
+        return cls(f"{status}", response=response)  # type: ignore[call-arg]
+
+    cases = [
+        (hf.OfflineModeIsEnabled("offline"), OfflineError, 4),
+        (http(hf.GatedRepoError, 401), hub.GatedRepoError, 4),  # before RepositoryNotFound
+        (http(hf.RepositoryNotFoundError, 404), hub.RepoNotFoundError, 3),
+        (http(hf.RevisionNotFoundError, 404), hub.RepoNotFoundError, 3),
+        (http(hf.RemoteEntryNotFoundError, 404), hub.EntryNotFoundError, 3),
+        (http(hf.HfHubHTTPError, 403), hub.GatedRepoError, 4),
+        (http(hf.HfHubHTTPError, 418), NetworkError, 4),
+        (httpx2.ConnectError("refused"), client.Transient, None),
+        (http(hf.HfHubHTTPError, 503), client.Transient, None),
+    ]
+    for exc, kind, code in cases:
+        mapped = client.translate(exc, "o/r", "m.gguf")
+        assert type(mapped) is kind, (exc, mapped)
+        if code is not None:
+            assert mapped.exit_code == code  # type: ignore[attr-defined]
+        else:
+            assert isinstance(mapped.__cause__, NetworkError)  # what is said when retries end
 
 
 def _stale_partial(repo: str, filename: str, size: int, age_days: float) -> hub.Partial:
