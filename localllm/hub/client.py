@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from localllm.errors import LocalLLMError, ModelNotFoundError, NetworkError, OfflineError
 
@@ -82,11 +82,17 @@ def _token_path() -> str:
 
 def sync_library() -> None:
     """Bring huggingface_hub's import-time settings up to date with the environment: offline
-    mode (its request hook refuses every request while it is on) and the token file."""
+    mode (its request hook refuses every request while it is on) and the token file. Its
+    warnings (a retry it makes on its own) stay quiet unless ``HF_HUB_VERBOSITY`` or
+    ``HF_DEBUG`` asks for them: what went wrong reaches the user as one error line."""
+    import logging
+
     from huggingface_hub import constants
 
     constants.HF_HUB_OFFLINE = is_offline()
     constants.HF_TOKEN_PATH = _token_path()
+    if not os.environ.get("HF_HUB_VERBOSITY") and not os.environ.get("HF_DEBUG"):
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
 def token() -> str | None:
@@ -240,19 +246,41 @@ def translate(exc: BaseException, repo: str, filename: str | None = None) -> Bas
     return exc
 
 
-def call(fn: Callable[[], T], repo: str, filename: str | None = None, *, what: str = "") -> T:
+def reraise(exc: BaseException, repo: str, filename: str | None = None) -> NoReturn:
+    """Raise :func:`translate`'s answer for ``exc`` (a :class:`Transient` keeps the error to
+    report when the retries run out as its cause)."""
+    mapped = translate(exc, repo, filename)
+    if mapped is exc:
+        raise exc
+    if isinstance(mapped, Transient):
+        raise mapped
+    raise mapped from None
+
+
+def call(
+    fn: Callable[[], T],
+    repo: str,
+    filename: str | None = None,
+    *,
+    what: str = "",
+    retry: bool = True,
+) -> T:
     """Call the library, translating its errors; transient ones are retried with exponential
-    backoff (``LOCALLLM_RETRY_BACKOFF``), then reported."""
+    backoff (``LOCALLLM_RETRY_BACKOFF``), then reported. ``retry=False`` for the calls the
+    library already retries itself (``list_models``)."""
 
     def attempt() -> T:
         try:
             return fn()
         except Exception as exc:
-            mapped = translate(exc, repo, filename)
-            if mapped is exc:
-                raise
-            raise mapped from None
+            reraise(exc, repo, filename)
 
+    if not retry:
+        try:
+            return attempt()
+        except Transient as exc:
+            cause = exc.__cause__
+            raise (cause if isinstance(cause, LocalLLMError) else network_error(exc)) from None
     return retrying(attempt, what or f"reading {repo}")
 
 

@@ -401,7 +401,7 @@ def _stream_once(
 
         # The library's HTTP errors are OSErrors too: they are ours to translate first.
         if isinstance(exc, httpx2.HTTPError | hf.HfHubHTTPError | hf.OfflineModeIsEnabled):
-            raise client.translate(exc, repo, filename) from None
+            client.reraise(exc, repo, filename)
         if isinstance(exc, ConnectionError | TimeoutError) and exc.errno != errno.ENOSPC:
             raise Transient(str(exc) or type(exc).__name__) from exc
         raise

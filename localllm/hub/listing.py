@@ -183,4 +183,5 @@ def search(query: str, limit: int = 20) -> list[dict[str, Any]]:
             for m in found
         ]
 
-    return client.call(run, query, what="searching the Hub")
+    # list_models retries transient failures itself (five times, with backoff).
+    return client.call(run, query, what="searching the Hub", retry=False)
