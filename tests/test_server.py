@@ -5,6 +5,7 @@ forcing known text where the test needs to know what the model says."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,7 +71,7 @@ def test_chat_completion(sentence_server: ServerProcess) -> None:
     assert choice.message.content == "alpha beta gamma delta epsilon"
     assert choice.finish_reason == "stop"
     assert result.object == "chat.completion" and result.id.startswith("chatcmpl-")
-    assert result.model == "default"
+    assert result.model == "tiny-chat"  # "default" names the server's model
     usage = result.usage
     assert usage.prompt_tokens > 0 and usage.completion_tokens > 0
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
@@ -182,9 +183,14 @@ def test_seed_reproducibility(free_server: ServerProcess) -> None:
 
     def say(seed: int) -> str:
         result = c.chat.completions.create(
-            model="default", messages=HI, seed=seed, temperature=1.5, top_k=0, top_p=1.0,
-            min_p=0.0, max_tokens=24,
-        )  # fmt: skip
+            model="default",
+            messages=HI,
+            seed=seed,
+            temperature=1.5,
+            top_p=1.0,
+            max_tokens=24,
+            extra_body={"top_k": 0, "min_p": 0.0},
+        )
         return result.choices[0].message.content
 
     first = say(7)
@@ -335,12 +341,11 @@ def test_prompt_longer_than_the_context_is_400_naming_both(
             status, body = server.post("/v1/chat/completions", {"messages": long, "stream": stream})
             assert status == 400, body
             assert body["error"]["code"] == "context_length_exceeded"
-            assert "128" in body["error"]["message"]
-            assert str(server_prompt_tokens(body["error"]["message"])) in body["error"]["message"]
-
-
-def server_prompt_tokens(message: str) -> int:
-    return int(message.split("the prompt is ")[1].split(" ")[0])
+            match = re.search(
+                r"prompt is (\d+) tokens but the context holds (\d+)", body["error"]["message"]
+            )
+            assert match, body
+            assert int(match.group(1)) > 400 and 128 <= int(match.group(2)) <= 512
 
 
 def test_body_over_8_mib_is_413(sentence_server: ServerProcess) -> None:
@@ -394,3 +399,29 @@ def test_busy_port_is_a_usage_error(tiny_model: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("error: cannot listen on")
     assert "Traceback" not in result.stderr
+
+
+def test_cors_off_by_default_and_on_for_named_origins(
+    sentence_server: ServerProcess, tiny_model: Path, tmp_path: Path
+) -> None:
+    origin = {"Origin": "http://app.example", "Access-Control-Request-Method": "POST"}
+    _, headers, _ = sentence_server.request("GET", "/v1/models", headers=origin)
+    assert "access-control-allow-origin" not in {k.lower() for k in headers}
+    env = {"LOCALLLM_HOME": str(tmp_path)}
+    args = ("-m", str(tiny_model), "--cors-origin", "http://app.example", "--api-key", "k")
+    with ServerProcess(*args, env=env) as server:
+        status, headers, _ = server.request("OPTIONS", "/v1/chat/completions", headers=origin)
+        assert status == 200  # a preflight needs no key
+        assert headers["access-control-allow-origin"] == "http://app.example"
+
+
+def test_other_hosts_warn_without_a_key(tiny_model: Path, tmp_path: Path) -> None:
+    with ServerProcess(
+        "-m", str(tiny_model), "--host", "0.0.0.0", env={"LOCALLLM_HOME": str(tmp_path)}
+    ) as server:
+        line = server.wait_line("warning: listening on 0.0.0.0")
+        assert "--api-key" in line
+        # Not bound to loopback: any Host header is accepted.
+        status, _, _ = server.request("GET", "/v1/models", headers={"Host": "myhost.lan"})
+        assert status == 200
+    assert any(line.startswith("GET /v1/models") for line in server.lines)  # access log

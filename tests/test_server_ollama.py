@@ -61,7 +61,7 @@ def test_generate_and_options(server: ServerProcess) -> None:
     c = client(server)
     result = c.generate(model="qwen3", prompt="hi", think=True)
     assert (result.thinking, result.response) == ("step one", "The answer.")
-    limited = c.generate(model="qwen3", prompt="hi", options={"num_predict": 2})
+    limited = c.generate(model="qwen3", prompt="hi", raw=True, options={"num_predict": 2})
     assert limited.eval_count == 2 and limited.done_reason == "length"
     stopped = c.generate(model="qwen3", prompt="hi", think=True, options={"stop": ["swer"]})
     assert stopped.response == "The an"

@@ -185,6 +185,7 @@ def start(
             headers={"Retry-After": "1"},
         ) from None
     watcher = asyncio.get_running_loop().create_task(_watch(request, job))
+    request.scope["localllm.logged"] = True
     return Running(job, entry, watcher, t0)
 
 
@@ -477,8 +478,11 @@ class Guard:
     """Checks before any route: the Host header when bound to loopback (DNS rebinding), the
     API key (``/health`` and CORS preflights stay open), and the body size."""
 
-    def __init__(self, app: Any, *, api_key: str | None, loopback: bool) -> None:
+    def __init__(
+        self, app: Any, *, api_key: str | None, loopback: bool, log: Log | None = None
+    ) -> None:
         self.app = app
+        self.log = log
         self.api_key = api_key.encode() if api_key else None
         self.loopback = loopback
 
@@ -488,11 +492,26 @@ class Guard:
             return
         headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
         path = scope.get("path", "")
+        status = 0
+
+        async def send_logged(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         problem = self.check(scope, headers, path)
-        if problem is not None:
-            await error_response(problem, path)(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+        try:
+            if problem is not None and problem.status == 413:
+                await _drain(receive)  # so the client reads the answer, not a reset
+            if problem is not None:
+                await error_response(problem, path)(scope, receive, send_logged)
+            else:
+                await self.app(scope, receive, send_logged)
+        finally:
+            # Generating routes log their own line, with tokens and speed.
+            if self.log is not None and path != "/health" and not scope.get("localllm.logged"):
+                self.log(f"{scope.get('method')} {path} {status or 499}")
 
     def check(self, scope: Any, headers: dict[str, bytes], path: str) -> HTTPError | None:
         if self.loopback:
@@ -516,6 +535,18 @@ class Guard:
         if length.isdigit() and int(length) > MAX_BODY:
             return HTTPError(413, TOO_LARGE, code="too_large")
         return None
+
+
+async def _drain(receive: Any, limit: int = 8 * MAX_BODY) -> None:
+    """Read and drop a request body (up to ``limit`` bytes)."""
+    seen = 0
+    while seen <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body"):
+            return
 
 
 def build_app(
@@ -548,7 +579,7 @@ def build_app(
             Exception: http_error,
         },
     )
-    guarded: Any = Guard(app, api_key=api_key, loopback=loopback)
+    guarded: Any = Guard(app, api_key=api_key, loopback=loopback, log=state.log)
     if cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 
