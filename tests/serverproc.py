@@ -108,9 +108,9 @@ class ServerProcess:
             req.add_header(key, value)
         try:
             with urllib.request.urlopen(req, timeout=120) as resp:
-                return resp.status, dict(resp.headers), resp.read()
+                return resp.status, _lower(resp.headers), resp.read()
         except urllib.error.HTTPError as exc:
-            return exc.code, dict(exc.headers), exc.read()
+            return exc.code, _lower(exc.headers), exc.read()
 
     def get(self, path: str, **kw: Any) -> tuple[int, Any]:
         status, _, body = self.request("GET", path, **kw)
@@ -151,3 +151,7 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _lower(headers: Any) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items()}

@@ -121,7 +121,7 @@ def test_full_queue_is_503_with_retry_after(tiny_model: Path, tmp_path: Path) ->
             "POST", "/v1/chat/completions", {"messages": HI, "max_tokens": 2}
         )
         assert status == 503
-        assert headers["Retry-After"] == "1"
+        assert headers["retry-after"] == "1"
         assert json.loads(body)["error"]["code"] == "queue_full"
         conn.close()
         waiting.join(timeout=120)

@@ -132,6 +132,7 @@ class _Gone:
 
 
 GONE = _Gone()
+STOPPING = HTTPError(503, "the server is stopping", code="shutting_down")
 
 
 @dataclass
@@ -198,6 +199,8 @@ async def first_event(running: Running) -> Any:
             continue
         if isinstance(item, BaseException):
             raise item
+        if item is None:  # cancelled before it started: the server is stopping
+            raise STOPPING
         return item
 
 
@@ -447,8 +450,10 @@ async def _collect(running: Running, first: Any) -> Any:
     """Wait for the whole turn; ``None`` when the client went away first."""
     item = first
     while True:
-        if item is None or item is GONE:
+        if item is GONE:
             return None
+        if item is None:  # cancelled before it started: the server is stopping
+            raise STOPPING
         if isinstance(item, BaseException):
             raise item
         if isinstance(item, Done):
