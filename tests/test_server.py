@@ -76,6 +76,10 @@ def test_chat_completion(sentence_server: ServerProcess) -> None:
     assert usage.prompt_tokens > 0 and usage.completion_tokens > 0
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     assert usage.completion_tokens_details.reasoning_tokens == 0
+    sentence_server.wait_line(
+        r"^POST /v1/chat/completions tiny-chat prompt \d+ \(\d+ cached\) · completion \d+ · "
+        r"TTFT \d+ ms · [\d.]+ tok/s · stop 200$"
+    )  # the access log
 
 
 def test_text_part_content_and_system_message(sentence_server: ServerProcess) -> None:
@@ -425,3 +429,37 @@ def test_other_hosts_warn_without_a_key(tiny_model: Path, tmp_path: Path) -> Non
         status, _, _ = server.request("GET", "/v1/models", headers={"Host": "myhost.lan"})
         assert status == 200
     assert any(line.startswith("GET /v1/models") for line in server.lines)  # access log
+
+
+@pytest.mark.slow
+def test_a_real_model_answers_as_localllm_run_does(starter_model: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    question = "What is the capital of France?"
+    args = ["-m", str(starter_model), "--ctx", "1024"]
+    run = subprocess.run(
+        [sys.executable, "-m", "localllm", "run", *args, "--temperature", "0", "-n", "24",
+         "--json", question],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    expected = json.loads(run.stdout)["answer"]
+    with ServerProcess(*args, env={"LOCALLLM_HOME": str(tmp_path)}) as server:
+        c = client(server)
+
+        def ask() -> str:
+            result = c.chat.completions.create(
+                model="default",
+                messages=[{"role": "user", "content": question}],
+                temperature=0,
+                max_tokens=24,
+            )
+            return result.choices[0].message.content
+
+        assert len(expected) > 10
+        assert ask() == expected  # the same profile + session path as the CLI
+        assert ask() == expected
+        text = c.completions.create(
+            model="default", prompt="The capital of France is", temperature=0, max_tokens=4
+        )
+        assert text.usage.completion_tokens == 4 and text.choices[0].text.strip()
