@@ -15,6 +15,7 @@ sent back to the model.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -108,7 +109,7 @@ class ChatSession:
         if not self.is_chat:
             fmt = self.profile.reasoning_format
             return fmt if fmt and fmt != "auto" else "none"
-        return reasoning.choose_adapter(self.chat_template, self.profile.reasoning_format)
+        return _choose_adapter(self.chat_template, self.profile.reasoning_format)
 
     @property
     def mode(self) -> reasoning.Mode:
@@ -291,6 +292,13 @@ class ChatSession:
     def reset(self) -> None:
         self.messages.clear()
         self.last_turn = None
+
+
+@functools.lru_cache(maxsize=32)
+def _choose_adapter(template: str | None, reasoning_format: str | None) -> str:
+    """:func:`reasoning.choose_adapter`, remembered: detecting the adapter renders the
+    template a few times (milliseconds), and every request of a server asks again."""
+    return reasoning.choose_adapter(template, reasoning_format)
 
 
 def _events(parts: list[reasoning.Part]) -> Iterator[AnswerText | ReasoningText]:

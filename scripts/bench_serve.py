@@ -89,6 +89,23 @@ def stream_chat(url: str, tokens: int, prompt: str, extra: dict[str, Any] | None
     return out
 
 
+def whole_chat(url: str, tokens: int, prompt: str) -> dict[str, Any]:
+    """One non-streaming request: the engine's decode rate with no per-token traffic."""
+    body = {
+        "messages": [{"role": "user", "content": prompt}],
+        "temperature": 0,
+        "max_tokens": tokens,
+    }
+    req = urllib.request.Request(
+        url + "/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=600) as resp:
+        stats = json.loads(resp.read())["localllm"]["stats"]
+    return {"tok_s": stats["tokens_per_s"]}
+
+
 def concurrent(url: str, clients: int, tokens: int) -> float:
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
@@ -168,13 +185,14 @@ def main() -> None:
         model = str(ensure_starter(lambda m: print(m, file=sys.stderr)))
 
     proc, url = start_ours(model, args.threads)
-    cli_rows, srv_rows = [], []
+    cli_rows, srv_rows, whole_rows = [], [], []
     try:
         stream_chat(url, 4, "warm up")
         for i in range(args.rounds):
             prompt = f"({i}) {PROMPT}"  # a new first token: no KV reuse between rounds
             cli_rows.append(run_cli(model, args.threads, args.tokens, prompt))
             srv_rows.append(stream_chat(url, args.tokens, prompt))
+            whole_rows.append(whole_chat(url, args.tokens, "x" + prompt))
         wall = concurrent(url, args.clients, 16)
     finally:
         proc.send_signal(signal.SIGINT)
@@ -195,7 +213,12 @@ def main() -> None:
         f"localllm serve  decode {srv_tok:7.1f} tok/s · TTFT {srv_ttft:.0f} ms "
         f"(client-side decode {client_tok:.1f} tok/s)"
     )
-    print(f"serve ÷ run decode: {srv_tok / cli_tok:.3f} · TTFT added by the server: {added:.1f} ms")
+    whole_tok = summary("serve", whole_rows, "tok_s")
+    print(f"localllm serve  decode {whole_tok:7.1f} tok/s not streamed")
+    print(
+        f"serve ÷ run decode: {srv_tok / cli_tok:.3f} streamed, {whole_tok / cli_tok:.3f} not "
+        f"streamed · TTFT added by the server: {added:.1f} ms"
+    )
     print(f"{args.clients} concurrent clients × 16 tokens: {wall:.2f} s wall")
 
     if args.llama_cpp_server:

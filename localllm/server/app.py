@@ -294,8 +294,7 @@ def routes(state: ServerState) -> list[Any]:
             status = 200
             try:
                 yield chunks.role()
-                item = first
-                while True:
+                async for item in merged(running, first):
                     if item is None or item is GONE:
                         status = 499
                         return
@@ -315,7 +314,6 @@ def routes(state: ServerState) -> list[Any]:
                             return
                         yield chunks.end(item.turn)
                         return
-                    item = await running.job.events.get()
             finally:
                 running.close()
                 log_access(state, request.method, request.url.path, running, status)
@@ -376,8 +374,7 @@ def routes(state: ServerState) -> list[Any]:
         async def stream() -> AsyncIterator[bytes]:
             status = 200
             try:
-                item = first
-                while True:
+                async for item in merged(running, first):
                     if item is None or item is GONE:
                         status = 499
                         return
@@ -395,7 +392,6 @@ def routes(state: ServerState) -> list[Any]:
                         total = time.perf_counter() - running.t0
                         yield ollama.line(ollama.final(name, item.turn, chat=chat, total_s=total))
                         return
-                    item = await running.job.events.get()
             finally:
                 running.close()
                 log_access(state, request.method, request.url.path, running, status)
@@ -444,6 +440,33 @@ def routes(state: ServerState) -> list[Any]:
     for name in ROUTE_MODULES:
         table.extend(importlib.import_module(name).routes(state))
     return table
+
+
+async def merged(running: Running, first: Any) -> AsyncIterator[Any]:
+    """The job's items from ``first`` on, with text events already waiting joined into one
+    (when the loop falls behind the token loop, one chunk goes out instead of several)."""
+    from localllm.session import AnswerText, ReasoningText
+
+    events = running.job.events
+    item = first
+    while True:
+        if isinstance(item, (AnswerText, ReasoningText)):
+            kind = type(item)
+            texts = [item.text]
+            following = None
+            while not events.empty():
+                following = events.get_nowait()
+                if type(following) is not kind:
+                    break
+                texts.append(following.text)
+                following = None
+            yield kind("".join(texts)) if len(texts) > 1 else item
+            item = following if following is not None else await events.get()
+            continue
+        yield item
+        if item is None or item is GONE or isinstance(item, (Done, BaseException)):
+            return
+        item = await events.get()
 
 
 async def _collect(running: Running, first: Any) -> Any:
