@@ -104,6 +104,18 @@ def test_completions_endpoint_uses_no_template(sentence_server: ServerProcess) -
     assert result.usage.prompt_tokens < chat.usage.prompt_tokens
 
 
+def test_completions_stream(sentence_server: ServerProcess) -> None:
+    stream = client(sentence_server).completions.create(
+        model="default", prompt="Once", max_tokens=64, stream=True
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == (
+        "alpha beta gamma delta epsilon"
+    )
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert {c.object for c in chunks} == {"text_completion"}
+
+
 def test_max_tokens_gives_finish_reason_length(sentence_server: ServerProcess) -> None:
     c = client(sentence_server)
     result = c.chat.completions.create(model="default", messages=HI, max_tokens=3)
@@ -273,6 +285,10 @@ def test_models_list(sentence_server: ServerProcess, tiny_model: Path) -> None:
     models = client(sentence_server).models.list()
     ids = [m.id for m in models.data]
     assert ids[0] == tiny_model.stem
+    one = client(sentence_server).models.retrieve(tiny_model.stem)
+    assert one.id == tiny_model.stem
+    with pytest.raises(openai.NotFoundError):
+        client(sentence_server).models.retrieve("nothing-here")
 
 
 def test_unknown_model_is_404(sentence_server: ServerProcess, tiny_model: Path) -> None:
@@ -384,6 +400,35 @@ def test_api_key(tiny_model: Path, tmp_path: Path) -> None:
         status, body = server.get("/api/tags")
         assert status == 401 and isinstance(body["error"], str)
         assert client(server, api_key="s3cret").models.list().data
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["-m", "no-such-model"], 3, "error: no model named 'no-such-model'"),
+        (["--queue", "0"], 2, "error: --queue must be at least 1"),
+        (["--alias", "gpt-4o"], 2, "error: --alias takes NAME=MODEL"),
+        (["--alias", "gpt-4o=nope"], 2, "error: --alias gpt-4o=nope"),
+    ],
+)
+def test_bad_serve_options_exit_with_one_line(
+    tiny_model: Path, args: list[str], code: int, message: str
+) -> None:
+    import subprocess
+    import sys
+
+    if args[0] != "-m":
+        args = ["-m", str(tiny_model), *args]
+    result = subprocess.run(
+        [sys.executable, "-m", "localllm", "serve", "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == code, result.stderr
+    assert result.stderr.startswith(message), result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_busy_port_is_a_usage_error(tiny_model: Path) -> None:
