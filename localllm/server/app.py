@@ -204,7 +204,9 @@ async def first_event(running: Running) -> Any:
         return item
 
 
-def log_access(state: ServerState, method: str, path: str, running: Running | None, status: int):
+def log_access(
+    state: ServerState, method: str, path: str, running: Running | None, status: int
+) -> None:
     parts = [method, path]
     if running is not None:
         parts.append(running.entry.name)
