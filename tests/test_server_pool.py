@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -210,3 +211,23 @@ def test_ctrl_c_cancels_running_generations_and_exits_0(endless: ServerProcess) 
     conn.close()
     assert not any("Traceback" in line for line in endless.lines)
     assert any("unloaded" in line for line in endless.lines)
+
+
+def test_a_second_ctrl_c_quits_at_once_with_130(tiny_model: Path, tmp_path: Path) -> None:
+    server = ServerProcess("-m", str(tiny_model), env={"LOCALLLM_HOME": str(tmp_path)}).start()
+    url = urlparse(server.url)
+    try:
+        # A request whose body never finishes keeps the graceful shutdown waiting.
+        with socket.create_connection((url.hostname, url.port)) as sock:
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+            )
+            server.wait_until(lambda: server.health()["requests"] == 2)  # it, and this check
+            server.interrupt()
+            server.wait_line(r"^stopping: .*Ctrl-C again")
+            server.interrupt()
+            assert server.proc.wait(timeout=60) == 130
+    finally:
+        server.stop()
+    assert not any("Traceback" in line for line in server.lines)

@@ -50,6 +50,7 @@ class ServerState:
     profile: Profile
     log: Log
     grammar: str | None = None  # a GBNF grammar forced on every generation (None: free)
+    in_flight: int = 0  # requests being handled now (the event loop's count, /health shows it)
     started: float = field(default_factory=time.monotonic)
 
     def profile_for(self, request: openai.Request) -> Profile:
@@ -243,7 +244,11 @@ def routes(state: ServerState) -> list[Any]:
 
     async def health(request: Any) -> Response:
         loading = state.pool.loading()
-        body = {"status": "loading" if loading else "ok", "models": state.pool.status()}
+        body = {
+            "status": "loading" if loading else "ok",
+            "requests": state.in_flight,
+            "models": state.pool.status(),
+        }
         return JSONResponse(body, status_code=503 if loading else 200)
 
     async def root(request: Any) -> Response:
@@ -509,10 +514,17 @@ class Guard:
     API key (``/health`` and CORS preflights stay open), and the body size."""
 
     def __init__(
-        self, app: Any, *, api_key: str | None, loopback: bool, log: Log | None = None
+        self,
+        app: Any,
+        *,
+        api_key: str | None,
+        loopback: bool,
+        log: Log | None = None,
+        state: ServerState | None = None,
     ) -> None:
         self.app = app
         self.log = log
+        self.state = state
         self.api_key = api_key.encode() if api_key else None
         self.loopback = loopback
 
@@ -531,6 +543,8 @@ class Guard:
             await send(message)
 
         problem = self.check(scope, headers, path)
+        if self.state is not None:
+            self.state.in_flight += 1
         try:
             if problem is not None and problem.status == 413:
                 await _drain(receive)  # so the client reads the answer, not a reset
@@ -538,7 +552,12 @@ class Guard:
                 await error_response(problem, path)(scope, receive, send_logged)
             else:
                 await self.app(scope, receive, send_logged)
+        except asyncio.CancelledError:
+            # The server is stopping and gave up waiting for this request: nothing to report.
+            status = status or 499
         finally:
+            if self.state is not None:
+                self.state.in_flight -= 1
             # Generating routes log their own line, with tokens and speed.
             if self.log is not None and path != "/health" and not scope.get("localllm.logged"):
                 self.log(f"{scope.get('method')} {path} {status or 499}")
@@ -609,7 +628,7 @@ def build_app(
             Exception: http_error,
         },
     )
-    guarded: Any = Guard(app, api_key=api_key, loopback=loopback, log=state.log)
+    guarded: Any = Guard(app, api_key=api_key, loopback=loopback, log=state.log, state=state)
     if cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 
@@ -656,7 +675,7 @@ def serve(
         log_level="warning",
         access_log=False,
         lifespan="off",
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=10,
         http="h11",
     )
 
@@ -669,6 +688,11 @@ def serve(
             state.pool.cancel_all()
             if self.should_exit:
                 self.force_exit = True
+            else:
+                state.log(
+                    "stopping: running generations cancelled, open requests finishing "
+                    "(Ctrl-C again to quit at once)"
+                )
             self.should_exit = True
 
     server = Server(config)
