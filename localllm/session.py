@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from localllm import reasoning, structured
+from localllm import tools as tool_calls
 from localllm.engine import Engine, Stats, Steering, TextEvent
 from localllm.profiles import Profile
 
@@ -60,6 +61,8 @@ class Turn:
     answer_s: float = 0.0
     mode: str = "instant"
     adapter: str = "none"
+    tool_calls: list[Any] = field(default_factory=list)
+    finish_reason: str | None = None  # "tool_calls" when the answer ended in calls
 
     @property
     def stopped(self) -> bool:
@@ -170,7 +173,9 @@ class ChatSession:
                 entry["reasoning"] = turn.reasoning
             self.messages.append(entry)
 
-        yield from self._turn(plan, self._render_plan(plan), cancel, grammar, record)
+        yield from self._turn(
+            plan, self._render_plan(plan), cancel, grammar, record, constraint=constraint
+        )
 
     def respond(
         self,
@@ -178,21 +183,53 @@ class ChatSession:
         *,
         cancel: Callable[[], bool] | None = None,
         grammar: str | None = None,
+        constraint: structured.Constraint | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: tool_calls.ToolChoice | None = None,
     ) -> Iterator[SessionEvent]:
         """One turn from a whole conversation (an HTTP request's ``messages``), the same
         events as :meth:`send`; the session's own history is left alone.
 
-        Each message needs ``role`` and ``content`` (text); the profile's system prompt is
-        put first unless the messages bring their own.
+        Each message needs ``role`` and ``content`` (text); assistant ``tool_calls`` and
+        ``tool`` results pass through to the template. The profile's system prompt is put
+        first unless the messages bring their own. ``tools`` (checked by
+        :func:`localllm.tools.check_tools`) are rendered by the model's template; the answer's
+        calls come as :class:`~localllm.tools.ToolCallDelta` events and in
+        :attr:`Turn.tool_calls`, never in its text. ``tool_choice`` required or named forces a
+        call through a grammar built from the function's parameters.
         """
         out: list[dict[str, Any]] = []
         has_system = any(m.get("role") == "system" for m in messages)
         if self.profile.system_prompt and not has_system:
             out.append({"role": "system", "content": self.profile.system_prompt})
-        out.extend({"role": m["role"], "content": m["content"]} for m in messages)
+        out.extend(tool_calls.template_messages(messages))
         effort = getattr(self.profile, "reasoning_effort", None)
         plan = reasoning.plan_prompt(self.adapter, self.mode, out, effort=effort)
-        yield from self._turn(plan, self._render_plan(plan), cancel, grammar, None)
+        choice = tool_choice or tool_calls.parse_tool_choice(None, tools)
+        parser: tool_calls.ToolCallParser | None = None
+        prompt: str | None = None
+        if tools:
+            fmt = tool_calls.require_format(self.chat_template)
+            plan.variables["tools"] = list(tools)
+            if choice.mode != "none":
+                parser = tool_calls.ToolCallParser(fmt)
+            if choice.forced:
+                constraint = structured.grammar_constraint(
+                    tool_calls.tool_call_grammar(fmt, tools, schema_grammar, name=choice.name),
+                    "the tool call grammar",
+                )
+                if fmt == "harmony":  # the call is a new message: no pre-filled channel
+                    prompt = self.engine.render(
+                        plan.messages, variables=plan.variables, chat_template=self.chat_template
+                    )
+                    plan = replace(plan, mode="instant")
+        if prompt is None:
+            prompt = self._render_plan(plan)
+        if parser is not None:
+            parser.prime(prompt)
+        yield from self._turn(
+            plan, prompt, cancel, grammar, None, constraint=constraint, parser=parser
+        )
 
     def complete(
         self,
@@ -213,6 +250,9 @@ class ChatSession:
         cancel: Callable[[], bool] | None,
         grammar: str | None,
         record: Callable[[Turn], None] | None,
+        *,
+        constraint: structured.Constraint | None = None,
+        parser: tool_calls.ToolCallParser | None = None,
     ) -> Iterator[SessionEvent]:
         profile = self.profile
         lazy: dict[str, Any] = {}
@@ -262,20 +302,28 @@ class ChatSession:
             ):
                 if isinstance(event, TextEvent):
                     tokens = 0 if event.injected else event.tokens
-                    yield from _events(stream.feed(event.text, tokens))
+                    parts = stream.feed(event.text, tokens)
+                    if parser is None:
+                        yield from _events(parts)
+                    else:
+                        yield from _tool_events(parser, parts, event.text)
                     extra = stream.injection()
                     if extra:
                         steering.inject(extra)
                 else:
                     stats = event
-            yield from _events(stream.finish())
+            if parser is None:
+                yield from _events(stream.finish())
+            else:
+                yield from _tool_events(parser, stream.finish(), "")
+                yield from _tool_events(parser, [], None)
         except GeneratorExit:  # the consumer stopped reading: keep what was produced
-            self._finish(turn, stream, record)
+            self._finish(turn, stream, record, parser)
             raise
         if stats is not None and stats.stop_reason == "cancelled" and not user_stopped:
             stats = replace(stats, stop_reason="length")  # the answer reached max_tokens
         turn.stats = stats
-        self._finish(turn, stream, record)
+        self._finish(turn, stream, record, parser)
         if stats is not None:
             yield stats
 
@@ -284,6 +332,7 @@ class ChatSession:
         turn: Turn,
         stream: reasoning.ReasoningStream,
         record: Callable[[Turn], None] | None,
+        parser: tool_calls.ToolCallParser | None = None,
     ) -> None:
         stream.finish()
         splitter = stream.splitter
@@ -298,6 +347,12 @@ class ChatSession:
         turn.reasoning_leaked = turn.mode == "instant" and (
             splitter.saw_reasoning or bool(turn.reasoning)
         )
+        if parser is not None:
+            parser.finish()
+            turn.answer = parser.content
+            turn.tool_calls = parser.tool_calls
+            if turn.tool_calls and turn.stats is not None and turn.stats.stop_reason == "stop":
+                turn.finish_reason = "tool_calls"
         if record is not None:
             record(turn)
         self.last_turn = turn
@@ -312,6 +367,26 @@ def _choose_adapter(template: str | None, reasoning_format: str | None) -> str:
     """:func:`reasoning.choose_adapter`, remembered: detecting the adapter renders the
     template a few times (milliseconds), and every request of a server asks again."""
     return reasoning.choose_adapter(template, reasoning_format)
+
+
+def _tool_events(
+    parser: tool_calls.ToolCallParser, parts: list[reasoning.Part], raw: str | None
+) -> Iterator[Any]:
+    """Reasoning as usual; the answer through the tool-call parser (harmony: the raw text,
+    whose headers say who a message is for). ``raw`` None: the end of the answer."""
+    for part in parts:
+        if part.kind == "reasoning":
+            yield ReasoningText(part.text)
+    if parser.fmt == "harmony":
+        events = parser.feed(raw) if raw else parser.finish() if raw is None else []
+    else:
+        text = "".join(p.text for p in parts if p.kind == "answer")
+        events = parser.feed(text) if text else parser.finish() if raw is None else []
+    for e in events:
+        if isinstance(e, tool_calls.ContentDelta):
+            yield AnswerText(e.text)
+        elif isinstance(e, tool_calls.ToolCallDelta):
+            yield e
 
 
 def _events(parts: list[reasoning.Part]) -> Iterator[AnswerText | ReasoningText]:
