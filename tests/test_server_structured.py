@@ -98,7 +98,7 @@ def servers(
 
 
 def client(server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="none")
 
 
 def name_of(path: Path) -> str:
