@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from localllm import paths
+from localllm.durable import fsync_dir, write_atomic  # noqa: F401  (re-exported for older importers)
 from localllm.errors import InvalidModelError, ModelNotFoundError, UsageError
 
 MANIFEST = "manifest.json"
@@ -83,42 +84,6 @@ def folder_name(name: str) -> str:
     slug = name.replace("/", "--").replace(":", "--")
     slug = re.sub(r"[^A-Za-z0-9._-]", "_", slug).strip(".")
     return slug or "_"
-
-
-def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write ``data`` so that ``path`` is either the old file or the new one, never half.
-    ``durable`` also fsyncs the file and its folder (manifests); bookkeeping that may be lost
-    in a power cut without harm (download sidecars) skips that."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if durable:
-        fsync_dir(path.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or a new file in ``folder`` durable (POSIX; a no-op elsewhere)."""
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_manifest(manifest: Manifest) -> None:

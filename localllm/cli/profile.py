@@ -140,6 +140,7 @@ def edit(name: str = typer.Argument(..., help="Profile to edit.")) -> None:
     import subprocess
     import tempfile
 
+    from localllm.durable import write_atomic
     from localllm.errors import ProfileError
     from localllm.profiles import (
         builtin_text,
@@ -149,7 +150,6 @@ def edit(name: str = typer.Argument(..., help="Profile to edit.")) -> None:
         user_profile_path,
         validate_file_as,
     )
-    from localllm.store import write_atomic
 
     check_name(name)
     target = user_profile_path(name)
