@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "localllm.durable": 0,
     # pure logic: no llama_cpp / typer / textual / network
     "localllm.textin": 1,
+    "localllm.ggufvalues": 1,
     "localllm.profiles": 1,
     "localllm.templates": 1,
     "localllm.reasoning": 1,
