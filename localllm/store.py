@@ -160,6 +160,20 @@ def find(ref: Any) -> list[Manifest]:
     return found
 
 
+def _not_a_file(ref: str, candidate: Path) -> None:
+    """Raise a precise error when ``ref`` names something on disk that is not a file."""
+    if candidate.is_dir():
+        ggufs = sorted(p.name for p in candidate.glob("*.gguf") if p.is_file())
+        hint = (
+            "name a .gguf file in it: " + ", ".join(ggufs[:5])
+            if ggufs
+            else "it holds no .gguf file; name a .gguf file"
+        )
+        raise ModelNotFoundError(f"{ref} is a directory, not a model file", hint=hint)
+    if candidate.exists():
+        raise ModelNotFoundError(f"{ref} is not a regular file", hint="name a .gguf file")
+
+
 def resolve_model(ref: str) -> Path:
     """A local model reference (file path, store name, alias, ``owner/repo[:quant]``) -> the
     file to load. Never touches the network: a Hub reference that is not installed is an
@@ -179,6 +193,7 @@ def resolve_model(ref: str) -> Path:
     except UsageError:
         parsed = None
     if parsed is None or parsed.kind == "path":
+        _not_a_file(ref, candidate)
         if candidate.suffix.lower() == ".gguf" or os.sep in ref or "/" in ref:
             raise ModelNotFoundError(f"no such model file: {ref}")
         raise ModelNotFoundError(f"no model named '{ref}' is installed", hint=installed_hint)
@@ -194,6 +209,7 @@ def resolve_model(ref: str) -> Path:
         cached = hf_cache_lookup(parsed)
         if cached is not None:
             return cached
+    _not_a_file(ref, candidate)  # a folder that also reads as a reference: say what it is
     if parsed.kind in ("hub", "alias"):
         raise ModelNotFoundError(
             f"{parsed.display()} is not installed",

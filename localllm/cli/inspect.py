@@ -116,12 +116,22 @@ def show(
 
 
 def read_text(text: str) -> str:
-    """TEXT, or stdin for ``-``."""
+    """TEXT, or stdin for ``-``; invalid UTF-8 becomes U+FFFD with one warning."""
+    from localllm.cli._app import err
+    from localllm.textin import TextInputs
+
+    inputs = TextInputs()
     if text != "-":
-        return text
-    if sys.stdin is None:
+        value = inputs.text(text, "TEXT")
+    elif sys.stdin is None:
         die("no text on stdin")
-    return sys.stdin.read()
+    elif (buffer := getattr(sys.stdin, "buffer", None)) is not None:
+        value = inputs.data(buffer.read(), "stdin")
+    else:
+        value = inputs.text(sys.stdin.read(), "stdin")
+    if (warning := inputs.warning()) is not None:
+        err(warning)
+    return value
 
 
 def stdout_is_terminal() -> bool:
