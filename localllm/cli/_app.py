@@ -129,6 +129,47 @@ app = typer.Typer(
 )
 
 
+def output_width() -> int | None:
+    """The width tables on stdout may use: ``None`` on a terminal (rich asks it); when piped,
+    ``$COLUMNS`` if set, else no limit, so a long path or name stays on one line."""
+    if sys.stdout.isatty():
+        return None
+    import os
+
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    return columns if columns > 0 else 1_000_000
+
+
+def print_table(table: Any, *, markup: bool = True) -> None:
+    """A rich table on stdout: styled on a terminal; piped, plain lines that neither wrap
+    (unless ``$COLUMNS`` says so) nor carry the padding rich adds to fill a column."""
+    from rich.console import Console
+
+    width = output_width()
+    if width is None:
+        Console(highlight=False, markup=markup).print(table)
+        return
+    import io
+
+    buffer = io.StringIO()
+    console = Console(
+        file=buffer,
+        width=width,
+        highlight=False,
+        markup=markup,
+        color_system=None,
+        force_terminal=False,
+        soft_wrap=False,
+    )
+    console.print(table)
+    lines = [line.rstrip() for line in buffer.getvalue().splitlines()]
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.flush()
+
+
 def err(message: str, style: str | None = None) -> None:
     """Write one line to stderr (progress, warnings, stats)."""
     if style and sys.stderr.isatty():

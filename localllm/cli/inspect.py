@@ -104,15 +104,16 @@ def show(
     if as_json:
         sys.stdout.write(json.dumps(info.as_dict(), indent=2, ensure_ascii=False) + "\n")
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from localllm.cli._app import print_table
 
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column(overflow="fold")
     for label, value in anatomy_rows(info):
         table.add_row(label, value)
-    Console(highlight=False, soft_wrap=False).print(table, markup=False)
+    print_table(table, markup=False)
 
 
 def read_text(text: str) -> str:

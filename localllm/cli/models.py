@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from localllm.cli._app import app, err
+from localllm.cli._app import app, err, print_table
 
 if TYPE_CHECKING:
     from localllm import hub, store
@@ -178,8 +178,8 @@ def _print_listing(listing: hub.Listing, as_json: bool) -> None:
             cells.append(f"[{FIT_STYLES.get(gv, 'dim')}]{gv}[/]")
         cells.append(", ".join(notes))
         table.add_row(*cells)
+    print_table(table)
     out = _console()
-    out.print(table)
     if listing.info.gated:
         out.print(
             "gated: accept the licence on the Hub and set HF_TOKEN before pulling",
@@ -315,7 +315,7 @@ def search(
     table.add_column("LIKES", justify="right")
     for d in found:
         table.add_row(d["id"], str(d.get("downloads", "")), str(d.get("likes", "")))
-    _console().print(table)
+    print_table(table, markup=False)
     _say("list one's files: localllm pull OWNER/REPO --list")
 
 
@@ -387,7 +387,7 @@ def list_models(
             str(r["context_length"] or "-"),
             r["source"],
         )
-    _console().print(table)
+    print_table(table, markup=False)
 
 
 @app.command()

@@ -7,6 +7,7 @@ prints them and exits 2.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -28,19 +29,29 @@ def _source_label(builtin: bool, shadows_builtin: bool) -> str:
 
 
 @profile_app.command("list")
-def list_profiles() -> None:
+def list_profiles(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON array.")] = False,
+) -> None:
     """Show every profile: built-ins and yours (yours shadow a built-in of the same name)."""
-    import os
+    import json
     import sys
 
     from rich.console import Console
     from rich.table import Table
 
+    from localllm.cli._app import output_width, print_table
     from localllm.errors import ProfileError
     from localllm.profiles import available_profiles, load_profile
 
     rows: list[tuple[str, str, str, str, str]] = []
+    records: list[dict[str, Any]] = []
     for source in available_profiles():
+        record: dict[str, Any] = {
+            "name": source.name,
+            "builtin": source.builtin,
+            "shadows_builtin": source.shadows_builtin,
+            "path": str(source.path),
+        }
         try:
             profile = load_profile(source.name)
             mode, temperature, description = (
@@ -48,28 +59,38 @@ def list_profiles() -> None:
                 f"{profile.temperature:g}",
                 profile.description,
             )
+            record.update(
+                mode=profile.mode,
+                temperature=profile.temperature,
+                description=profile.description,
+                error=None,
+            )
         except ProfileError as exc:
             problem, where = exc.message, str(source.path) + ":"
             if problem.startswith(where):  # the path is in the row already, keep the line
                 problem = "line " + problem[len(where) :]
             mode, temperature, description = "?", "?", f"invalid: {problem}"
+            record.update(mode=None, temperature=None, description=None, error=exc.message)
         label = _source_label(source.builtin, source.shadows_builtin)
         rows.append((source.name, label, mode, temperature, description))
+        records.append(record)
+    if as_json:
+        sys.stdout.write(json.dumps(records, indent=2, ensure_ascii=False) + "\n")
+        return
 
     # A terminal's width is respected; piped output keeps whole descriptions (for grep).
-    piped = not sys.stdout.isatty() and not os.environ.get("COLUMNS")
-    console = Console(highlight=False, width=1000 if piped else None)
+    width = output_width() or Console().width
     headers = ("name", "source", "mode", "temperature", "description")
     widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers[:-1])]
     # The description is the only column that gives way on a narrow terminal.
-    room = max(12, console.width - sum(widths) - 2 * len(widths))
+    room = max(12, width - sum(widths) - 2 * len(widths))
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for header, width in zip(headers[:-1], widths, strict=True):
-        table.add_column(header, no_wrap=True, min_width=width)
+    for header, col_width in zip(headers[:-1], widths, strict=True):
+        table.add_column(header, no_wrap=True, min_width=col_width)
     table.add_column(headers[-1], no_wrap=True, overflow="ellipsis", max_width=room)
     for row in rows:
         table.add_row(*row, style="red" if row[2] == "?" else None)
-    console.print(table)
+    print_table(table, markup=False)
 
 
 @profile_app.command("show")
