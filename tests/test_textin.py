@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from localllm import paths
 from localllm.textin import REPLACEMENT, TextInputs, clean_text, decode_bytes
 
 
@@ -101,7 +102,7 @@ def test_the_issue_examples_run_without_a_traceback(tiny_model: Path) -> None:
 
 
 def test_profile_system_prompt_and_template_file(tiny_model: Path, isolated_home: Path) -> None:
-    profiles = isolated_home / "profiles"
+    profiles = paths.profiles_dir()
     profiles.mkdir(parents=True, exist_ok=True)
     # A YAML escape can put a lone surrogate in a profile.
     (profiles / "odd.yaml").write_text('name: odd\nsystem_prompt: "be \\udcff brief"\n')
