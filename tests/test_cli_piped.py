@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from localllm import paths
+
 
 def piped(*args: str, columns: int | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
@@ -79,8 +81,8 @@ def test_list_keeps_long_names_on_one_line(deep_model: Path) -> None:
 
 
 def test_profile_list_keeps_whole_descriptions_and_has_json(isolated_home: Path) -> None:
-    description = "A profile whose description is long: " + "word " * 40
-    folder = isolated_home / "profiles"
+    description = "A profile whose description is long, " + "word " * 40
+    folder = paths.profiles_dir()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "wordy.yaml").write_text(
         f"name: wordy\ndescription: {description.strip()}\ntemperature: 0.3\n"
