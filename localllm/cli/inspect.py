@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from localllm.cli._app import app, die
+from localllm.cli._app import app, complete_model, die
 
 if TYPE_CHECKING:
     from localllm.modelfile import ModelFileInfo
@@ -79,7 +79,7 @@ def anatomy_rows(info: ModelFileInfo) -> list[tuple[str, str]]:
 
 @app.command()
 def show(
-    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+    model: Annotated[str, typer.Argument(help=MODEL_HELP, autocompletion=complete_model)],
     template: Annotated[
         bool, typer.Option("--template", help="Print only the chat template.")
     ] = False,
@@ -166,7 +166,7 @@ SPAN_STYLES = (
 
 @app.command()
 def tokenize(
-    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+    model: Annotated[str, typer.Argument(help=MODEL_HELP, autocompletion=complete_model)],
     text: Annotated[str, typer.Argument(help="The text to tokenize; '-' reads stdin.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     no_special: Annotated[

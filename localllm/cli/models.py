@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from localllm.cli._app import app, err, print_table
+from localllm.cli._app import app, complete_model, err, print_table
 
 if TYPE_CHECKING:
     from localllm import hub, store
@@ -392,7 +392,12 @@ def list_models(
 
 @app.command()
 def rm(
-    model: Annotated[str, typer.Argument(help="An installed model's name or reference.")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="An installed model's name or reference.", autocompletion=complete_model
+        ),
+    ],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
     purge: Annotated[
         bool, typer.Option("--purge", help="Also delete a model's files in the Hugging Face cache.")
@@ -451,7 +456,10 @@ def import_model(
 
 @app.command()
 def verify(
-    model: Annotated[str | None, typer.Argument(help="One model; all when omitted.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Argument(help="One model; all when omitted.", autocompletion=complete_model),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
     """Re-hash stored files against their manifests."""

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from localllm.cli._app import app, err
+from localllm.cli._app import app, complete_profile, err
 
 profile_app = typer.Typer(
     name="profile",
@@ -95,7 +95,9 @@ def list_profiles(
 
 @profile_app.command("show")
 def show(
-    name: str = typer.Argument("default", help="Profile name or path to a YAML file."),
+    name: str = typer.Argument(
+        "default", help="Profile name or path to a YAML file.", autocompletion=complete_profile
+    ),
 ) -> None:
     """Print a profile as YAML with its `extends` chain resolved."""
     from localllm.profiles import load_profile, profile_to_yaml
@@ -106,7 +108,9 @@ def show(
 @profile_app.command("new")
 def new(
     name: str = typer.Argument(..., help="Name of the new user profile."),
-    source: str = typer.Option("default", "--from", help="Profile to copy."),
+    source: str = typer.Option(
+        "default", "--from", help="Profile to copy.", autocompletion=complete_profile
+    ),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing profile."),
 ) -> None:
     """Create a user profile by copying another one."""
@@ -153,7 +157,9 @@ def _editor_command() -> list[str]:
 
 
 @profile_app.command("edit")
-def edit(name: str = typer.Argument(..., help="Profile to edit.")) -> None:
+def edit(
+    name: str = typer.Argument(..., help="Profile to edit.", autocompletion=complete_profile),
+) -> None:
     """Edit a user profile in $VISUAL / $EDITOR; it is saved only if it still validates.
 
     Editing a built-in creates a user profile of the same name that shadows it.
@@ -280,7 +286,9 @@ def validate(
 
 @profile_app.command("path")
 def path(
-    name: str | None = typer.Argument(None, help="A profile: print the file it is read from."),
+    name: str | None = typer.Argument(
+        None, help="A profile: print the file it is read from.", autocompletion=complete_profile
+    ),
 ) -> None:
     """Print the user profiles folder, or the file a profile is read from."""
     from localllm.paths import profiles_dir

@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from localllm.cli._app import app, err
+from localllm.cli._app import (
+    app,
+    complete_mode,
+    complete_model,
+    complete_profile,
+    complete_reasoning_format,
+    err,
+)
 
 if TYPE_CHECKING:
     from localllm.textin import TextInputs
@@ -102,9 +109,18 @@ def run(
         str | None, typer.Argument(help="The prompt; omit or '-' to read stdin.")
     ] = None,
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help="A .gguf path or an installed model.")
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="A .gguf path or an installed model.",
+            autocompletion=complete_model,
+        ),
     ] = None,
-    profile: Annotated[str | None, typer.Option("--profile", "-p", help="Profile name.")] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option("--profile", "-p", help="Profile name.", autocompletion=complete_profile),
+    ] = None,
     system: Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")] = None,
     temperature: Annotated[
         float | None, typer.Option(help="Sampling temperature (0 = greedy).")
@@ -129,7 +145,9 @@ def run(
     ctx: Annotated[int | None, typer.Option("--ctx", help="Context length in tokens.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads.")] = None,
     gpu_layers: Annotated[str | None, typer.Option("--gpu-layers", help=GPU_LAYERS_HELP)] = None,
-    mode: Annotated[str | None, typer.Option(help="reasoning or instant.")] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="reasoning or instant.", autocompletion=complete_mode)
+    ] = None,
     show_reasoning: Annotated[
         bool | None,
         typer.Option(
@@ -151,6 +169,7 @@ def run(
             "--reasoning-format",
             help="Force how thinking is switched: auto, enable_thinking, thinking, prefill, "
             "harmony, instruction or none.",
+            autocompletion=complete_reasoning_format,
         ),
     ] = None,
     template_file: Annotated[
