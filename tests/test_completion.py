@@ -90,11 +90,14 @@ def test_completion_imports_no_engine_tui_or_network() -> None:
 
 
 def test_show_completion_prints_a_script() -> None:
+    # Typer detects the shell from the parent process; its test switch takes it as a value.
+    env = {**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "localllm", "--show-completion", "bash"],
         capture_output=True,
         text=True,
         timeout=60,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr
     assert "_LOCALLLM_COMPLETE=complete_bash" in proc.stdout
