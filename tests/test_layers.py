@@ -54,6 +54,16 @@ FRONT_ENDS = ("localllm.cli", "localllm.tui", "localllm.server")
 LAZY_FRONT_END_IMPORTS = {("localllm.cli", "localllm.tui"), ("localllm.cli", "localllm.server")}
 # Only these layers may import the heavy engine library.
 HEAVY = {"llama_cpp": 3}
+# Who may import each heavy or front-end library at all (DESIGN: "the only modules that ...").
+OWNERS = {
+    "llama_cpp": ("localllm.engine",),
+    "huggingface_hub": ("localllm.hub",),
+    "textual": ("localllm.tui",),
+    "typer": ("localllm.cli",),
+    "rich": ("localllm.cli", "localllm.tui"),
+    "starlette": ("localllm.server",),
+    "uvicorn": ("localllm.server",),
+}
 
 
 def _module_name(path: Path) -> str:
@@ -135,6 +145,16 @@ def test_imports_point_down(path: Path, module: str) -> None:
         if LAYERS[target] > layer:
             wrong.append(f"line {line}: {name} (layer {LAYERS[target]} above {layer})")
     assert not wrong, f"{module} (layer {layer}) imports upward:\n" + "\n".join(wrong)
+
+
+@pytest.mark.parametrize("path,module", _all_modules(), ids=lambda v: getattr(v, "name", v))
+def test_heavy_libraries_stay_with_their_owners(path: Path, module: str) -> None:
+    wrong = []
+    for name, line, _ in _imports(path, module):
+        owners = OWNERS.get(name.split(".")[0])
+        if owners and not any(module == o or module.startswith(o + ".") for o in owners):
+            wrong.append(f"line {line}: {name} (only {', '.join(owners)} may import it)")
+    assert not wrong, f"{module}:\n" + "\n".join(wrong)
 
 
 def test_the_checker_sees_lazy_upward_imports(tmp_path: Path) -> None:
