@@ -98,3 +98,11 @@ def test_profile_list_keeps_whole_descriptions_and_has_json(isolated_home: Path)
     assert wordy["description"] == description.strip() and wordy["builtin"] is False
     assert wordy["temperature"] == 0.3 and wordy["error"] is None
     assert any(r["builtin"] for r in records)
+
+
+def test_json_of_a_path_with_undecodable_bytes(tmp_path: Path, tiny_model: Path) -> None:
+    """A file name that is not UTF-8 (a lone surrogate in Python) still gives valid JSON."""
+    odd = os.fsdecode(os.fsencode(str(tmp_path)) + b"/m\xff.gguf")
+    Path(odd).write_bytes(tiny_model.read_bytes())
+    data = json.loads(piped("show", odd, "--json").stdout)
+    assert data["path"] == odd

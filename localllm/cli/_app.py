@@ -222,6 +222,20 @@ def output_width() -> int | None:
     return columns if columns > 0 else 1_000_000
 
 
+def print_json(value: Any) -> None:
+    """One JSON document on stdout, as every ``--json`` prints it: indented, UTF-8 as is (a
+    string holding undecodable bytes, such as a path, falls back to ASCII escapes)."""
+    import json
+
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(value, indent=2)
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 def print_table(table: Any, *, markup: bool = True) -> None:
     """A rich table on stdout: styled on a terminal; piped, plain lines that neither wrap
     (unless ``$COLUMNS`` says so) nor carry the padding rich adds to fill a column."""

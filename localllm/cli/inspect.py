@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from localllm.cli._app import app, complete_model, die
+from localllm.cli._app import app, complete_model, die, print_json
 
 if TYPE_CHECKING:
     from localllm.modelfile import ModelFileInfo
@@ -102,7 +102,7 @@ def show(
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
     if as_json:
-        sys.stdout.write(json.dumps(info.as_dict(), indent=2, ensure_ascii=False) + "\n")
+        print_json(info.as_dict())
         return
     from rich.table import Table
 

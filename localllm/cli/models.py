@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from localllm.cli._app import app, complete_model, err, print_table
+from localllm.cli._app import app, complete_model, err, print_json, print_table
 
 if TYPE_CHECKING:
     from localllm import hub, store
@@ -145,7 +145,7 @@ def _print_listing(listing: hub.Listing, as_json: bool) -> None:
     except LocalLLMError:
         pick = None
     if as_json:
-        print(json.dumps(_listing_json(listing, pick), indent=2))
+        print_json(_listing_json(listing, pick))
         return
     gpu = listing.budget.vram is not None
     table = Table(title=f"{listing.info.repo}", title_justify="left", box=None, pad_edge=False)
@@ -302,7 +302,7 @@ def search(
         return
     found = hub.search(query, limit=limit)
     if as_json:
-        print(json.dumps(found, indent=2))
+        print_json(found)
         return
     if not found:
         _say(f"no GGUF repos match '{query}'")
@@ -359,7 +359,7 @@ def list_models(
     models = [store.fill_info(m, save=True) for m in store.installed()]
     rows = [_model_row(m) for m in models]
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return
     if not rows:
         _say("no models installed; get one with `localllm pull owner/repo` (or `localllm run`)")
@@ -475,7 +475,7 @@ def verify(
             checks.extend(store.verify(m, progress=bar.update))
     bad = [c for c in checks if c.status in ("mismatch", "missing")]
     if as_json:
-        print(json.dumps([asdict(c) for c in checks], indent=2))
+        print_json([asdict(c) for c in checks])
     else:
         for c in checks:
             print(f"{c.status:9} {c.model}  {c.file}")

@@ -33,13 +33,11 @@ def list_profiles(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON array.")] = False,
 ) -> None:
     """Show every profile: built-ins and yours (yours shadow a built-in of the same name)."""
-    import json
-    import sys
 
     from rich.console import Console
     from rich.table import Table
 
-    from localllm.cli._app import output_width, print_table
+    from localllm.cli._app import output_width, print_json, print_table
     from localllm.errors import ProfileError
     from localllm.profiles import available_profiles, load_profile
 
@@ -75,7 +73,7 @@ def list_profiles(
         rows.append((source.name, label, mode, temperature, description))
         records.append(record)
     if as_json:
-        sys.stdout.write(json.dumps(records, indent=2, ensure_ascii=False) + "\n")
+        print_json(records)
         return
 
     # A terminal's width is respected; piped output keeps whole descriptions (for grep).
