@@ -531,6 +531,36 @@ def test_hub_calls_do_not_import_hfapi(fake_hub: FakeHub, files: dict[str, Path]
     assert fake_hub.requests  # the calls did reach the Hub
 
 
+def test_list_reads_the_hf_cache_without_the_library(
+    fake_hub: FakeHub, files: dict[str, Path]
+) -> None:
+    """`localllm list` shows a GGUF from the Hugging Face cache without importing
+    huggingface_hub (a command that never touches the network stays light), and opens no
+    connection."""
+    digest = sha(files["small"])
+    cache = store.hf_repo_folder("o/Cached-GGUF")
+    (cache / "blobs").mkdir(parents=True)
+    (cache / "blobs" / digest).write_bytes(files["small"].read_bytes())
+    snap = cache / "snapshots" / ("c" * 40)
+    snap.mkdir(parents=True)
+    (snap / "Cached-Q4_K_M.gguf").symlink_to(f"../../blobs/{digest}")
+    fake_hub.reset_counters()
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "localllm", "list", "--json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "o/Cached-GGUF" in proc.stdout
+    imported = [ln.rsplit("|", 1)[-1].strip() for ln in proc.stderr.splitlines() if "|" in ln]
+    assert "localllm" in imported  # the format this test reads
+    assert not [m for m in imported if m.split(".")[0] in {"huggingface_hub", "httpx2"}]
+    assert fake_hub.connections == 0
+
+
 def test_changed_etag_restarts_from_zero(fake_hub: FakeHub, files: dict[str, Path]) -> None:
     fake_hub.add_repo("o/r", {"m.gguf": files["big"]})
     partial = hub.Partial.of("o/r", "m.gguf")
