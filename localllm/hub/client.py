@@ -82,6 +82,13 @@ def endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/") or DEFAULT_ENDPOINT
 
 
+def _env_true(*names: str) -> bool:
+    """Whether any of these variables is set to a true value, as huggingface_hub reads them."""
+    return any(
+        (os.environ.get(n) or "").strip().upper() in {"1", "ON", "YES", "TRUE"} for n in names
+    )
+
+
 def is_offline() -> bool:
     value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
     return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
@@ -99,7 +106,8 @@ def _token_path() -> str:
 
 def sync_library() -> None:
     """Bring huggingface_hub's import-time settings up to date with the environment: offline
-    mode (its request hook refuses every request while it is on) and the token file. Its
+    mode (its request hook refuses every request while it is on), telemetry and the token
+    file. Its
     warnings (a retry it makes on its own) stay quiet unless ``HF_HUB_VERBOSITY`` or
     ``HF_DEBUG`` asks for them: what went wrong reaches the user as one error line."""
     import logging
@@ -108,6 +116,11 @@ def sync_library() -> None:
 
     constants.HF_HUB_OFFLINE = is_offline()
     constants.HF_TOKEN_PATH = _token_path()
+    # Telemetry includes a request of the library's own (the agent-harness registry, once a
+    # day, to the endpoint of import time): a user who turns it off later is obeyed too.
+    constants.HF_HUB_DISABLE_TELEMETRY = _env_true(
+        "HF_HUB_DISABLE_TELEMETRY", "DISABLE_TELEMETRY", "DO_NOT_TRACK"
+    )
     if not os.environ.get("HF_HUB_VERBOSITY") and not os.environ.get("HF_DEBUG"):
         logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
