@@ -4,15 +4,15 @@ one translation of its errors into ours, and our retry policy.
 huggingface_hub reads ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and ``HF_TOKEN_PATH`` once, when it is
 imported. A test, a long-lived TUI or a caller that changes the environment afterwards must
 still be obeyed, so every call here reads the environment again, passes ``endpoint=`` and
-``token=`` explicitly, and refreshes the two library settings that cannot be passed
+``token=`` explicitly, and refreshes the library settings that cannot be passed
 (:func:`sync_library`).
 
 Imports: the library is imported inside functions only (``localllm --help``, ``list`` and a
 local ``run`` never load it), and only its narrow modules: the session and error checks
 (``huggingface_hub.utils._http`` through ``huggingface_hub.utils``), ``errors``, ``constants``
-and, for a file's metadata, ``file_download``. ``HfApi`` (``huggingface_hub.hf_api``) costs
-about as much to import as all of these together and is not needed: the two API calls we
-make (a repo's files, a search) are one GET each through the library's session.
+and, for a file's metadata, ``file_download``. ``HfApi`` (``huggingface_hub.hf_api``, the
+slowest part of the library to import) is not needed: the two API calls we make (a repo's
+files, a search) are one GET each through the library's session.
 
 Retries: ours (:func:`retrying`, ``LOCALLLM_RETRY_BACKOFF``), never the library's
 ``http_backoff`` (five retries, 1-8 s apart, whatever the failure). A connection that cannot
@@ -107,9 +107,8 @@ def _token_path() -> str:
 def sync_library() -> None:
     """Bring huggingface_hub's import-time settings up to date with the environment: offline
     mode (its request hook refuses every request while it is on), telemetry and the token
-    file. Its
-    warnings (a retry it makes on its own) stay quiet unless ``HF_HUB_VERBOSITY`` or
-    ``HF_DEBUG`` asks for them: what went wrong reaches the user as one error line."""
+    file. Its warnings stay quiet unless ``HF_HUB_VERBOSITY`` or ``HF_DEBUG`` asks for them:
+    what went wrong reaches the user as one error line."""
     import logging
 
     from huggingface_hub import constants
