@@ -79,6 +79,7 @@ def test_real_completion_of_commands_modes_profiles_and_models(tiny_model: Path)
     assert complete("localllm chat -m tiny").stdout.split() == ["tiny-chat"]
     assert complete("localllm show ti").stdout.split() == ["tiny-chat"]
     assert complete("localllm profile show pre").stdout.split() == ["precise"]
+    assert complete("localllm serve -m tiny").stdout.split() == ["tiny-chat"]
     assert "--reasoning-budget" in complete("localllm run --reas").stdout.split()
 
 
