@@ -86,7 +86,8 @@ def test_real_completion_of_commands_modes_profiles_and_models(tiny_model: Path)
 def test_completion_imports_no_engine_tui_or_network() -> None:
     imported = complete("localllm run -m ", importtime=True).stderr
     assert " typer\n" in imported  # the format this test reads
-    heavy = ("llama_cpp", "textual", "huggingface_hub", "starlette", "uvicorn", "localllm.engine")
+    heavy = ("llama_cpp", "textual", "huggingface_hub", "starlette", "uvicorn")
+    heavy += ("localllm.engine", "localllm.hub")
     for module in heavy:
         assert f" {module}\n" not in imported and f" {module}." not in imported, module
 
