@@ -510,30 +510,6 @@ def test_cli_with_no_network_says_one_line(tmp_path: Path) -> None:
         assert "Traceback" not in proc.stderr and "retrying" not in proc.stderr.lower()
 
 
-def test_hub_calls_do_not_import_hfapi(fake_hub: FakeHub, files: dict[str, Path]) -> None:
-    """A pull's network calls load huggingface_hub's session, errors and file metadata, not
-    ``HfApi`` (``huggingface_hub.hf_api``, the slowest part of the library to import)."""
-    repo = quant_repo(fake_hub, files)
-    code = (
-        "import sys\n"
-        "from localllm import hub\n"
-        f"hub.list_repo({repo!r})\n"
-        "hub.search('tiny')\n"
-        f"hub.file_meta({repo!r}, 'Tiny-Q4_K_M.gguf')\n"
-        "print(sorted(m for m in sys.modules if m.startswith('huggingface_hub.h')))\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env={**os.environ},
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "huggingface_hub.hf_api" not in proc.stdout and "[" in proc.stdout
-    assert fake_hub.requests  # the calls did reach the Hub
-
-
 def test_list_reads_the_hf_cache_without_the_library(
     fake_hub: FakeHub, files: dict[str, Path]
 ) -> None:

@@ -10,9 +10,11 @@ still be obeyed, so every call here reads the environment again, passes ``endpoi
 Imports: the library is imported inside functions only (``localllm --help``, ``list`` and a
 local ``run`` never load it), and only its narrow modules: the session and error checks
 (``huggingface_hub.utils._http`` through ``huggingface_hub.utils``), ``errors``, ``constants``
-and, for a file's metadata, ``file_download``. ``HfApi`` (``huggingface_hub.hf_api``, the
-slowest part of the library to import) is not needed: the two API calls we make (a repo's
-files, a search) are one GET each through the library's session.
+and, for a file's metadata, ``file_download``; ``HfApi`` (``huggingface_hub.hf_api``, the
+slowest part to import, ~50 ms) only for ``model_info``. Search is one GET of ``/api/models``
+through the library's session rather than ``HfApi.list_models``: that call goes through
+``http_backoff``, which retries a refused connection five times (about 25 s with no network)
+with no knob to turn it off.
 
 Retries: ours (:func:`retrying`, ``LOCALLLM_RETRY_BACKOFF``), never the library's
 ``http_backoff`` (five retries, 1-8 s apart, whatever the failure). A connection that cannot
@@ -33,6 +35,7 @@ from localllm.errors import LocalLLMError, ModelNotFoundError, NetworkError, Off
 
 if TYPE_CHECKING:
     import httpx2
+    from huggingface_hub import HfApi
 
 Say = Callable[[str], None]
 T = TypeVar("T")
@@ -186,6 +189,19 @@ def get_json(url: str, params: dict[str, Any] | None = None) -> tuple[Any, str |
     except ValueError as exc:
         raise network_error(ValueError(f"the answer to {url} is not JSON ({exc})")) from None
     return data, response.links.get("next", {}).get("url")
+
+
+def api() -> HfApi:
+    """huggingface_hub's client for the endpoint and token of this moment."""
+    from huggingface_hub import HfApi
+
+    sync_library()
+    return HfApi(
+        endpoint=endpoint(),
+        token=token() or False,
+        library_name=LIBRARY_NAME,
+        library_version=LIBRARY_VERSION,
+    )
 
 
 def headers(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -8,7 +8,6 @@ downloaded."""
 from __future__ import annotations
 
 import re
-import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,34 +36,32 @@ class RepoInfo:
 
 
 def repo_info(repo: str, revision: str | None = None) -> RepoInfo:
-    """The repo's commit and files with sizes and LFS sha256 (``GET /api/models/{repo}``
-    with ``blobs=True``, as ``HfApi.model_info(files_metadata=True)`` asks)."""
+    """The repo's commit and files with sizes and LFS sha256 (``HfApi.model_info`` with
+    ``files_metadata=True``: one request, which the library does not retry itself, so
+    :func:`client.call` applies our policy: one attempt when the Hub is unreachable)."""
     client.check_online(f"list {repo}")
     if not refs.is_repo_id(repo):
         raise UsageError(f"'{repo}' is not a valid Hub repository name")
-    url = f"{client.endpoint()}/api/models/{repo}"
-    if revision is not None:
-        url += f"/revision/{urllib.parse.quote(revision, safe='')}"
-    data, _ = client.call(lambda: client.get_json(url, {"blobs": True}), repo)
-    if not isinstance(data, dict):
-        raise client.network_error(ValueError(f"the answer for {repo} is not a model"))
+    info = client.call(
+        lambda: client.api().model_info(
+            repo, revision=revision, files_metadata=True, timeout=client.timeout()
+        ),
+        repo,
+    )
     files = []
-    for s in data.get("siblings") or []:
-        if not isinstance(s, dict) or not isinstance(s.get("rfilename"), str):
-            continue
-        lfs = s.get("lfs") if isinstance(s.get("lfs"), dict) else None
-        sha = lfs.get("sha256") if lfs is not None else None
-        size = lfs.get("size") if lfs is not None else s.get("size")
+    for s in info.siblings or []:
+        lfs = s.lfs
+        sha = lfs.sha256 if lfs is not None else None
+        size = lfs.size if lfs is not None else s.size
         files.append(
             refs.RepoFile(
-                s["rfilename"],
+                s.rfilename,
                 int(size) if isinstance(size, int) else 0,
                 sha if isinstance(sha, str) and _SHA256.fullmatch(sha) else None,
             )
         )
-    commit = data.get("sha") if isinstance(data.get("sha"), str) else None
-    gated = data.get("gated") if isinstance(data.get("gated"), bool | str) else False
-    return RepoInfo(repo, commit, files, gated or False, revision)
+    commit = info.sha if isinstance(info.sha, str) else None
+    return RepoInfo(repo, commit, files, info.gated or False, revision)
 
 
 @dataclass
