@@ -390,3 +390,77 @@ def test_tool_choice_forms() -> None:
             tools.parse_tool_choice(bad, defs)
     with pytest.raises(UsageError, match="no tools"):
         tools.parse_tool_choice("required", None)
+
+
+# -- through the session (what the server calls) ---------------------------------------------
+
+
+def _lazy_grammar_supported() -> bool:
+    import inspect
+
+    from localllm.engine import Engine
+
+    return "grammar_lazy_after" in inspect.signature(Engine.generate).parameters
+
+
+@pytest.fixture(scope="module")
+def family_engines(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    pytest.importorskip("llama_cpp")
+    from test_session import harmony_vocab
+
+    from localllm.engine import Engine, LoadOptions
+
+    folder = tmp_path_factory.mktemp("tool-families")
+    loaded = {}
+    for family in FAMILIES:
+        vocab = harmony_vocab() if family == "gpt-oss" else "gpt2"
+        path = write_tiny_gguf(
+            folder / f"{family}.gguf", chat_template=template(family), vocab=vocab
+        )
+        loaded[family] = Engine(path, LoadOptions(n_ctx=4096, n_threads=1, n_gpu_layers=0))
+    yield loaded
+    for eng in loaded.values():
+        eng.close()
+
+
+def _respond(engine: Any, *, mode: str = "instant", choice: Any = None, budget: int = 8) -> Any:
+    from localllm.profiles import Profile
+    from localllm.session import ChatSession
+
+    defs = tools.check_tools([FIXED, SEARCH])
+    session = ChatSession(
+        engine,
+        Profile(temperature=1.0, seed=3, mode=mode, reasoning_budget=budget, max_tokens=200),  # type: ignore[arg-type]
+    )
+    events = list(
+        session.respond(
+            [{"role": "user", "content": "Wake me at 7:30"}],
+            tools=defs,
+            tool_choice=choice or tools.ToolChoice("named", "set_alarm"),
+        )
+    )
+    return events, session.last_turn
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_session_respond_forces_and_parses_a_call_per_family(
+    family_engines: Any, family: str
+) -> None:
+    events, turn = _respond(family_engines[family])
+    assert [(c.name, c.parsed_arguments()) for c in turn.tool_calls] == [("set_alarm", FIXED_ARGS)]
+    assert turn.finish_reason == "tool_calls"
+    assert turn.answer.strip() == ""
+    deltas = [e for e in events if isinstance(e, tools.ToolCallDelta)]
+    assert deltas[0].name == "set_alarm" and deltas[0].id == turn.tool_calls[0].id
+    assert json.loads("".join(d.arguments for d in deltas)) == FIXED_ARGS
+
+
+@pytest.mark.skipif(not _lazy_grammar_supported(), reason="needs the engine's grammar_lazy_after")
+@pytest.mark.parametrize("family", ["qwen2.5", "llama3.1", "mistral-nemo"])
+def test_forced_call_in_reasoning_mode_comes_after_free_reasoning(
+    family_engines: Any, family: str
+) -> None:
+    """The model thinks first (no grammar); the call is forced once the reasoning closes."""
+    _, turn = _respond(family_engines[family], mode="reasoning", budget=8)
+    assert turn.mode == "reasoning" and turn.reasoning.strip()
+    assert [(c.name, c.parsed_arguments()) for c in turn.tool_calls] == [("set_alarm", FIXED_ARGS)]
