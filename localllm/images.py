@@ -38,7 +38,8 @@ class Image:
         return hashlib.sha256(self.data).hexdigest()
 
     def describe(self) -> str:
-        return f"{self.name} ({self.format.upper()} {self.width}×{self.height}, {_size(len(self.data))})"
+        size = _size(len(self.data))
+        return f"{self.name} ({self.format.upper()} {self.width}×{self.height}, {size})"
 
 
 def _size(n: int) -> str:
@@ -166,7 +167,7 @@ def _fetch(url: str) -> bytes:
     from localllm.errors import NetworkError
 
     try:
-        with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - http(s) only
+        with urllib.request.urlopen(url, timeout=30) as response:
             data = response.read(MAX_BYTES + 1)
     except (OSError, ValueError) as exc:
         raise NetworkError(f"could not fetch {url}: {exc}") from exc

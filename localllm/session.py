@@ -303,9 +303,7 @@ class ChatSession:
             stats = replace(stats, stop_reason="length")  # the answer reached max_tokens
         if stats is not None and images:  # the prefill is part of the prompt's time
             pre = self.projector.stats
-            stats = replace(
-                stats, cached_tokens=pre.cached, ttft_s=stats.ttft_s + pre.prefill_s
-            )
+            stats = replace(stats, cached_tokens=pre.cached, ttft_s=stats.ttft_s + pre.prefill_s)
         turn.stats = stats
         self._finish(turn, stream, record)
         if stats is not None:

@@ -302,8 +302,7 @@ class Projector:
         n_ctx = engine.n_ctx
         if len(tokens) >= n_ctx:
             raise UsageError(
-                f"the prompt with its images is {len(tokens)} tokens but the context holds "
-                f"{n_ctx}",
+                f"the prompt with its images is {len(tokens)} tokens but the context holds {n_ctx}",
                 hint="raise the context with --ctx N, or send fewer images",
             )
         if not layout or not layout[-1][1] or layout[-1][1][0] < 0:
@@ -407,5 +406,5 @@ def find_projector(model_path: str | Path) -> Path | None:
 
     try:
         return modelfile.read_info(model_path).projector
-    except Exception:  # noqa: BLE001 - an unreadable model is reported by the load itself
+    except Exception:
         return None
