@@ -401,9 +401,13 @@ class Projector:
 
 
 def find_projector(model_path: str | Path) -> Path | None:
-    """The projector published beside a model file (``mmproj*.gguf`` in its folder)."""
-    from localllm import modelfile
+    """The model's projector: the one its store manifest records, else one published
+    beside the file (``mmproj*.gguf`` in its folder)."""
+    from localllm import modelfile, store
 
+    recorded = store.projector_of(Path(model_path))
+    if recorded is not None:
+        return recorded
     try:
         return modelfile.read_info(model_path).projector
     except Exception:

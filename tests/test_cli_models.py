@@ -54,7 +54,7 @@ def test_pull_auto_picks_and_installs(repo: str, quants: dict[str, Path]) -> Non
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"{repo}:Q4_K_M\t")
     assert "picked Q4_K_M" in result.stderr and "fits" in result.stderr
-    assert "multimodal projector" in result.stderr
+    assert "with its vision projector mmproj-Tiny-f16.gguf" in result.stderr
     m = store.get(f"{repo}:Q4_K_M")
     assert m is not None and m.primary.read_bytes() == quants["Q4_K_M"].read_bytes()
 
