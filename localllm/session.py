@@ -269,6 +269,12 @@ class ChatSession:
         turn = Turn(mode=plan.mode, adapter=plan.adapter)
         stats: Stats | None = None
         request: str | list[int] = prompt
+        if self.projector is not None and not images:
+            from localllm import vision
+
+            vision.forget_images(self.engine)
+        if images and getattr(settings, "speculative", "off") != "off":
+            settings = settings.replace(speculative="off")  # drafts cannot see images
         if images:  # the projector evaluates the prompt with its images; the engine goes on
             tokens = self.projector.prefill(
                 prompt, images, cancel=lambda: cancel is not None and cancel()

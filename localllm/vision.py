@@ -73,6 +73,19 @@ def _route_logs(verbose: bool) -> None:
     mtmd_cpp.mtmd_helper_log_set(callback, ctypes.c_void_p(0))
 
 
+def _keep_engine_log_route() -> None:
+    """Importing llama-cpp-python's package (mtmd_cpp does) installs its own llama.cpp log
+    callback; put the engine's back, so llama.cpp stays quiet unless verbose."""
+    import llama_cpp
+
+    from localllm import engine as engine_module
+
+    route = getattr(engine_module, "_log_route", None)
+    callback = route.get("callback") if isinstance(route, dict) else None
+    if callback is not None:
+        llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
 def _last_error() -> str:
     lines = [line.strip() for line in _logs["tail"] if line.strip()]
     for line in reversed(lines):
@@ -136,6 +149,15 @@ def _record(engine: Any, tokens: Sequence[int]) -> None:
     llm.n_tokens = len(tokens)
 
 
+def forget_images(engine: Any) -> None:
+    """Cut the engine's KV cache before its first image, before a prompt of text alone: the
+    engine may read its cached tokens back as text, and an image placeholder has none."""
+    cached = _cached(engine)
+    first = next((i for i, t in enumerate(cached) if t < 0), None)
+    if first is not None:
+        _keep(engine, first)
+
+
 def placeholder(image_id: str) -> int:
     """The token id that stands for every position of one image in the engine's cache."""
     digest = hashlib.sha256(image_id.encode()).digest()
@@ -150,6 +172,7 @@ class Projector:
 
         from localllm import modelfile
 
+        _keep_engine_log_route()
         self.path = Path(path)
         self.engine = engine
         self.stats = ImageStats()

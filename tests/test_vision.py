@@ -108,6 +108,18 @@ def test_second_turn_reuses_the_encoded_image(loaded, vision_dir) -> None:
     assert session.messages[0]["images"][0].name == "red.png"
 
 
+def test_a_text_request_after_an_image_request(loaded, vision_dir) -> None:
+    """The server's sessions share an engine: a text-only request after an image one must
+    not meet image placeholders in the engine's cache."""
+    eng, proj = loaded
+    session = ChatSession(eng, settings(max_tokens=30), projector=proj)
+    answer(session, "Describe", [image(vision_dir, "red.png")], grammar=FORCED)
+    assert any(t < 0 for t in vision._cached(eng))
+    events = list(session.respond([{"role": "user", "content": "hi"}], grammar=FORCED))
+    assert "".join(e.text for e in events if isinstance(e, AnswerText)) == "a red square"
+    assert all(t >= 0 for t in vision._cached(eng))
+
+
 def test_stop_strings_apply_after_an_image(loaded, vision_dir) -> None:
     eng, proj = loaded
     session = ChatSession(eng, settings(stop=["square"], max_tokens=30), projector=proj)
