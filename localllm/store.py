@@ -530,7 +530,7 @@ def import_model(
         )
     parts = [Path(p) for p in info.get("parts") or [path]]
     if mmproj is not None:
-        _check_projector(mmproj)
+        check_projector(mmproj)
         parts.append(mmproj)
     stem = refs.split_base(path.name)
     stem = re.sub(r"\.gguf$", "", stem, flags=re.IGNORECASE)
@@ -573,7 +573,7 @@ def import_model(
     return manifest
 
 
-def _check_projector(path: Path) -> None:
+def check_projector(path: Path) -> None:
     """A vision projector: a valid GGUF of the ``clip`` architecture."""
     if not path.is_file():
         raise ModelNotFoundError(f"no such projector file: {path}")

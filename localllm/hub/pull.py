@@ -283,5 +283,30 @@ def pull(
             f"{exc.message}",
             hint="the file was deleted; report it to the repo's owner",
         ) from None
+    if plan.mmproj is not None:
+        _keep_projector_if_usable(manifest, staged, say)
     store.fill_info(manifest)
     return store.add_model(manifest, staged)
+
+
+def _keep_projector_if_usable(
+    manifest: store.Manifest, staged: dict[str, Path], say: Say | None
+) -> None:
+    """Drop a downloaded projector that is not one (the model is kept, text only)."""
+    from localllm.errors import LocalLLMError
+
+    name = manifest.mmproj
+    assert name is not None
+    try:
+        store.check_projector(staged[name])
+    except LocalLLMError as exc:
+        staged.pop(name).unlink(missing_ok=True)
+        manifest.files.remove(name)
+        manifest.sha256.pop(name, None)
+        manifest.size -= manifest.sizes.pop(name, 0)
+        manifest.mmproj = None
+        if say:
+            say(
+                f"warning: {name} is not a usable vision projector ({exc.message}); "
+                "the model is installed without it"
+            )
