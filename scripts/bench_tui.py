@@ -97,17 +97,17 @@ async def _tui_session(model: Path, profile: Any, prompts: list[str]) -> list[di
     app = ChatApp(model, profile)
     results: list[dict[str, Any]] = []
     async with app.run_test(size=(100, 30)) as pilot:
-        while app.model_path is None or app.loading:
+        while app.state.model_path is None or app.state.loading:
             await pilot.pause(0.05)
         for prompt in prompts:
             app.prompt.load_text(prompt)
-            before = len(app.conversation.messages)
+            before = len(app.state.conversation.messages)
             started = time.perf_counter()
             await pilot.press("enter")
-            while len(app.conversation.messages) < before + 2:  # the question and its answer
+            while len(app.state.conversation.messages) < before + 2:  # the question and its answer
                 await asyncio.sleep(0.02)  # not pilot.pause: that forces extra screen updates
             wall = time.perf_counter() - started
-            stats = dict(app.conversation.messages[-1]["stats"])
+            stats = dict(app.state.conversation.messages[-1]["stats"])
             stats["wall_s"] = wall
             results.append(stats)
     app.close_engine()

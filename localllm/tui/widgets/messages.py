@@ -5,6 +5,11 @@ An :class:`AssistantMessage` is fed from the engine worker thread by posting it
 Markdown widgets with Textual's ``MarkdownStream``, which appends to the last block instead of
 re-rendering the whole answer. :class:`AssistantMessage.Finished` closes the streams and notes
 how the answer ended.
+
+Line breaks: a model writes a poem or an address one line per line, with single newlines, which
+Markdown would join into one paragraph (soft breaks). As chat apps do, answers are parsed so that
+a single newline inside a paragraph is a line break; code blocks, lists and tables are parsed as
+before.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Collapsible, Markdown, Static
 from textual.widgets.markdown import MarkdownStream
+
+from localllm.streaming import TurnResult
 
 
 class UserMessage(Static):
@@ -45,29 +52,9 @@ class AssistantMessage(Vertical):
     class Finished(Message):
         """The answer is complete (or stopped, or failed): close the streams, add a note."""
 
-        def __init__(
-            self,
-            message: AssistantMessage,
-            *,
-            answer: str = "",
-            reasoning: str = "",
-            stats: Any = None,
-            error: Exception | None = None,
-            history: list[dict[str, Any]] | None = None,
-            reasoning_tokens: int | None = None,
-        ) -> None:
+        def __init__(self, result: TurnResult) -> None:
             super().__init__()
-            self.message = message
-            self.history = history
-            self.reasoning_tokens = reasoning_tokens
-            self.answer = answer
-            self.reasoning = reasoning
-            self.stats = stats
-            self.error = error
-
-        @property
-        def stopped(self) -> bool:
-            return getattr(self.stats, "stop_reason", None) == "cancelled"
+            self.result = result
 
     def __init__(
         self,
@@ -101,11 +88,11 @@ class AssistantMessage(Vertical):
                 if self.archived:
                     yield Static(_plain(self._initial_reasoning), classes="reasoning-text")
                 else:
-                    yield Markdown(self._initial_reasoning, classes="reasoning-text")
+                    yield _markdown(self._initial_reasoning, "reasoning-text")
         if self.archived:
             yield Static(_rich_markdown(self._initial_answer), classes="answer archived")
         else:
-            yield Markdown(self._initial_answer, classes="answer")
+            yield _markdown(self._initial_answer, "answer")
         yield Static(self._note, classes="note")
 
     def on_mount(self) -> None:
@@ -179,21 +166,23 @@ class AssistantMessage(Vertical):
         self._reasoning_stream = self._answer_stream = None
         self.streaming = False
         self.remove_class("-streaming")
-        if event.reasoning_tokens is not None:
-            self.reasoning_tokens = event.reasoning_tokens
+        result = event.result
+        if result.reasoning_tokens is not None:
+            self.reasoning_tokens = result.reasoning_tokens
         if self.reasoning:
             for block in self.query(".reasoning").results(Collapsible):
                 block.title = self._reasoning_title()
         note = ""
-        if event.error is not None:
-            note = f"error: {event.error}"
+        stop_reason = getattr(result.stats, "stop_reason", None)
+        if result.error is not None:
+            note = f"error: {result.error}"
             self.add_class("-error")
-        elif event.stopped:
+        elif result.stopped:
             note = "stopped"
             self.add_class("-stopped")
-        elif getattr(event.stats, "stop_reason", None) in ("length", "context"):
+        elif stop_reason in ("length", "context"):
             note = "cut off: " + (
-                "max tokens reached" if event.stats.stop_reason == "length" else "context full"
+                "max tokens reached" if stop_reason == "length" else "context full"
             )
         elif not self.answer and not self.reasoning:
             note = "(no answer)"
@@ -208,10 +197,47 @@ class AssistantMessage(Vertical):
         widget.display = bool(note)
 
 
+def _hard_breaks(state: Any) -> None:
+    """A markdown-it core rule: every soft break (a single newline in a paragraph) becomes a
+    line break. Code blocks and tables hold no soft breaks, so they are left as they are."""
+    for token in state.tokens:
+        if token.type == "inline" and token.children:
+            for child in token.children:
+                if child.type == "softbreak":
+                    child.type, child.tag = "hardbreak", "br"
+
+
+def _with_hard_breaks(parser: Any) -> Any:
+    parser.core.ruler.push("hard_breaks", _hard_breaks)
+    return parser
+
+
+def chat_parser() -> Any:
+    """The Markdown parser for answers: GitHub-like, with a single newline as a line break."""
+    global _PARSER
+    if _PARSER is None:
+        from markdown_it import MarkdownIt
+
+        _PARSER = _with_hard_breaks(MarkdownIt("gfm-like"))
+    return _PARSER
+
+
+_PARSER: Any = None
+
+
+def _markdown(text: str, classes: str) -> Markdown:
+    return Markdown(text, classes=classes, parser_factory=chat_parser)
+
+
 def _rich_markdown(text: str) -> Any:
+    """A pre-rendered answer (archived): rich's Markdown, with the same line breaks."""
+    from markdown_it import MarkdownIt
     from rich.markdown import Markdown as RichMarkdown
 
-    return RichMarkdown(text, code_theme="monokai", hyperlinks=False)
+    rendered = RichMarkdown(text, code_theme="monokai", hyperlinks=False)
+    parser = MarkdownIt().enable("strikethrough").enable("table")  # as rich's own
+    rendered.parsed = _with_hard_breaks(parser).parse(text)
+    return rendered
 
 
 def _plain(text: str) -> Any:
