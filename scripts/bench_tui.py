@@ -3,6 +3,8 @@
 
     python scripts/bench_tui.py [--model PATH] [--rounds 3] [--tokens 200] [--turns 10]
 
+(--turns 0 measures the decode speed only.)
+
 1. Decode speed: the same prompt and settings (temperature 0, fixed seed, so the same answer)
    answered by `localllm run --json` (a subprocess) and by the TUI driven headless with Pilot,
    interleaved; prints the median tokens/s of each and the ratio (goal: TUI / run >= 0.9).
@@ -168,6 +170,8 @@ def main() -> None:
     )
 
     # 2. multi-turn KV reuse
+    if args.turns < 1:
+        return
     questions = (QUESTIONS * ((args.turns // len(QUESTIONS)) + 1))[: args.turns]
     profile = settings(args.tokens, args.threads)
     turns = asyncio.run(_tui_session(model, profile, questions))

@@ -144,6 +144,8 @@ class ChatApp(App[None]):
         self.notify(message, title=title, severity="error", timeout=8)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # Asked when the key is pressed. The stop binding is not in the footer, so the footer
+        # is never refreshed for it (a footer refresh rebuilds it: a costly frame).
         if action == "stop":
             return self.state.busy  # otherwise Esc and Ctrl+C keep their usual meaning
         return True
@@ -156,7 +158,24 @@ class ChatApp(App[None]):
         self.state.stop()
         self.state.loading = name
         self._update_status()
-        self.host.load(Path(path), name, self.profile)
+        self.host.load(Path(path), name, self.profile, threads=self._threads())
+
+    def _threads(self) -> int | None:
+        """The profile's thread count, else the engine's default counted here and now.
+
+        The default leaves out CPUs that other work keeps busy, and counts this process as one
+        runnable thread. Counted from the load worker it would see the UI thread drawing the
+        first screen as "other work" and load the model with a thread too few; counted here
+        (the UI thread, before the worker starts) it sees what ``localllm run`` sees.
+        """
+        if self.profile.threads:
+            return self.profile.threads
+        try:
+            from localllm.engine import default_threads
+
+            return default_threads()
+        except Exception:  # an engine without the helper: let it choose
+            return None
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
         state = self.state
@@ -284,14 +303,15 @@ class ChatApp(App[None]):
         state.turn = turn
         state.turns.add(turn)
         self._update_status()
-        self.refresh_bindings()
 
         def emit(delta: Delta) -> None:  # called in the worker thread: posting is safe
             widget.post_message(
                 AssistantMessage.Delta(delta.answer, delta.reasoning, delta.reasoning_tokens)
             )
 
-        self.host.generate(turn, emit)
+        # Generation starts once the new widgets are laid out and drawn: on a small machine
+        # that frame would otherwise take the CPU from llama.cpp's threads in the first tokens.
+        self.call_after_refresh(self.host.generate, turn, emit)
         return True
 
     def on_turn_finished(self, message: TurnFinished) -> None:
@@ -333,7 +353,6 @@ class ChatApp(App[None]):
         if state.turn is turn:
             state.turn = None
         self._update_status()
-        self.refresh_bindings()
         self._archive_old_answers()
 
     @work(group="archive")
@@ -346,7 +365,6 @@ class ChatApp(App[None]):
         if self.state.turn is not None:
             self.state.stop()
             self._update_status()
-            self.refresh_bindings()
 
     async def action_quit(self) -> None:
         self.state.stop()
@@ -424,11 +442,11 @@ class ChatApp(App[None]):
             entries.insert(0, ModelEntry(str(current), current, size, self._quant(current)))
         self.push_screen(ModelPicker(entries, current, can_pull=can_pull()), self._picked)
 
-    def _picked(self, choice: Any) -> None:
+    async def _picked(self, choice: Any) -> None:
         if choice is None:
             return
         if choice.action == "pull":
-            self.pull_model(choice.ref)
+            await self.pull_model(choice.ref)
         elif choice.path is not None:
             current = self.state.model_path
             if current is not None and choice.path.resolve() == current.resolve():
@@ -576,7 +594,7 @@ class ChatApp(App[None]):
 
     # -- downloads ---------------------------------------------------------------------------
 
-    def pull_model(self, ref: str) -> None:
+    async def pull_model(self, ref: str) -> None:
         if not can_pull():
             self.notify("pulling models is not available in this build", severity="error")
             return
@@ -584,7 +602,7 @@ class ChatApp(App[None]):
         if bar.ref:
             self.notify(f"already downloading {bar.ref}", severity="warning")
             return
-        bar.pull(ref)
+        await bar.pull(ref)
 
     def on_download_bar_finished(self, message: DownloadBar.Finished) -> None:
         if message.error is not None or message.path is None:
@@ -626,9 +644,9 @@ class ChatApp(App[None]):
             return
         self.load_model(path)
 
-    def command_pull(self, arg: str) -> None:
+    async def command_pull(self, arg: str) -> None:
         if arg:
-            self.pull_model(arg)
+            await self.pull_model(arg)
         else:
             self.notify("usage: /pull owner/repo[:QUANT]", severity="warning")
 

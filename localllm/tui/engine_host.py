@@ -61,10 +61,14 @@ class EngineHost:
 
     # -- jobs ----------------------------------------------------------------------------------
 
-    def load(self, path: Path, name: str, profile: Profile) -> None:
-        """Load ``path`` (freeing the model loaded before); posts ModelLoaded or ModelFailed."""
+    def load(self, path: Path, name: str, profile: Profile, *, threads: int | None = None) -> None:
+        """Load ``path`` (freeing the model loaded before); posts ModelLoaded or ModelFailed.
+
+        ``threads`` overrides the profile's (unset) thread count for this load only; the
+        ModelLoaded message carries ``profile`` as given.
+        """
         self.app.run_worker(
-            partial(self._load, Path(path), name, profile),
+            partial(self._load, Path(path), name, profile, threads),
             name="load",
             group="engine",
             exclusive=True,
@@ -106,7 +110,7 @@ class EngineHost:
 
     # -- worker bodies (thread) ------------------------------------------------------------
 
-    def _load(self, path: Path, name: str, profile: Profile) -> None:
+    def _load(self, path: Path, name: str, profile: Profile, threads: int | None) -> None:
         from localllm.session import ChatSession
 
         worker = get_current_worker()
@@ -117,7 +121,10 @@ class EngineHost:
             if old is not None:
                 old.engine.close()
             try:
-                engine = self.factory(path, profile)
+                load_profile = profile
+                if threads and not profile.threads:
+                    load_profile = profile.replace(threads=threads)
+                engine = self.factory(path, load_profile)
             except Exception as exc:
                 self.app.post_message(ModelFailed(path, name, as_error(exc, "loading failed")))
                 return

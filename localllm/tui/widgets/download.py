@@ -56,18 +56,19 @@ class DownloadBar(Horizontal):
 
     def compose(self) -> ComposeResult:
         yield Label("", id="download-label")
-        yield ProgressBar(id="download-bar", show_eta=False)
 
     def on_mount(self) -> None:
         self.display = False
 
-    def pull(self, ref: str) -> None:
+    async def pull(self, ref: str) -> None:
         """Start pulling ``ref`` (the caller checks that nothing else is being pulled)."""
         self.ref = ref
         self._figures = (0, None)
         self.display = True
         self.query_one("#download-label", Label).update(f"pulling {ref} ")
-        self.query_one(ProgressBar).update(total=None, progress=0)
+        # Mounted only while pulling: an idle progress bar still animates 15 times a second,
+        # waking the UI thread that llama.cpp's threads would rather have to themselves.
+        await self.mount(ProgressBar(id="download-bar", show_eta=False, total=None))
         self._pull_worker(ref)
 
     @work(thread=True, exclusive=True, group="download", exit_on_error=False)
@@ -104,7 +105,8 @@ class DownloadBar(Horizontal):
         done, total = self._figures
         self.query_one(ProgressBar).update(total=total, progress=done)
 
-    def on_download_bar_finished(self, message: Finished) -> None:
+    async def on_download_bar_finished(self, message: Finished) -> None:
         # Seen here first (then it bubbles to the app): the bar hides and is free again.
         self.ref = None
         self.display = False
+        await self.query(ProgressBar).remove()
