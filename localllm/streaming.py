@@ -18,7 +18,7 @@ from typing import Any
 
 from localllm.errors import InferenceError, LocalLLMError
 
-DEFAULT_INTERVAL = 0.2  # seconds between deltas: ~5 redraws a second
+DEFAULT_INTERVAL = 0.3  # seconds between deltas: ~3 redraws a second
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ Tests wait for events (a widget's text, a state change), never for a fixed time.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -506,6 +507,9 @@ def test_slash_commands_help_system_new_export_and_quit(tiny_model: Path, tmp_pa
         await ask_command(pilot, "/help")
         assert isinstance(app.screen, HelpScreen)
         await pilot.press("escape")
+        await ask_command(pilot, "/?")  # an alias the help screen lists too
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
         await ask_command(pilot, "/system Answer in French.")
         assert app.profile.system_prompt == "Answer in French."
         await ask(pilot, "Bonjour")
@@ -519,6 +523,10 @@ def test_slash_commands_help_system_new_export_and_quit(tiny_model: Path, tmp_pa
         await ask_command(pilot, "/new")
         assert app.state.conversation.id != first and app.state.history == []
         assert not app.screen.query(UserMessage)
+        await ask(pilot, "again")
+        second = app.state.conversation.id
+        await ask_command(pilot, "/CLEAR")  # an alias, any case
+        assert app.state.conversation.id != second and not app.screen.query(UserMessage)
         await ask_command(pilot, "/bogus")
         assert app.state.turn is None
         await ask_command(pilot, "/quit")
@@ -681,3 +689,63 @@ def test_older_answers_are_archived_to_keep_streaming_cheap(tiny_model: Path) ->
         ]
 
     run(app, body)
+
+
+def test_every_slash_command_has_a_handler_and_a_help_line() -> None:
+    from rich.console import Console
+
+    from localllm.tui import commands
+    from localllm.tui.screens.help import help_renderable
+
+    console = Console(width=200, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(help_renderable())
+    shown = console.export_text()
+    for command in commands.COMMANDS:
+        assert callable(getattr(ChatApp, command.handler)), command.name
+        for spelling in command.spellings:
+            assert f"/{spelling}" in shown, spelling
+            assert commands.parse(f"/{spelling.upper()}  arg ")[0] is command
+    assert commands.parse("/nope x") == (None, "/nope", "x")
+    assert not commands.is_command("//not a command") and commands.is_command(" /new")
+
+
+def test_pasted_text_with_invalid_characters_is_sent_with_replacements(tiny_model: Path) -> None:
+    """A lone surrogate (half an emoji, or a byte smuggled in by surrogateescape) would not
+    encode for the tokenizer; it becomes U+FFFD, as invalid bytes do in ``localllm run``."""
+    from textual import events
+
+    factory = Factory()
+    app = chat_app(tiny_model, engine_factory=factory)
+
+    async def body(pilot: Pilot[Any]) -> None:
+        await loaded(pilot)
+        app.prompt.focus()
+        app.prompt.post_message(events.Paste("half \ud83d and \udcff"))
+        await wait_for(pilot, lambda: "half" in app.prompt.text, what="the paste")
+        await pilot.press("enter")
+        await idle(pilot)
+        [shown] = app.screen.query(UserMessage)
+        assert shown.text == "half \ufffd and \ufffd"
+        assert app.state.history[0]["content"] == "half \ufffd and \ufffd"
+        widget = app.screen.query(AssistantMessage).last()
+        assert "-error" not in widget.classes and widget.answer
+        saved = conversations.load(app.state.conversation.id).messages
+        assert saved[0]["content"] == "half \ufffd and \ufffd"
+        await ask_command(pilot, "/system be \udcff brief")
+        assert app.profile.system_prompt == "be \ufffd brief"
+        await ask(pilot, "ok?")
+        assert "be \ufffd brief" in factory.requests[-1][0]
+
+    run(app, body)
+
+
+def test_the_terminal_driver_reads_invalid_bytes_as_replacement_characters() -> None:
+    from textual.drivers import linux_driver
+
+    from localllm.tui.terminal import tolerate_invalid_input
+
+    tolerate_invalid_input()
+    tolerate_invalid_input()  # twice is harmless
+    decode = linux_driver.getincrementaldecoder("utf-8")().decode
+    assert decode(b"ab\xff") + decode(b"\xe2\x82", final=True) == "ab\ufffd\ufffd"
+    assert decode(b"\xe2\x82") + decode(b"\xac") == "€"  # split characters still join

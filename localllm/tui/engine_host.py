@@ -25,7 +25,7 @@ from localllm.tui.messages import ContextCounted, ModelFailed, ModelLoaded, Turn
 from localllm.tui.state import Turn
 
 EngineFactory = Callable[[Path, Profile], Any]
-FLUSH_S = 0.2  # streamed text is batched: ~5 screen updates a second (each costs a frame)
+FLUSH_S = 0.3  # streamed text is batched: ~3 screen updates a second (each costs a frame)
 
 
 def default_engine(path: Path, profile: Profile) -> Any:
