@@ -99,6 +99,28 @@ class Coalescer:
         return delta
 
 
+def settled(text: str, start: int = 0, *, min_chars: int = 1500) -> int:
+    """Where the Markdown in ``text[start:]`` can be cut so that what comes before will not
+    change as more text streams in: after the last blank line outside a fenced code block, once
+    at least ``min_chars`` precede it; else ``start``. A screen can then render the settled part
+    once and redraw only the rest."""
+    fence = ""
+    cut = start
+    offset = 0
+    for line in text.splitlines(keepends=True):
+        end = offset + len(line)
+        marker = line.lstrip(" ")[:3]
+        if len(line) - len(line.lstrip(" ")) <= 3 and marker in ("```", "~~~"):
+            if not fence:
+                fence = marker
+            elif marker == fence:
+                fence = ""
+        elif not fence and not line.strip() and end - start >= min_chars and end < len(text):
+            cut = end
+        offset = end
+    return cut
+
+
 def clean_text(text: str) -> str:
     """``text`` with every lone surrogate (an undecodable byte smuggled in by
     ``surrogateescape``, or half a pair from a paste) replaced by U+FFFD, so it can be encoded

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from localllm.engine import Engine, plan_load
 from localllm.profiles import Profile
 from localllm.session import ChatSession
-from localllm.streaming import Coalescer, Delta, clean_text, stream_turn
+from localllm.streaming import Coalescer, Delta, clean_text, settled, stream_turn
 
 QUICK = Profile(temperature=0.0, max_tokens=24, gpu_layers=0, seed=1)
 
@@ -94,3 +94,14 @@ def test_a_failed_turn_is_a_result_not_an_exception(tiny_model: Path) -> None:
         result = stream_turn(session, "word " * 2000, emit=lambda d: None)
     assert result.error is not None and "context" in result.error.message
     assert result.history is None and result.stats is None
+
+
+def test_settled_markdown_is_cut_at_a_blank_line_outside_code() -> None:
+    text = "para one\n\n```\ncode\n\nmore code\n```\n\npara two\n\ntail"
+    cut = settled(text, min_chars=1)
+    assert text[cut:] == "tail"
+    assert settled(text, min_chars=1000) == 0  # too short to be worth a cut
+    inside = "intro\n\n```\ncode\n\nstill code"
+    assert inside[settled(inside, min_chars=1) :] == "```\ncode\n\nstill code"
+    assert settled("no blank line yet", min_chars=1) == 0
+    assert settled(text, cut, min_chars=1) == cut  # nothing settled after the last cut

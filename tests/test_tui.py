@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import Input, Markdown
+from textual.widgets import Input, Markdown, Static
 
 from localllm import conversations
 from localllm.engine import Engine, plan_load
@@ -749,3 +749,33 @@ def test_the_terminal_driver_reads_invalid_bytes_as_replacement_characters() -> 
     decode = linux_driver.getincrementaldecoder("utf-8")().decode
     assert decode(b"ab\xff") + decode(b"\xe2\x82", final=True) == "ab\ufffd\ufffd"
     assert decode(b"\xe2\x82") + decode(b"\xac") == "€"  # split characters still join
+
+
+def test_a_long_streamed_answer_draws_its_settled_head_once() -> None:
+    """While streaming, blocks that more text cannot change are drawn once (``.head``) and
+    only the rest is redrawn; the finished answer is one Markdown widget with the whole text."""
+    from localllm.streaming import TurnResult
+
+    paragraph = "A line of a long story, told one token at a time. " * 8
+    parts = [f"{paragraph}\n\n" for _ in range(12)] + ["```\ncode\n\n\nkept\n```\n\nend."]
+    app = chat_app(None)
+
+    async def body(pilot: Pilot[Any]) -> None:
+        widget = AssistantMessage(streaming=True)
+        await app.chat_log.mount(widget)
+        for part in parts:
+            widget.post_message(AssistantMessage.Delta(part))
+        await wait_for(pilot, lambda: widget.answer == "".join(parts), what="the text")
+        heads = list(widget.query(".head"))
+        assert len(heads) >= 2
+        live = widget.query_one(".answer.live", Static)
+        tail = live.content.markup  # type: ignore[attr-defined]
+        assert tail == "end."
+        drawn = [h.content.markup for h in heads]  # type: ignore[attr-defined]
+        assert "".join(drawn) + tail == widget.answer
+        assert any("```\ncode\n\n\nkept\n```" in h for h in drawn)  # the fence kept whole
+        widget.post_message(AssistantMessage.Finished(TurnResult(answer=widget.answer)))
+        await wait_for(pilot, lambda: not widget.query(".live"), what="the final answer")
+        assert widget.query_one(".answer", Markdown).source == "".join(parts)
+
+    run(app, body)

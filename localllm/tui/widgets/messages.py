@@ -21,7 +21,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Collapsible, Markdown, Static
 
-from localllm.streaming import TurnResult
+from localllm.streaming import TurnResult, settled
 
 
 class UserMessage(Static):
@@ -77,6 +77,7 @@ class AssistantMessage(Vertical):
         self.answer = answer
         self.reasoning = reasoning
         self.reasoning_tokens = 0
+        self._settled = 0  # how much of the streamed answer is drawn for good
 
     def compose(self) -> ComposeResult:
         if self.streaming or self._initial_reasoning:
@@ -156,19 +157,32 @@ class AssistantMessage(Vertical):
                 block.title = self._reasoning_title()
                 if not self.expand_reasoning:
                     block.collapsed = True
-            self.query_one(".answer", Static).update(_rich_markdown(self.answer))
+            await self._redraw_answer()
+
+    async def _redraw_answer(self) -> None:
+        """Redraw what is not settled yet; a settled head (blocks that more text cannot
+        change) is drawn once, so a long answer does not cost more per update than a short
+        one."""
+        live = self.query_one(".answer.live", Static)
+        cut = settled(self.answer, self._settled)
+        if cut > self._settled:
+            head = Static(_rich_markdown(self.answer[self._settled : cut]), classes="head live")
+            await self.mount(head, before=live)
+            self._settled = cut
+        live.update(_rich_markdown(self.answer[self._settled :]))
 
     async def on_assistant_message_finished(self, event: AssistantMessage.Finished) -> None:
         event.stop()
         if self.streaming:
             # The finished answer becomes a Markdown widget like any other shown answer.
             with self.app.batch_update():
-                for live in list(self.query(".live")):
-                    is_answer = live.has_class("answer")
-                    text = self.answer if is_answer else self.reasoning
-                    final = _markdown(text, "answer" if is_answer else "reasoning-text")
+                reasoning = self.query(".reasoning-text.live")
+                for live in reasoning:
+                    final = _markdown(self.reasoning, "reasoning-text")
                     await live.parent.mount(final, before=live)  # type: ignore[union-attr]
-                    await live.remove()
+                await reasoning.remove()
+                await self.mount(_markdown(self.answer, "answer"), before=self.query_one(".note"))
+                await self.query(".live").remove()
         self.streaming = False
         self.remove_class("-streaming")
         result = event.result
