@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from localllm.errors import InferenceError, LocalLLMError
+from localllm.textin import clean_text
 
 DEFAULT_INTERVAL = 0.3  # seconds between deltas: ~3 redraws a second
 
@@ -121,17 +122,6 @@ def settled(text: str, start: int = 0, *, min_chars: int = 1500) -> int:
     return cut
 
 
-def clean_text(text: str) -> str:
-    """``text`` with every lone surrogate (an undecodable byte smuggled in by
-    ``surrogateescape``, or half a pair from a paste) replaced by U+FFFD, so it can be encoded
-    for the tokenizer and saved as UTF-8."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
-    return text
-
-
 def stream_turn(
     session: Any,
     text: str,
@@ -149,7 +139,7 @@ def stream_turn(
     batch = Coalescer(interval, clock)
     result = TurnResult()
     try:
-        for event in session.send(clean_text(text), cancel=cancel):
+        for event in session.send(clean_text(text)[0], cancel=cancel):
             if isinstance(event, AnswerText):
                 batch.add(answer=event.text)
             elif isinstance(event, ReasoningText):

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from localllm.engine import Engine, plan_load
 from localllm.profiles import Profile
 from localllm.session import ChatSession
-from localllm.streaming import Coalescer, Delta, clean_text, settled, stream_turn
+from localllm.streaming import Coalescer, Delta, settled, stream_turn
 
 QUICK = Profile(temperature=0.0, max_tokens=24, gpu_layers=0, seed=1)
 
@@ -58,16 +58,6 @@ def test_deltas_add_up_to_the_whole_text(pieces: list[tuple[str, float]]) -> Non
         out.append(last)
     assert "".join(d.answer for d in out) == "".join(t for t, _ in pieces)
     assert all(out)  # never an empty delta
-
-
-@given(st.binary(max_size=40))
-def test_clean_text_makes_any_bytes_encodable(raw: bytes) -> None:
-    smuggled = raw.decode("utf-8", errors="surrogateescape")  # as argv and os.environ do
-    cleaned = clean_text(smuggled)
-    assert cleaned.encode("utf-8").decode("utf-8") == cleaned
-    assert cleaned == raw.decode("utf-8", errors="replace") or "\ufffd" in cleaned
-    assert clean_text("ok \ud83d") == "ok \ufffd"  # half a surrogate pair from a paste
-    assert clean_text("é 🙂") == "é 🙂"
 
 
 def test_a_turn_streams_in_deltas_and_returns_the_session_record(tiny_model: Path) -> None:

@@ -728,6 +728,7 @@ def test_pasted_text_with_invalid_characters_is_sent_with_replacements(tiny_mode
         await idle(pilot)
         [shown] = app.screen.query(UserMessage)
         assert shown.text == "half \ufffd and \ufffd"
+        assert any("not valid UTF-8" in n.message for n in app._notifications)  # as run warns
         assert app.state.history[0]["content"] == "half \ufffd and \ufffd"
         widget = app.screen.query(AssistantMessage).last()
         assert "-error" not in widget.classes and widget.answer

@@ -29,7 +29,8 @@ from localllm import conversations
 from localllm.conversations import Conversation
 from localllm.errors import InferenceError, LocalLLMError, ProfileError, UsageError
 from localllm.profiles import MODES, Profile
-from localllm.streaming import Delta, clean_text
+from localllm.streaming import Delta
+from localllm.textin import clean_text
 from localllm.tui import commands
 from localllm.tui.engine_host import EngineFactory, EngineHost, as_error
 from localllm.tui.messages import ContextCounted, ModelFailed, ModelLoaded, TurnFinished
@@ -285,7 +286,7 @@ class ChatApp(App[None]):
             self.notify(refusal, severity="warning")
             self.prompt.load_text(text)
             return False
-        text = clean_text(text)  # a pasted lone surrogate would not encode for the tokenizer
+        text = self._clean(text, "the prompt")
         log = self.chat_log
         widget = AssistantMessage(
             streaming=True,
@@ -417,8 +418,20 @@ class ChatApp(App[None]):
         self._update_status()
         self.notify(f"mode: {mode}", title="Mode")
 
+    def _clean(self, text: str, what: str) -> str:
+        """``text`` by the rule of every text input (localllm.textin): what cannot be UTF-8 (a
+        lone surrogate from a paste) becomes U+FFFD, with a warning, instead of failing in the
+        tokenizer or the conversation file."""
+        cleaned, replaced = clean_text(text)
+        if replaced:
+            self.notify(
+                f"{what} is not valid UTF-8: invalid characters were replaced by \ufffd",
+                severity="warning",
+            )
+        return cleaned
+
     def set_system_prompt(self, text: str) -> None:
-        text = clean_text(text)
+        text = self._clean(text, "the system prompt")
         self.profile = self.profile.replace(system_prompt=text or None)
         self.notify("system prompt set" if text else "system prompt cleared", title="System")
 
@@ -679,7 +692,7 @@ class ChatApp(App[None]):
             self.notify("usage: /rename TITLE", severity="warning")
             return
         try:
-            self.state.conversation.rename(clean_text(arg))
+            self.state.conversation.rename(self._clean(arg, "the title"))
         except LocalLLMError as exc:
             self.error(exc, "Rename")
         else:

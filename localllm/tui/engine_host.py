@@ -20,7 +20,8 @@ from textual.worker import get_current_worker
 
 from localllm.errors import InferenceError, LocalLLMError
 from localllm.profiles import Profile
-from localllm.streaming import Delta, TurnResult, clean_text, stream_turn
+from localllm.streaming import Delta, TurnResult, stream_turn
+from localllm.textin import clean_text
 from localllm.tui.messages import ContextCounted, ModelFailed, ModelLoaded, TurnFinished
 from localllm.tui.state import Turn
 
@@ -164,7 +165,7 @@ class EngineHost:
                 session.messages = [dict(m) for m in turn.history]
                 profile = turn.profile
                 if profile.system_prompt:
-                    profile = profile.replace(system_prompt=clean_text(profile.system_prompt))
+                    profile = profile.replace(system_prompt=clean_text(profile.system_prompt)[0])
                 session.profile = profile
                 result = stream_turn(session, turn.text, emit=emit, cancel=cancel, interval=FLUSH_S)
         self.app.post_message(TurnFinished(turn, result))
