@@ -43,6 +43,7 @@ LAYERS: dict[str, int] = {
     "localllm.session": 3,
     "localllm.loading": 3,
     "localllm.bench": 3,
+    "localllm.streaming": 3,  # one turn batched for a screen (no UI)
     # the front ends
     "localllm.cli": 4,
     "localllm.tui": 4,
