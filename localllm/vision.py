@@ -282,10 +282,11 @@ class Projector:
             encoded = prompt.encode("utf-8")
             text.text = encoded
             text.text_len = len(encoded)
-            text.add_special = bool(
-                engine._lib.llama_vocab_get_add_bos(engine._vocab)
-                if hasattr(engine._lib, "llama_vocab_get_add_bos")
-                else False
+            # BOS as the engine adds it: per the model's metadata, never twice (a chat
+            # template that writes the BOS text already gives one).
+            bos = engine.info.bos_token
+            text.add_special = bool(engine._lib.llama_vocab_get_add_bos(engine._vocab)) and not (
+                bos and prompt.startswith(bos)
             )
             text.parse_special = True
             arr = (m.mtmd_bitmap_p_ctypes * max(1, len(bitmaps)))(*bitmaps)

@@ -82,6 +82,24 @@ def test_image_is_encoded_and_generation_continues_in_our_loop(loaded, vision_di
     assert stats.prompt_tokens == len(tokens)  # image positions count in the context
 
 
+def test_bos_is_added_once(tmp_path: Path) -> None:
+    """A template that writes the BOS text, on a model whose metadata adds one: one BOS."""
+    model = write_tiny_gguf(
+        tmp_path / "spm.gguf",
+        vocab="llama",
+        chat_template="{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}",
+    )
+    write_tiny_mmproj(tmp_path / "mmproj-spm.gguf", n_embd_text=64)
+    with open_engine(model, settings()) as eng:
+        proj = vision.Projector(eng, tmp_path / "mmproj-spm.gguf")
+        bos = eng.tokenize("", add_bos=True)[0]
+        for prompt in (f"{eng.info.bos_token}{vision.MARKER} hello", f"{vision.MARKER} hello"):
+            tokens = proj.prefill(prompt, [images.from_bytes(png_bytes(8, 8), "x.png")])
+            assert tokens is not None
+            assert tokens[0] == bos and tokens[1] != bos
+        proj.close()
+
+
 def test_the_image_reaches_the_model(vision_model, vision_dir) -> None:
     """Greedy answers differ with the picture and repeat with the same one."""
     outs = {}
