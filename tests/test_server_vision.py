@@ -83,6 +83,12 @@ def test_ollama_chat_and_generate_images(vision_server: ServerProcess) -> None:
     assert body["prompt_eval_count"] > 16
 
 
+def test_ollama_show_lists_vision(vision_server: ServerProcess) -> None:
+    status, body = vision_server.post("/api/show", {"model": "tiny-vlm"})
+    assert status == 200, body
+    assert "vision" in body["capabilities"]
+
+
 def test_text_only_model_refuses_images(tiny_model: Path, tmp_path: Path) -> None:
     with ServerProcess("-m", str(tiny_model), env={"LOCALLLM_HOME": str(tmp_path)}) as server:
         status, body = server.post(

@@ -516,6 +516,10 @@ def _template_info(entry: ModelEntry) -> tuple[str | None, list[str]]:
     capabilities = ["completion"]
     if template and reasoning.choose_adapter(template) != "instruction":
         capabilities.append("thinking")
+    from localllm import store
+
+    if store.projector_of(entry.path) or info.projector is not None:
+        capabilities.append("vision")  # a projector beside it: images are accepted
     return template, capabilities
 
 
