@@ -94,6 +94,7 @@ class ChatSession:
     profile: Profile
     messages: list[dict[str, Any]] = field(default_factory=list)
     last_turn: Turn | None = None
+    projector: Any = None  # a vision.Projector when the model reads images
 
     # -- what the model sees ------------------------------------------------------------
 
@@ -156,6 +157,7 @@ class ChatSession:
         cancel: Callable[[], bool] | None = None,
         grammar: str | None = None,
         constraint: structured.Constraint | None = None,
+        images: Sequence[Any] = (),
     ) -> Iterator[SessionEvent]:
         """Stream one turn as reasoning and answer events, then one :class:`Stats`.
 
@@ -163,19 +165,45 @@ class ChatSession:
         what was produced). ``grammar`` (GBNF) constrains all of the generation; for tests.
         ``constraint`` (:mod:`localllm.structured`) constrains the answer only: in reasoning
         mode the model thinks freely first and the grammar applies after the reasoning closes.
+        ``images`` (:class:`localllm.images.Image`) go before the text of the message.
         """
-        plan = self.plan(user_text)
+        content = self._with_images(user_text, images)
+        plan = self.plan(content)
 
         def record(turn: Turn) -> None:
-            self.messages.append({"role": "user", "content": user_text})
+            user: dict[str, Any] = {"role": "user", "content": content}
+            if images:
+                user["images"] = list(images)
+            self.messages.append(user)
             entry: dict[str, Any] = {"role": "assistant", "content": turn.answer}
             if turn.reasoning:
                 entry["reasoning"] = turn.reasoning
             self.messages.append(entry)
 
+        history = [i for m in self.messages for i in m.get("images", ())]
         yield from self._turn(
-            plan, self._render_plan(plan), cancel, grammar, record, constraint=constraint
+            plan,
+            self._render_plan(plan),
+            cancel,
+            grammar,
+            record,
+            [*history, *images],
+            constraint=constraint,
         )
+
+    def _with_images(self, text: str, images: Sequence[Any]) -> str:
+        """The message text with one image marker per image, before the text."""
+        if not images:
+            return text
+        if self.projector is None:
+            from localllm.errors import UsageError
+
+            raise UsageError(
+                f"{self.engine.info.name} is a text-only model: it cannot read images",
+                hint="use a vision model (one published with an mmproj projector), "
+                "or give its projector with --mmproj FILE",
+            )
+        return "".join(f"{self.projector.marker}\n" for _ in images) + text
 
     def respond(
         self,
@@ -202,7 +230,12 @@ class ChatSession:
         has_system = any(m.get("role") == "system" for m in messages)
         if self.profile.system_prompt and not has_system:
             out.append({"role": "system", "content": self.profile.system_prompt})
-        out.extend(tool_calls.template_messages(messages))
+        images: list[Any] = []
+        for m in tool_calls.template_messages(messages):
+            pictures = list(m.pop("images", None) or ())
+            images.extend(pictures)
+            m["content"] = self._with_images(m["content"], pictures)
+            out.append(m)
         effort = getattr(self.profile, "reasoning_effort", None)
         plan = reasoning.plan_prompt(self.adapter, self.mode, out, effort=effort)
         choice = tool_choice or tool_calls.parse_tool_choice(None, tools)
@@ -228,7 +261,7 @@ class ChatSession:
         if parser is not None:
             parser.prime(prompt)
         yield from self._turn(
-            plan, prompt, cancel, grammar, None, constraint=constraint, parser=parser
+            plan, prompt, cancel, grammar, None, images, constraint=constraint, parser=parser
         )
 
     def complete(
@@ -250,6 +283,7 @@ class ChatSession:
         cancel: Callable[[], bool] | None,
         grammar: str | None,
         record: Callable[[Turn], None] | None,
+        images: Sequence[Any] = (),
         *,
         constraint: structured.Constraint | None = None,
         parser: tool_calls.ToolCallParser | None = None,
@@ -290,9 +324,25 @@ class ChatSession:
 
         turn = Turn(mode=plan.mode, adapter=plan.adapter)
         stats: Stats | None = None
+        request: str | list[int] = prompt
+        if self.projector is not None and not images:
+            from localllm import vision
+
+            vision.forget_images(self.engine)
+        if images and getattr(settings, "speculative", "off") != "off":
+            settings = settings.replace(speculative="off")  # drafts cannot see images
+        if images:  # the projector evaluates the prompt with its images; the engine goes on
+            tokens = self.projector.prefill(
+                prompt, images, cancel=lambda: cancel is not None and cancel()
+            )
+            if tokens is None:
+                self._finish(turn, stream, record)
+                yield Stats(0, 0, 0, 0.0, 0.0, "cancelled")
+                return
+            request = tokens
         try:
             for event in self.engine.generate(
-                prompt,
+                request,
                 settings,
                 cancel=stop,
                 grammar=grammar,
@@ -322,6 +372,9 @@ class ChatSession:
             raise
         if stats is not None and stats.stop_reason == "cancelled" and not user_stopped:
             stats = replace(stats, stop_reason="length")  # the answer reached max_tokens
+        if stats is not None and images:  # the prefill is part of the prompt's time
+            pre = self.projector.stats
+            stats = replace(stats, cached_tokens=pre.cached, ttft_s=stats.ttft_s + pre.prefill_s)
         turn.stats = stats
         self._finish(turn, stream, record, parser)
         if stats is not None:

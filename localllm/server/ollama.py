@@ -50,8 +50,6 @@ def overrides(body: Mapping[str, Any]) -> dict[str, Any]:
             out["max_tokens"] = predict
     if isinstance(out.get("stop"), str):
         out["stop"] = [out["stop"]]
-    if body.get("images"):
-        raise unsupported("images", "images are not available yet")
     think = body.get("think")
     if think is not None:
         out.update(openai.common_overrides({"think": think}))
@@ -77,23 +75,26 @@ def parse_chat(body: Mapping[str, Any]) -> openai.Request:
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise bad_request("'messages' must be a non-empty list")
-    for message in raw:
-        if isinstance(message, Mapping) and message.get("images"):
-            raise unsupported("images", "images are not available yet")
     tools, choice = openai.parse_tools({"tools": body.get("tools")})
-    messages = [
-        {**m, "tool_calls": _openai_calls(m["tool_calls"])} if m.get("tool_calls") else m
+    prepared = [
+        {**m, "tool_calls": _openai_calls(m["tool_calls"])}
+        if isinstance(m, Mapping) and m.get("tool_calls")
+        else m
         for m in raw
-        if isinstance(m, Mapping)
     ]
-    for m in messages:  # Ollama's tool results carry no call id
-        if m.get("role") == "tool":
-            m.setdefault("tool_call_id", "")
+    for m in prepared:  # Ollama's tool results carry no call id
+        if isinstance(m, Mapping) and m.get("role") == "tool":
+            m.setdefault("tool_call_id", "")  # type: ignore[union-attr]
+    messages = openai.parse_messages(prepared)
+    for message, source in zip(messages, raw, strict=True):
+        pictures = source.get("images") if isinstance(source, Mapping) else None
+        if pictures:
+            message["image_b64"] = _image_list(pictures)
     return openai.Request(
         model=openai._optional_str(body, "model"),
         profile=openai._optional_str(body, "profile"),
         overrides=overrides(body),
-        messages=openai.parse_messages(messages if len(messages) == len(raw) else raw),
+        messages=messages,
         stream=_stream(body),
         constraint=parse_format(body),
         tools=tools,
@@ -124,6 +125,12 @@ def tool_calls(turn: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _image_list(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise bad_request("'images' must be a list of base64 strings", "images")
+    return value
+
+
 def parse_generate(body: Mapping[str, Any]) -> openai.Request:
     prompt = body.get("prompt", "")
     if not isinstance(prompt, str):
@@ -142,11 +149,17 @@ def parse_generate(body: Mapping[str, Any]) -> openai.Request:
         stream=_stream(body),
         constraint=parse_format(body),
     )
+    pictures = body.get("images")
     if raw:
+        if pictures:
+            raise unsupported("images", "images need the chat template: leave 'raw' off")
         request.prompt = prompt
     else:
-        messages = [{"role": "system", "content": system}] if system else []
-        request.messages = [*messages, {"role": "user", "content": prompt}]
+        messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+        user: dict[str, Any] = {"role": "user", "content": prompt}
+        if pictures:
+            user["image_b64"] = _image_list(pictures)
+        request.messages = [*messages, user]
     request.extra["empty"] = not prompt  # Ollama: an empty prompt just loads the model
     return request
 
