@@ -224,9 +224,9 @@ class Embedder:
         self._tok_buf = (llama_cpp.llama_token * self._tok_cap)()
         self._tok_view = np.ctypeslib.as_array(self._tok_buf)
         # What add_special puts around every text: a trailing SEP/EOS is kept on truncation.
+        self._closed = False
         empty = self._tokenize(b"")
         self._tail = empty[-1:] if len(empty) >= 2 or self._adds_end() else empty[:0]
-        self._closed = False
 
     # -- tokens -----------------------------------------------------------------------------
 
@@ -237,6 +237,8 @@ class Embedder:
         )
 
     def _tokenize(self, data: bytes) -> np.ndarray:
+        if self._closed:
+            raise InferenceError("the embedding model is closed")
         lib = self._lib
         n = lib.llama_tokenize(
             self._vocab, data, len(data), self._tok_buf, self._tok_cap, True, False

