@@ -132,7 +132,15 @@ def main() -> int:
     ap.add_argument("-m", "--model", type=Path, help="GGUF embedding model (default: MiniLM)")
     ap.add_argument("-n", "--texts", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="default: physical cores")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="default: the free cores (as localllm picks)"
+    )
+    ap.add_argument(
+        "--their-batch",
+        type=int,
+        default=None,
+        help="Llama.embed's n_batch (default: the context, as llama-cpp-python sizes it)",
+    )
     ap.add_argument("--batch-tokens", type=int, default=None, help="our tokens per call")
     ap.add_argument("--native", type=Path, help="path to a llama-embedding binary")
     ap.add_argument("--json", action="store_true")
@@ -141,19 +149,20 @@ def main() -> int:
     from llama_cpp import Llama
 
     from localllm.embeddings import Embedder
-    from localllm.engine import physical_cores
+    from localllm.engine import default_threads
 
     model = args.model or default_model()
-    threads = args.threads or physical_cores()
+    threads = args.threads or default_threads()
     texts = sentences(args.texts)
     ours = Embedder(model, threads=threads, batch_tokens=args.batch_tokens)
     n_ctx = ours.n_ctx
+    their_batch = args.their_batch or n_ctx
     theirs = Llama(
         model_path=str(model),
         embedding=True,
         n_ctx=n_ctx,
-        n_batch=n_ctx,
-        n_ubatch=n_ctx,
+        n_batch=their_batch,
+        n_ubatch=their_batch,
         n_threads=threads,
         n_threads_batch=threads,
         n_gpu_layers=0,
@@ -197,6 +206,7 @@ def main() -> int:
         "threads": threads,
         "n_ctx": n_ctx,
         "batch_tokens": ours.batch_tokens,
+        "their_n_batch": their_batch,
         "rounds": args.rounds,
         "ours_texts_per_s": round(n / statistics.median(our_s), 1),
         "llama_embed_texts_per_s": round(n / statistics.median(their_s), 1),

@@ -163,6 +163,15 @@ def test_no_model_points_at_the_catalog_alias() -> None:
     assert "no embedding model given" in err and "localllm pull nomic-embed-text" in err
 
 
+def test_help_loads_neither_numpy_nor_the_embedding_core() -> None:
+    code = (
+        "import sys; from localllm.cli import app; "
+        "print([m for m in ('numpy', 'localllm.embeddings') if m in sys.modules])"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
 def test_catalog_has_an_embedding_alias() -> None:
     entry = catalog.lookup("nomic-embed-text")
     assert entry is not None

@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any
@@ -82,6 +81,8 @@ def read_source(path: str | None) -> tuple[bytes, str]:
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write ``path`` through a temporary file in the same folder, renamed when complete."""
+    import tempfile
+
     from localllm.errors import UsageError
 
     folder = path.parent if str(path.parent) else Path(".")
