@@ -356,14 +356,13 @@ def _summary(texts: list[str], vectors: np.ndarray, meta: dict[str, Any], tokens
         style="dim",
         markup=False,
     )
-    width = max(20, console.width - 60)
     for i, (text, row) in enumerate(zip(texts, vectors, strict=True), start=1):
-        first = ", ".join(f"{x:+.4f}" for x in row[:4])
+        first = ", ".join(f"{x:+.4f}" for x in row[:3])
+        prefix = f"{i:>3}  norm {float(np.linalg.norm(row)):.3f}  [{first}, …]  "
+        width = max(20, console.width - len(prefix) - 1)
         shown = text.replace("\n", " ")
         shown = shown if len(shown) <= width else shown[: width - 1] + "…"
-        console.print(
-            f"{i:>3}  norm {float(np.linalg.norm(row)):.3f}  [{first}, …]  {shown}", markup=False
-        )
+        console.print(prefix + shown, markup=False)
     console.print(
         "use --format jsonl|json, or --format npy -o FILE, for the full vectors",
         style="dim",
