@@ -281,6 +281,8 @@ class Embedder:
                     raise InputTooLongError(index, len(tokens), limit, at_least=True)
                 return self._cut(tokens, limit), True
         tokens = self._tokenize(text.encode("utf-8", errors="surrogatepass"))
+        if len(tokens) == 0:
+            raise UsageError(f"input {index} is empty: it has no tokens to embed")
         if len(tokens) > limit:
             if not truncate:
                 raise InputTooLongError(index, len(tokens), limit)

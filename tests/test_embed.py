@@ -206,6 +206,8 @@ def test_decoder_with_an_embedding_head(model_dir: Path) -> None:
 
 def test_chat_model_gets_a_note(tiny_model: Path) -> None:
     with Embedder(tiny_model, threads=1) as e:
+        with pytest.raises(UsageError, match="input 1 is empty"):
+            e.embed(["hello", ""])  # no BOS on this vocabulary: nothing to embed
         assert e.pooling == "last"
         assert e.note is not None
         assert "chat model" in e.note and "not trained for similarity" in e.note

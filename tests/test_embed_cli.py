@@ -276,3 +276,10 @@ def test_rank_paragraphs(minilm_f16: Path, tmp_path: Path) -> None:
     assert top["line"] == 1 and top["text"] == "Bread is baked from flour,\nwater and yeast."
     assert [r["line"] for r in doc_json["results"]].count(4) == 1
     assert len(doc_json["results"]) == 3
+
+
+def test_ctx_option_bounds_the_longest_text(tiny_bert: Path) -> None:
+    proc = localllm("embed", "-m", str(tiny_bert), "--ctx", "16", "hello", "hello " * 20)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().startswith("error: text 2 of the arguments is 22 tokens")
+    assert "16 tokens" in proc.stderr.decode()

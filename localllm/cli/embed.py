@@ -183,6 +183,12 @@ def embed(
         bool,
         typer.Option("--paragraphs", help="With --rank: rank paragraphs, not lines."),
     ] = False,
+    ctx: Annotated[
+        int | None,
+        typer.Option(
+            "--ctx", help="Longest text in tokens (default: the model's; 2048 for decoders)."
+        ),
+    ] = None,
     threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads.")] = None,
     gpu_layers: Annotated[str | None, typer.Option("--gpu-layers", help=GPU_LAYERS_HELP)] = None,
     verbose: Annotated[
@@ -238,6 +244,7 @@ def embed(
     embedder = Embedder(
         path,
         pooling=pooling,
+        n_ctx=ctx,
         threads=threads,
         gpu_layers=layers if layers is not None else "auto",
         verbose=verbose,
