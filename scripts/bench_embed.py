@@ -12,8 +12,17 @@ sides load the same file with the same threads, context (the model's) and batch 
 round times ours and theirs back to back, alternating which goes first, and the ratio is taken
 per round so that load on the machine hits both alike. ``--native`` also times the
 ``llama-embedding`` binary built from the vendored llama.cpp sources (a whole process: its
-one-sentence run is subtracted to leave the embedding time). Prints texts/s and the ratios;
-``--json`` prints one JSON object.
+one-sentence run is subtracted to leave the embedding time), with our batch size. To build it
+against the static libraries ``scripts/build_llama_bench.sh`` leaves (S: the vendored sources,
+B: the build folder)::
+
+    g++ -std=c++17 -O2 -I$S/include -I$S/common -I$S/ggml/include -I$S/vendor \
+        $S/examples/embedding/embedding.cpp -o llama-embedding $B/common/libllama-common.a \
+        $B/common/libllama-common-base.a $B/src/libllama.a $B/ggml/src/libggml.a \
+        $B/ggml/src/libggml-cpu.a $B/ggml/src/libggml-base.a \
+        $B/vendor/cpp-httplib/libcpp-httplib.a -fopenmp -lpthread -ldl
+
+Prints texts/s and the ratios; ``--json`` prints one JSON object.
 """
 
 from __future__ import annotations
@@ -103,7 +112,9 @@ def time_theirs(llm: object, texts: list[str]) -> tuple[float, np.ndarray]:
     return elapsed, np.asarray(vectors, dtype=np.float32)
 
 
-def time_native(binary: Path, model: Path, texts: list[str], threads: int, n_ctx: int) -> float:
+def time_native(
+    binary: Path, model: Path, texts: list[str], threads: int, n_ctx: int, batch: int
+) -> float:
     """Seconds ``llama-embedding`` spends on ``texts``, less its time for one text."""
 
     def once(lines: list[str]) -> float:
@@ -113,7 +124,7 @@ def time_native(binary: Path, model: Path, texts: list[str], threads: int, n_ctx
         try:
             start = time.perf_counter()
             command = [str(binary), "-m", str(model), "-f", name, "-t", str(threads)]
-            command += ["-c", str(n_ctx), "-b", str(n_ctx), "-ub", str(n_ctx)]
+            command += ["-c", str(n_ctx), "-b", str(batch), "-ub", str(batch)]
             command += ["--embd-normalize", "2", "--embd-output-format", "array", "--no-warmup"]
             subprocess.run(
                 command,
@@ -143,6 +154,14 @@ def main() -> int:
     )
     ap.add_argument("--batch-tokens", type=int, default=None, help="our tokens per call")
     ap.add_argument("--native", type=Path, help="path to a llama-embedding binary")
+    ap.add_argument(
+        "--their-flash-attn",
+        action="store_true",
+        help="load Llama.embed's model with flash_attn=True (llama-cpp-python's default: off)",
+    )
+    ap.add_argument(
+        "--native-batch", type=int, default=None, help="llama-embedding's -b/-ub (default: ours)"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -166,6 +185,7 @@ def main() -> int:
         n_threads=threads,
         n_threads_batch=threads,
         n_gpu_layers=0,
+        flash_attn=args.their_flash_attn,
         verbose=False,
     )
     # Warm both (first-call allocations, page cache).
@@ -189,7 +209,16 @@ def main() -> int:
         ratios.append(b / a)  # ours ÷ theirs in texts/s
         agree = min(agree, float(np.min(np.sum(va * vb, axis=1))))
         if args.native:
-            native_s.append(time_native(args.native, model, texts, threads, n_ctx))
+            native_s.append(
+                time_native(
+                    args.native,
+                    model,
+                    texts,
+                    threads,
+                    n_ctx,
+                    args.native_batch or ours.batch_tokens,
+                )
+            )
         print(
             f"round {r + 1}: ours {len(texts) / a:,.0f} texts/s · Llama.embed "
             f"{len(texts) / b:,.0f} texts/s · ratio {b / a:.2f}"
@@ -207,6 +236,7 @@ def main() -> int:
         "n_ctx": n_ctx,
         "batch_tokens": ours.batch_tokens,
         "their_n_batch": their_batch,
+        "their_flash_attn": args.their_flash_attn,
         "rounds": args.rounds,
         "ours_texts_per_s": round(n / statistics.median(our_s), 1),
         "llama_embed_texts_per_s": round(n / statistics.median(their_s), 1),
