@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from localllm.cli._app import app, err
+from localllm.cli._app import app, complete_model, err
 from localllm.cli.run import GPU_LAYERS_HELP
 
 if TYPE_CHECKING:
@@ -137,7 +137,12 @@ def embed(
     ] = None,
     model: Annotated[
         str | None,
-        typer.Option("--model", "-m", help="An embedding .gguf or an installed model."),
+        typer.Option(
+            "--model",
+            "-m",
+            help="An embedding .gguf or an installed model.",
+            autocompletion=complete_model,
+        ),
     ] = None,
     output_format: Annotated[
         str | None,
