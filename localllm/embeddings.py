@@ -301,12 +301,12 @@ class Embedder:
             cut = prefix.rfind(" ")
             if cut > len(prefix) // 2:
                 prefix = prefix[:cut]
-            tokens = self._tokenize(prefix.encode("utf-8", errors="surrogatepass"))
+            tokens = self._tokenize(_utf8(prefix))
             if len(tokens) > limit:
                 if not truncate:
                     raise InputTooLongError(index, len(tokens), limit, at_least=True)
                 return self._cut(tokens, limit), True
-        tokens = self._tokenize(text.encode("utf-8", errors="surrogatepass"))
+        tokens = self._tokenize(_utf8(text))
         if len(tokens) == 0:
             raise UsageError(f"input {index} is empty: it has no tokens to embed")
         if len(tokens) > limit:
@@ -316,7 +316,7 @@ class Embedder:
         return tokens, False
 
     def count_tokens(self, text: str) -> int:
-        return len(self._tokenize(text.encode("utf-8", errors="surrogatepass")))
+        return len(self._tokenize(_utf8(text)))
 
     # -- embedding --------------------------------------------------------------------------
 
@@ -451,6 +451,13 @@ class Embedder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8 for llama.cpp; a lone surrogate (undecodable input) becomes U+FFFD."""
+    from localllm.textin import clean_text
+
+    return clean_text(text)[0].encode("utf-8")
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

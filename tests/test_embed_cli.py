@@ -283,3 +283,11 @@ def test_ctx_option_bounds_the_longest_text(tiny_bert: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.decode().startswith("error: text 2 of the arguments is 22 tokens")
     assert "16 tokens" in proc.stderr.decode()
+
+
+def test_undecodable_argument_is_replaced_with_a_warning(tiny_bert: Path) -> None:
+    arg = b"hello \xff world".decode("utf-8", "surrogateescape")
+    proc = localllm("embed", "-m", str(tiny_bert), arg)
+    assert proc.returncode == 0, proc.stderr
+    assert "not valid UTF-8" in proc.stderr.decode()
+    assert jsonl(proc.stdout)[0]["text"] == "hello \ufffd world"

@@ -221,7 +221,14 @@ def embed(
     if rank_query is not None and output_format == "npy":
         raise UsageError("--rank prints scores: use --format jsonl or json")
 
-    # Inputs first: a bad line fails before the model loads.
+    # Inputs first: a bad line fails before the model loads. Lines of stdin or a file must be
+    # UTF-8 (an error names the line: a vector of replaced text would be silently wrong); an
+    # argument with undecodable bytes follows the project's rule (U+FFFD and one warning).
+    from localllm.textin import TextInputs
+
+    inputs_in = TextInputs()
+    if rank_query is not None:
+        rank_query = inputs_in.text(rank_query, "the --rank query")
     if rank_query is not None:
         if texts and len(texts) > 1:
             raise UsageError("--rank takes one FILE (or '-' for stdin)")
@@ -232,13 +239,15 @@ def embed(
         if not items:
             raise UsageError(f"nothing to rank: {source} has no text")
     elif texts:
-        items = list(enumerate(texts, start=1))
+        items = list(enumerate(inputs_in.texts(texts, "an argument"), start=1))
         source_name = "the arguments"
     else:
         data, source_name = read_source(None)
         items = decode_lines(data, source_name)
     if not items:
         raise UsageError("nothing to embed: no text given", hint="pass texts or pipe lines in")
+    if warning := inputs_in.warning():
+        err(warning)
     if rank_query is None and output is None and output_format is None and not _tty():
         output_format = "jsonl"
 
