@@ -66,7 +66,7 @@ def plan(
         from localllm.offload import kv_bytes_per_elem
 
         estimate = fit.estimate_memory(
-            info.file_size,
+            info.file_size + _projector_bytes(path, info),
             info.layers,
             info.embedding_size,
             info.heads,
@@ -108,6 +108,17 @@ def open_engine(
 ) -> Engine:
     """A loaded engine for ``path`` under ``profile`` (see :func:`plan`)."""
     return Engine(path, plan(path, profile, vocab_only=vocab_only, force=force, warn=warn))
+
+
+def _projector_bytes(path: str | Path, info: modelfile.ModelFileInfo) -> int:
+    """The vision projector's weights: loaded beside the model, so counted with it."""
+    from localllm import store
+
+    projector = store.projector_of(Path(path)) or info.projector
+    try:
+        return projector.stat().st_size if projector is not None else 0
+    except OSError:
+        return 0
 
 
 def _gib(n: int) -> str:

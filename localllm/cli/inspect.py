@@ -64,8 +64,10 @@ def anatomy_rows(info: ModelFileInfo) -> list[tuple[str, str]]:
     if info.special_tokens:
         rows.append(("special", "  ".join(f"{k}={v}" for k, v in info.special_tokens.items())))
     modality = info.modality
-    if info.projector is not None:
-        modality += f" (projector {info.projector.name})"
+    projector = _projector(info)
+    if projector is not None:
+        size = human_bytes(projector.stat().st_size) if projector.is_file() else "missing"
+        modality = f"text + image (projector {projector.name}, {size})"
     rows.append(("modality", modality))
     embedding = embedding_facts(info)
     if embedding is not None:
@@ -78,6 +80,15 @@ def anatomy_rows(info: ModelFileInfo) -> list[tuple[str, str]]:
     if len(info.split) > 1:
         rows.append(("split", f"{len(info.split)} parts"))
     return rows
+
+
+def _projector(info: Any) -> Any:
+    """The model's vision projector: recorded in the store, else published beside it."""
+    from pathlib import Path
+
+    from localllm import store
+
+    return store.projector_of(Path(info.path)) or info.projector
 
 
 @app.command()
