@@ -15,20 +15,18 @@ multi-turn chat whose rendered history stays identical only evaluates the new to
 from __future__ import annotations
 
 import codecs
+import ctypes
 import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from localllm import templates
 from localllm.errors import InferenceError, InvalidModelError, UsageError
 from localllm.profiles import Profile
-
-if TYPE_CHECKING:
-    from llama_cpp import Llama
 
 StopReason = Literal["stop", "length", "context", "cancelled"]
 DEFAULT_CONTEXT = 4096
@@ -194,11 +192,89 @@ class LoadOptions:
         return f"{self.backend} {layers} layers{why}"
 
 
-def gpu_offload_supported() -> bool:
-    """Whether this llama.cpp build has a GPU backend (CUDA, Metal, Vulkan, ...)."""
-    import llama_cpp
+_gpu_offload: bool | None = None
 
-    return bool(llama_cpp.llama_supports_gpu_offload())
+
+def gpu_offload_supported() -> bool:
+    """Whether this llama.cpp build has a GPU backend (CUDA, Metal, Vulkan, ...); asked of the
+    C API once per process."""
+    global _gpu_offload
+    if _gpu_offload is None:
+        _gpu_offload = bool(_lib().llama_supports_gpu_offload())
+    return _gpu_offload
+
+
+# -- llama.cpp's C API, loaded lazily ------------------------------------------------------
+
+_LIB: Any = None
+_backend_ready = False
+
+
+def _lib() -> Any:
+    """llama.cpp's C API: the ``llama_cpp.llama_cpp`` bindings, without the rest of the package.
+
+    ``import llama_cpp`` runs the package's ``__init__``, which imports the high-level ``Llama``
+    class with its chat formats (jinja2), numpy and more: about 0.2 s that the engine never
+    uses. When nothing has imported the package yet, it is registered unexecuted (its path
+    only), the low-level module is imported into it and its names copied over; the first
+    access to any other name (``llama_cpp.Llama``, ``__version__``) runs the real ``__init__``
+    then, so other code sees the complete package.
+    """
+    global _LIB
+    if _LIB is not None:
+        return _LIB
+    import importlib
+    import sys
+
+    if "llama_cpp" not in sys.modules:
+        import importlib.util
+
+        spec = importlib.util.find_spec("llama_cpp")
+        if spec is not None and spec.loader is not None and spec.submodule_search_locations:
+            pkg = importlib.util.module_from_spec(spec)
+            state = {"done": False}
+
+            def complete(name: str) -> Any:
+                if state["done"] or (name.startswith("__") and name != "__version__"):
+                    raise AttributeError(name)
+                state["done"] = True
+                spec.loader.exec_module(pkg)  # type: ignore[union-attr]
+                return getattr(pkg, name)
+
+            pkg.__getattr__ = complete  # type: ignore[attr-defined]
+            sys.modules["llama_cpp"] = pkg
+            try:
+                low = importlib.import_module("llama_cpp.llama_cpp")
+            except BaseException:
+                sys.modules.pop("llama_cpp", None)
+                raise
+            for name, value in vars(low).items():
+                if not name.startswith("_"):
+                    setattr(pkg, name, value)
+            _LIB = low
+            return low
+    _LIB = importlib.import_module("llama_cpp.llama_cpp")
+    return _LIB
+
+
+def _backend_init(lib: Any) -> None:
+    global _backend_ready
+    if not _backend_ready:
+        lib.llama_backend_init()
+        _backend_ready = True
+
+
+class _phase_timer:
+    """Records how long each phase of a load took, for ``run --stats -v``."""
+
+    def __init__(self) -> None:
+        self.phases: list[tuple[str, float]] = []
+        self._last = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases.append((name, now - self._last))
+        self._last = now
 
 
 def plan_load(
@@ -391,38 +467,29 @@ class ModelInfo:
 
 
 class Engine:
-    """A loaded model. Not thread-safe: one thread uses an engine at a time."""
+    """A loaded model. Not thread-safe: one thread uses an engine at a time.
+
+    The model and its context are driven through llama.cpp's C API (``llama_cpp.llama_cpp``):
+    prompt chunks and single tokens go through ``llama_decode`` and every token is sampled by
+    a llama.cpp sampler chain, so no logits cross into Python.
+    """
 
     def __init__(self, path: str | Path, options: LoadOptions) -> None:
-        from llama_cpp import Llama
-
         self.path = Path(path)
         self.options = options
         if not self.path.is_file():
             raise InvalidModelError(f"model file not found: {self.path}")
         from localllm.modelfile import validate_gguf
 
+        timer = _phase_timer()
         validate_gguf(self.path)  # never hand llama.cpp a file our checks refuse
+        timer("validate")
+        lib = _lib()
+        timer("import llama_cpp")
+        self._lib = lib
         _route_llama_logs(options.verbose)
-        n_batch = min(options.n_batch, options.n_ctx)
-        kv_type = _KV_GGML_TYPES.get(options.kv_cache_type)
         try:
-            with _flash_attn_mode(options.flash_attn):
-                self._llm: Llama = Llama(
-                    model_path=str(self.path),
-                    n_ctx=options.n_ctx,
-                    n_batch=n_batch,
-                    n_ubatch=min(options.n_ubatch, n_batch),
-                    n_threads=options.n_threads,
-                    n_threads_batch=options.n_threads_batch or options.n_threads,
-                    n_gpu_layers=options.n_gpu_layers,
-                    vocab_only=options.vocab_only,
-                    use_mmap=options.use_mmap,
-                    flash_attn=bool(options.flash_attn),
-                    type_k=kv_type,
-                    type_v=kv_type,
-                    verbose=options.verbose,
-                )
+            self._llm = _Native(lib, self.path, options)
         except ValueError as exc:
             if options.kv_cache_type != "f16" and "context" in str(exc):
                 raise InvalidModelError(
@@ -437,28 +504,26 @@ class Engine:
             ) from exc
         except (MemoryError, OSError) as exc:
             raise InferenceError(f"llama.cpp could not load {self.path.name}: {exc}") from exc
-        except Exception as exc:  # e.g. llama-cpp-python compiling a broken chat template
-            raise InvalidModelError(
-                f"llama-cpp-python refused {self.path.name}: {type(exc).__name__}: {exc}",
-                hint="check the file with `localllm show FILE`",
-            ) from exc
-        import llama_cpp
-
-        self._lib = llama_cpp
-        self._vocab = self._llm._model.vocab
+        timer("load weights + context")
+        self._vocab = self._llm.vocab
         self._pieces: dict[int, bytes] = {}
-        self._piece_buf = __import__("ctypes").create_string_buffer(256)
-        meta = dict(self._llm.metadata)
+        self._piece_buf = ctypes.create_string_buffer(256)
+        # The tokens in the KV cache, in order (sequence 0): prompt, generated and injected
+        # tokens alike, so a later prompt that repeats them is not evaluated again.
+        self._kv: list[int] = []
+        meta = self._llm.metadata()
         self.info = ModelInfo(
             path=self.path,
             name=meta.get("general.name") or self.path.stem,
             architecture=meta.get("general.architecture", "unknown"),
             chat_template=meta.get("tokenizer.chat_template") or None,
-            bos_token=self._special_text(self._llm.token_bos()),
-            eos_token=self._special_text(self._llm.token_eos()),
-            n_ctx_train=self._llm._model.n_ctx_train(),
+            bos_token=self._special_text(lib.llama_vocab_bos(self._vocab)),
+            eos_token=self._special_text(lib.llama_vocab_eos(self._vocab)),
+            n_ctx_train=int(lib.llama_model_n_ctx_train(self._llm.model)),
             metadata=meta,
         )
+        timer("metadata")
+        self.load_phases: list[tuple[str, float]] = timer.phases
 
     # -- tokens ---------------------------------------------------------------------------
 
@@ -475,7 +540,7 @@ class Engine:
             buf = self._piece_buf
             n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
             if n < 0:  # pragma: no cover - a piece longer than 256 bytes
-                buf = __import__("ctypes").create_string_buffer(-n)
+                buf = ctypes.create_string_buffer(-n)
                 n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
             cached = buf.raw[:n]
             self._pieces[key] = cached
@@ -485,21 +550,37 @@ class Engine:
         self, text: str, *, special: bool = True, add_bos: bool | None = None
     ) -> list[int]:
         """Tokens of ``text``; BOS is added per the model's metadata, never twice."""
-        llm = self._llm
+        lib = self._lib
         if add_bos is None:
-            add_bos = llm._model.add_bos_token()
-        tokens = llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
-        bos = llm.token_bos()
+            add_bos = bool(lib.llama_vocab_get_add_bos(self._vocab))
+        raw = text.encode("utf-8")
+        size = len(raw) + 2
+        buf = (ctypes.c_int32 * size)()
+        n = lib.llama_tokenize(self._vocab, raw, len(raw), buf, size, add_bos, special)
+        if n < 0:
+            size = -n
+            buf = (ctypes.c_int32 * size)()
+            n = lib.llama_tokenize(self._vocab, raw, len(raw), buf, size, add_bos, special)
+        tokens = buf[:n]
+        bos = lib.llama_vocab_bos(self._vocab)
         if len(tokens) >= 2 and tokens[0] == bos and tokens[1] == bos:
             tokens = tokens[1:]
         return tokens
+
+    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
+        """The text of ``tokens`` (invalid UTF-8 replaced)."""
+        return b"".join(self.piece(t, special) for t in tokens).decode("utf-8", "replace")
 
     def is_end_of_generation(self, token: int) -> bool:
         return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
 
     @property
     def n_ctx(self) -> int:
-        return self._llm.n_ctx()
+        return self._llm.n_ctx
+
+    @property
+    def n_vocab(self) -> int:
+        return int(self._lib.llama_vocab_n_tokens(self._vocab))
 
     # -- prompts --------------------------------------------------------------------------
 
@@ -526,6 +607,90 @@ class Engine:
             variables=variables,
         )
 
+    # -- the KV cache ---------------------------------------------------------------------
+
+    def _prompt_tokens(self, prompt: str) -> list[int]:
+        """The tokens of ``prompt``, reusing the KV cache's own tokens where their text is the
+        prompt's start.
+
+        A chat's next prompt repeats the previous answer as text; tokenizing that text again
+        need not give the ids the model generated ("Hel"+"lo" versus "Hello"), and every token
+        after the first difference would be evaluated again. So the cached tokens are kept as
+        far as their bytes spell the start of the prompt, and only the rest is tokenized, when
+        that rest's tokens spell it back exactly (always true for byte-level vocabularies).
+        """
+        full = self.tokenize(prompt)
+        kv = self._kv
+        if not kv or _common_prefix(kv, full) >= len(kv) - 1:
+            return full
+        raw = prompt.encode("utf-8")
+        lib = self._lib
+        start = 0
+        if lib.llama_vocab_get_add_bos(self._vocab) and kv[0] == lib.llama_vocab_bos(self._vocab):
+            start = 1  # the BOS that tokenize adds is not in the text
+        if full[:start] != kv[:start]:
+            return full
+        pos = 0
+        k = start
+        for token in kv[start:]:
+            piece = self.piece(token, special=True)
+            if not raw.startswith(piece, pos):
+                break
+            pos += len(piece)
+            k += 1
+        if k <= _common_prefix(kv, full) or pos == 0:
+            return full
+        rest = raw[pos:].decode("utf-8", errors="strict") if pos < len(raw) else ""
+        tail = self.tokenize(rest, add_bos=False) if rest else []
+        if b"".join(self.piece(t, special=True) for t in tail) != raw[pos:]:
+            return full
+        return kv[:k] + tail
+
+    def _forget_after(self, n: int) -> int:
+        """Keep the first ``n`` tokens of the KV cache; returns how many are kept."""
+        if n >= len(self._kv) and n > 0:
+            return len(self._kv)
+        lib = self._lib
+        mem = self._llm.memory
+        if n > 0 and lib.llama_memory_seq_rm(mem, -1, n, -1):
+            del self._kv[n:]
+            return n
+        lib.llama_memory_clear(mem, True)
+        self._kv.clear()
+        return 0
+
+    def reset(self) -> None:
+        """Empty the KV cache (benchmarks: the next prompt is evaluated in full)."""
+        self._forget_after(0)
+
+    def _decode(self, tokens: Sequence[int], cancel: Callable[[], bool] | None = None) -> bool:
+        """Evaluate ``tokens`` after the KV cache's in chunks of ``n_batch``, logits for the
+        last only. Returns False when ``cancel`` said stop between two chunks."""
+        lib, llm = self._lib, self._llm
+        n_batch = llm.n_batch
+        for i in range(0, len(tokens), n_batch):
+            if i and cancel is not None and cancel():
+                return False
+            chunk = tokens[i : i + n_batch]
+            arr = (ctypes.c_int32 * len(chunk))(*chunk)
+            rc = lib.llama_decode(llm.ctx, lib.llama_batch_get_one(arr, len(chunk)))
+            if rc != 0:
+                self._forget_after(len(self._kv))  # llama.cpp rolled the batch back
+                raise InferenceError(
+                    f"llama_decode failed (code {rc}) after {len(self._kv)} tokens"
+                )
+            self._kv.extend(chunk)
+        return True
+
+    def _decode_one(self, token: int) -> None:
+        """Evaluate one token through the reused single-token batch."""
+        llm = self._llm
+        llm.one[0] = token
+        rc = self._lib.llama_decode(llm.ctx, llm.one_batch)
+        if rc != 0:
+            raise InferenceError(f"llama_decode failed (code {rc}) after {len(self._kv)} tokens")
+        self._kv.append(token)
+
     # -- generation -----------------------------------------------------------------------
 
     def generate(
@@ -537,15 +702,20 @@ class Engine:
         grammar: str | None = None,
         steering: Steering | None = None,
         special: bool = False,
+        grammar_lazy_after: str | None = None,
     ) -> Iterator[Event]:
         """Stream the completion of ``prompt``: text events, then one :class:`Stats`.
 
         ``special`` renders control tokens as text (harmony channel markers need it).
-        ``steering`` lets the consumer inject text between tokens.
+        ``steering`` lets the consumer inject text between tokens. ``grammar`` (GBNF)
+        constrains the tokens; with ``grammar_lazy_after`` only those after that text has
+        appeared in the output (generated or injected), e.g. ``"</think>"``. A grammar that
+        does not parse is a :class:`UsageError`.
         """
-        llm = self._llm
-        tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-        n_ctx = llm.n_ctx()
+        if self._llm.ctx is None:
+            raise UsageError("this model was loaded for its vocabulary only")
+        tokens = self._prompt_tokens(prompt) if isinstance(prompt, str) else list(prompt)
+        n_ctx = self.n_ctx
         if not tokens:
             raise UsageError("the prompt is empty", hint="give a prompt or pipe text on stdin")
         if len(tokens) >= n_ctx:
@@ -553,18 +723,38 @@ class Engine:
                 f"the prompt is {len(tokens)} tokens but the context holds {n_ctx}",
                 hint="raise the context with --ctx N, or shorten the prompt",
             )
-        limit = settings.max_tokens
-        cached = _common_prefix(llm._input_ids[: llm.n_tokens], tokens)
+        seed = settings.seed if settings.seed is not None else random.getrandbits(31)
+        sampler = _Sampler(self, settings, seed, grammar, lazy=grammar_lazy_after is not None)
+        try:
+            yield from self._run(
+                tokens, settings, sampler, cancel, steering, special, grammar_lazy_after
+            )
+        except GeneratorExit:  # the consumer stopped reading: the cache is consistent
+            raise
+        except BaseException:  # Ctrl-C may land between a decode and its bookkeeping
+            self._forget_after(0)
+            raise
+        finally:
+            sampler.close()
+
+    def _run(
+        self,
+        tokens: list[int],
+        settings: Profile,
+        sampler: _Sampler,
+        cancel: Callable[[], bool] | None,
+        steering: Steering | None,
+        special: bool,
+        trigger: str | None,
+    ) -> Iterator[Event]:
+        lib = self._lib
+        vocab = self._vocab
+        is_eog = lib.llama_vocab_is_eog
+        cached = _common_prefix(self._kv, tokens)
         if cached == len(tokens):
             cached -= 1  # the last prompt token is evaluated again to get fresh logits
-        seed = settings.seed if settings.seed is not None else random.getrandbits(31)
-        llm.set_seed(seed)
-        llama_grammar = None
-        if grammar is not None:
-            from llama_cpp import LlamaGrammar
-
-            llama_grammar = LlamaGrammar.from_string(grammar, verbose=False)
-
+        cached = self._forget_after(cached)
+        limit = settings.max_tokens
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stopper = StopMatcher(settings.stop)
         start = time.perf_counter()
@@ -574,53 +764,65 @@ class Engine:
         reason: StopReason = "length"
         hit = False
         piece = self.piece
-        sampling = {**sampling_kwargs(settings), "grammar": llama_grammar}
-        context = list(tokens)
-        room = n_ctx - 1
+        context_len = len(tokens)
+        room = self.n_ctx - 1
+        seen = ""  # the end of the output, while waiting for the lazy grammar's trigger
+        sample = sampler.sample
+        decode_one = self._decode_one
         try:
-            # One pass per segment: an injection ends the segment, and the next pass resumes
-            # from the whole context (prompt + generated + injected). Llama.generate reuses
-            # the KV cache for the common prefix, so only the injected tokens are evaluated.
-            segment = True
-            while segment:
-                segment = False
-                for token in llm.generate(context, **sampling):
-                    last = time.perf_counter()
-                    if n == 0:
-                        first = last
-                    if self.is_end_of_generation(token):
-                        reason = "stop"
-                        break
-                    n += 1
-                    since_event += 1
-                    context.append(token)
-                    text, hit = stopper.feed(decoder.decode(piece(token, special)))
-                    if text:
-                        yield TextEvent(text, since_event)
-                        since_event = 0
-                    if hit:
-                        reason = "stop"
-                        break
-                    if n >= limit or len(context) >= room:
-                        reason = "length" if n >= settings.max_tokens else "context"
-                        break
-                    if cancel is not None and cancel():
-                        reason = "cancelled"
-                        break
-                    extra = steering.take() if steering is not None else ""
-                    if extra:
-                        pending = decoder.decode(b"", final=True) + extra
-                        text, hit = stopper.feed(pending)
-                        if text:
-                            yield TextEvent(text, 0, injected=True)
-                        if hit:
-                            reason = "stop"
-                            break
-                        context.extend(self.tokenize(extra, add_bos=False))
-                        segment = len(context) < room
-                        if not segment:
-                            reason = "context"
-                        break
+            if not self._decode(tokens[cached:], cancel):
+                reason = "cancelled"
+            while reason != "cancelled":
+                token = sample()
+                last = time.perf_counter()
+                if n == 0:
+                    first = last
+                if is_eog(vocab, token):
+                    reason = "stop"
+                    break
+                n += 1
+                since_event += 1
+                context_len += 1
+                raw_text = decoder.decode(piece(token, special))
+                if trigger is not None and raw_text:
+                    seen = _watch(seen, raw_text, trigger, sampler)
+                    if seen is None:
+                        trigger, seen = None, ""
+                text, hit = stopper.feed(raw_text)
+                if text:
+                    yield TextEvent(text, since_event)
+                    since_event = 0
+                if hit:
+                    reason = "stop"
+                    break
+                if n >= limit or context_len >= room:
+                    reason = "length" if n >= limit else "context"
+                    break
+                if cancel is not None and cancel():
+                    reason = "cancelled"
+                    break
+                extra = steering.take() if steering is not None else ""
+                if not extra:
+                    decode_one(token)
+                    continue
+                pending = decoder.decode(b"", final=True) + extra
+                if trigger is not None:
+                    seen = _watch(seen, pending, trigger, sampler)
+                    if seen is None:
+                        trigger, seen = None, ""
+                text, hit = stopper.feed(pending)
+                if text:
+                    yield TextEvent(text, 0, injected=True)
+                if hit:
+                    reason = "stop"
+                    break
+                injected = self.tokenize(extra, add_bos=False)
+                context_len += len(injected)
+                if context_len >= room:
+                    reason = "context"
+                    break
+                self._decode([token, *injected])
+                sampler.accept_injected(injected)
         except (RuntimeError, OSError) as exc:
             raise InferenceError(f"generation failed: {exc}") from exc
         if not hit:
@@ -647,6 +849,211 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _watch(seen: str, text: str, trigger: str, sampler: _Sampler) -> str | None:
+    """Look for ``trigger`` at the end of the output; when found, switch the sampler's grammar
+    on and return None, else the tail worth keeping."""
+    seen += text
+    if trigger in seen:
+        sampler.enable_grammar()
+        return None
+    return seen[-(len(trigger) - 1) :] if len(trigger) > 1 else ""
+
+
+class _Native:
+    """A llama.cpp model and its context, owned through the C API."""
+
+    def __init__(self, lib: Any, path: Path, options: LoadOptions) -> None:
+        _backend_init(lib)
+        self._lib = lib
+        self.ctx: Any = None
+        self.model: Any = None
+        mp = lib.llama_model_default_params()
+        mp.n_gpu_layers = 0x7FFFFFFF if options.n_gpu_layers < 0 else options.n_gpu_layers
+        mp.vocab_only = options.vocab_only
+        if hasattr(lib, "LLAMA_LOAD_MODE_MMAP"):
+            mp.load_mode = (
+                lib.LLAMA_LOAD_MODE_MMAP if options.use_mmap else lib.LLAMA_LOAD_MODE_NONE
+            )
+        else:  # pragma: no cover - older bindings
+            mp.use_mmap = options.use_mmap
+        self.model_params = mp
+        model = lib.llama_model_load_from_file(str(path).encode("utf-8"), mp)
+        if not model:
+            raise ValueError("failed to load the model")
+        self.model = model
+        self.vocab = lib.llama_model_get_vocab(model)
+        n_batch = min(options.n_batch, options.n_ctx)
+        cp = lib.llama_context_default_params()
+        cp.n_ctx = options.n_ctx
+        cp.n_batch = n_batch
+        cp.n_ubatch = min(options.n_ubatch, n_batch)
+        cp.n_threads = options.n_threads
+        cp.n_threads_batch = options.n_threads_batch or options.n_threads
+        cp.flash_attn_type = (
+            lib.LLAMA_FLASH_ATTN_TYPE_AUTO
+            if options.flash_attn is None
+            else lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if options.flash_attn
+            else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        kv_type = _KV_GGML_TYPES.get(options.kv_cache_type)
+        if kv_type is not None:
+            cp.type_k = kv_type
+            cp.type_v = kv_type
+        cp.no_perf = True
+        self.context_params = cp
+        ctx = lib.llama_init_from_model(model, cp)
+        if not ctx:
+            self.close()
+            raise ValueError("failed to create the context (llama_init_from_model)")
+        self.ctx = ctx
+        self.memory = lib.llama_get_memory(ctx)
+        self.n_ctx = int(lib.llama_n_ctx(ctx))
+        self.n_batch = int(lib.llama_n_batch(ctx))
+        self.one = (ctypes.c_int32 * 1)()
+        self.one_batch = lib.llama_batch_get_one(self.one, 1)
+
+    def metadata(self) -> dict[str, str]:
+        lib, model = self._lib, self.model
+        out: dict[str, str] = {}
+        buf = ctypes.create_string_buffer(1024)
+        for i in range(lib.llama_model_meta_count(model)):
+            n = lib.llama_model_meta_key_by_index(model, i, buf, len(buf))
+            if n < 0:
+                continue
+            key = buf.value.decode("utf-8", "replace")
+            n = lib.llama_model_meta_val_str_by_index(model, i, buf, len(buf))
+            if n >= len(buf):
+                buf = ctypes.create_string_buffer(n + 1)
+                n = lib.llama_model_meta_val_str_by_index(model, i, buf, len(buf))
+            if n < 0:
+                continue
+            out[key] = buf.raw[:n].decode("utf-8", "replace")
+        return out
+
+    def reset(self) -> None:  # kept for scripts written against Llama
+        if self.ctx is not None:
+            self._lib.llama_memory_clear(self.memory, True)
+
+    def close(self) -> None:
+        if self.ctx is not None:
+            self._lib.llama_free(self.ctx)
+            self.ctx = None
+        if self.model is not None:
+            self._lib.llama_model_free(self.model)
+            self.model = None
+
+
+class _Sampler:
+    """llama.cpp's sampler chain for one generation, as llama-cpp-python builds it: penalties
+    over the last 64 generated tokens, the grammar, then greedy (temperature 0) or top-k,
+    top-p, min-p, temperature and a seeded draw.
+
+    With ``lazy`` the grammar is parsed now (a bad one fails before any decoding) but joins
+    the chain only when :meth:`enable_grammar` is called.
+    """
+
+    PENALTY_LAST_N = 64
+
+    def __init__(
+        self, engine: Engine, settings: Profile, seed: int, grammar: str | None, lazy: bool
+    ) -> None:
+        lib = engine._lib
+        self._lib = lib
+        self._ctx = engine._llm.ctx
+        params = lib.llama_sampler_chain_default_params()
+        params.no_perf = True
+        self.chain = lib.llama_sampler_chain_init(params)
+        self._grammar: Any = None
+        self._has_penalties = False
+        self._tail_start = 0
+        try:
+            penalties = (
+                settings.repeat_penalty,
+                settings.frequency_penalty,
+                settings.presence_penalty,
+            )
+            if penalties != (1.0, 0.0, 0.0):
+                init = lib.llama_sampler_init_penalties
+                args = (self.PENALTY_LAST_N, *penalties)
+                if len(getattr(init, "argtypes", None) or ()) == 5:  # bindings with n_vocab
+                    args = (engine.n_vocab, *args)
+                lib.llama_sampler_chain_add(self.chain, init(*args))
+                self._has_penalties = True
+            if grammar is not None:
+                self._grammar = _parse_grammar(engine, grammar)
+                if not lazy:
+                    lib.llama_sampler_chain_add(self.chain, self._grammar)
+                    self._grammar = None
+            self._tail_start = lib.llama_sampler_chain_n(self.chain)
+            for smpl in _tail_samplers(lib, settings, seed):
+                lib.llama_sampler_chain_add(self.chain, smpl)
+        except BaseException:
+            self.close()
+            raise
+        self._sample = lib.llama_sampler_sample
+
+    def sample(self) -> int:
+        return int(self._sample(self.chain, self._ctx, -1))
+
+    def accept_injected(self, tokens: Sequence[int]) -> None:
+        """Injected tokens count for the penalties (never for the grammar)."""
+        if self._has_penalties:
+            first = self._lib.llama_sampler_chain_get(self.chain, 0)
+            for token in tokens:
+                self._lib.llama_sampler_accept(first, token)
+
+    def enable_grammar(self) -> None:
+        """Put the waiting grammar in front of the final samplers."""
+        if self._grammar is None:
+            return
+        lib, chain = self._lib, self.chain
+        tail = []
+        while lib.llama_sampler_chain_n(chain) > self._tail_start:
+            tail.append(lib.llama_sampler_chain_remove(chain, self._tail_start))
+        lib.llama_sampler_chain_add(chain, self._grammar)
+        self._grammar = None
+        for smpl in tail:
+            lib.llama_sampler_chain_add(chain, smpl)
+
+    def close(self) -> None:
+        if self._grammar is not None:
+            self._lib.llama_sampler_free(self._grammar)
+            self._grammar = None
+        if self.chain is not None:
+            self._lib.llama_sampler_free(self.chain)
+            self.chain = None
+
+
+def _tail_samplers(lib: Any, settings: Profile, seed: int) -> list[Any]:
+    if settings.temperature <= 0:
+        return [lib.llama_sampler_init_greedy()]
+    return [
+        lib.llama_sampler_init_top_k(settings.top_k),
+        lib.llama_sampler_init_top_p(settings.top_p, 1),
+        lib.llama_sampler_init_min_p(settings.min_p, 1),
+        lib.llama_sampler_init_temp(settings.temperature),
+        lib.llama_sampler_init_dist(seed),
+    ]
+
+
+def _parse_grammar(engine: Engine, grammar: str) -> Any:
+    """A grammar sampler for ``grammar`` (GBNF, root rule ``root``), or a UsageError that
+    quotes llama.cpp's own complaint."""
+    lib = engine._lib
+    with _capture_llama_log() as lines:
+        smpl = lib.llama_sampler_init_grammar(engine._vocab, grammar.encode("utf-8"), b"root")
+    if not smpl:
+        said = "; ".join(
+            line.strip() for line in lines if line.strip() and "failed to parse" not in line
+        )
+        raise UsageError(
+            "the grammar does not parse" + (f": {said}" if said else ""),
+            hint="check the GBNF syntax (rules `name ::= ...`, a `root` rule, quoted literals)",
+        )
+    return smpl
 
 
 def sampling_kwargs(settings: Profile) -> dict[str, Any]:
@@ -723,39 +1130,6 @@ class Device:
         }
 
 
-class _flash_attn_mode:
-    """Load with llama.cpp's own ``auto`` flash attention when ``flash_attn`` is None.
-
-    llama-cpp-python maps its boolean ``flash_attn`` to ENABLED or DISABLED only; while a model
-    loads with ``flash_attn=None`` its DISABLED constant reads AUTO, so llama.cpp probes the
-    device (and turns flash attention on where the backend supports it). A lock keeps two
-    loads from interleaving; any other value leaves the library untouched.
-    """
-
-    _lock = __import__("threading").Lock()
-
-    def __init__(self, flash_attn: bool | None) -> None:
-        self.auto = flash_attn is None
-        self._saved: int | None = None
-
-    def __enter__(self) -> None:
-        if not self.auto:
-            return
-        import llama_cpp.llama_cpp as lib
-
-        self._lock.acquire()
-        self._saved = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        lib.LLAMA_FLASH_ATTN_TYPE_DISABLED = lib.LLAMA_FLASH_ATTN_TYPE_AUTO
-
-    def __exit__(self, *exc: object) -> None:
-        if not self.auto:
-            return
-        import llama_cpp.llama_cpp as lib
-
-        lib.LLAMA_FLASH_ATTN_TYPE_DISABLED = self._saved
-        self._lock.release()
-
-
 _log_route: dict[str, Any] = {"verbose": False, "callback": None}
 
 
@@ -768,23 +1142,37 @@ def _route_llama_logs(verbose: bool) -> None:
     engine installs its own callback once (the last loaded engine's setting applies); failures
     still surface as localllm errors.
     """
-    import ctypes
     import sys
 
-    import llama_cpp
-
+    lib = _lib()
     _log_route["verbose"] = verbose
     if _log_route["callback"] is not None:
         return
 
-    @llama_cpp.llama_log_callback  # type: ignore[misc]
+    @lib.llama_log_callback  # type: ignore[misc]
     def callback(level: int, text: bytes, user_data: Any) -> None:
+        capture = _log_route.get("capture")
+        if capture is not None and text:
+            capture.append(text.decode("utf-8", errors="replace"))
         if _log_route["verbose"] and text:
             sys.stderr.write(text.decode("utf-8", errors="replace"))
             sys.stderr.flush()
 
     _log_route["callback"] = callback  # keep it alive: llama.cpp holds a raw pointer
-    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    lib.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+class _capture_llama_log:
+    """Collects llama.cpp's log lines while open (e.g. why a grammar did not parse)."""
+
+    def __enter__(self) -> list[str]:
+        self._saved = _log_route.get("capture")
+        lines: list[str] = []
+        _log_route["capture"] = lines
+        return lines
+
+    def __exit__(self, *exc: object) -> None:
+        _log_route["capture"] = self._saved
 
 
 _ggml_lib: Any = None
@@ -795,9 +1183,7 @@ def _ggml() -> Any:
     global _ggml_lib
     if _ggml_lib is not None:
         return _ggml_lib
-    import ctypes
-
-    import llama_cpp  # noqa: F401  (loads libllama and libggml first)
+    _lib()  # loads libllama and libggml first
     from llama_cpp import _ggml as ggml_mod
 
     lib = ctypes.CDLL(ggml_mod.libggml._name)
@@ -829,9 +1215,7 @@ def _text(raw: bytes | None) -> str:
 
 def system_info() -> str:
     """llama.cpp's system info line (``CPU : SSE3 = 1 | AVX2 = 1 | ...``)."""
-    import llama_cpp
-
-    return _text(llama_cpp.llama_print_system_info()).strip()
+    return _text(_lib().llama_print_system_info()).strip()
 
 
 def parse_system_info(info: str) -> dict[str, dict[str, str]]:
@@ -863,10 +1247,14 @@ def simd_features(info: str | None = None) -> list[str]:
 def llama_cpp_versions() -> dict[str, str]:
     """llama-cpp-python's version and the ggml (llama.cpp) version and commit it was built
     from."""
-    import llama_cpp
+    from importlib import metadata
 
     lib = _ggml()
-    out = {"llama_cpp_python": getattr(llama_cpp, "__version__", "unknown")}
+    try:
+        version = metadata.version("llama-cpp-python")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a source checkout on the path
+        version = "unknown"
+    out = {"llama_cpp_python": version}
     for key, fn in (("ggml", "ggml_version"), ("ggml_commit", "ggml_commit")):
         f = getattr(lib, fn, None)
         out[key] = _text(f()) if f is not None else "unknown"
@@ -954,20 +1342,19 @@ def backend_name(n_gpu_layers: int | None = None) -> str:
     return gpu_backend_name()
 
 
-# Primitives for `localllm bench` (localllm.bench): they time llama.cpp through the same Llama
-# object and token path the engine uses, with no text decoding or stop handling.
+# Primitives for `localllm bench` (localllm.bench): they time llama.cpp through the same
+# decode calls and sampler chain the engine's token loop uses, with no text decoding or stops.
 
 
 def bench_vocab_size(engine: Engine) -> int:
-    return int(engine._llm.n_vocab())
+    return engine.n_vocab
 
 
 def bench_prompt(engine: Engine, tokens: Sequence[int]) -> float:
     """Seconds to evaluate ``tokens`` into an empty context (prompt processing)."""
-    llm = engine._llm
-    llm.reset()
+    engine.reset()
     start = time.perf_counter()
-    llm.eval(list(tokens))
+    engine._decode(list(tokens))
     return time.perf_counter() - start
 
 
@@ -975,16 +1362,20 @@ def bench_generate(engine: Engine, first: int, n: int, settings: Profile) -> flo
     """Seconds to generate ``n`` tokens after the single token ``first`` in an empty context,
     sampling with ``settings`` as the engine does but never stopping early (an end-of-generation
     token is decoded like any other)."""
-    llm = engine._llm
-    llm.reset()
+    engine.reset()
     if n <= 0:
         return 0.0
-    room = llm.n_ctx() - 1
-    start = time.perf_counter()
-    for count, _ in enumerate(
-        llm.generate([first], **sampling_kwargs(settings)),
-        start=1,
-    ):
-        if count >= n or llm.n_tokens >= room:
-            break
-    return time.perf_counter() - start
+    room = engine.n_ctx - 1
+    seed = settings.seed if settings.seed is not None else 0
+    sampler = _Sampler(engine, settings, seed, None, lazy=False)
+    try:
+        start = time.perf_counter()
+        engine._decode_one(first)
+        for count in range(1, n + 1):
+            token = sampler.sample()
+            if count >= n or len(engine._kv) >= room:
+                break
+            engine._decode_one(token)
+        return time.perf_counter() - start
+    finally:
+        sampler.close()

@@ -8,6 +8,7 @@ a load that would not fit unless the user forces it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,10 +50,20 @@ def plan(
     vocab_only: bool = False,
     force: bool = False,
     warn: Warn | None = None,
+    need_tokens: int | None = None,
 ) -> LoadOptions:
-    """Validate ``path`` and decide how to load it; warnings go to ``warn``."""
+    """Validate ``path`` and decide how to load it; warnings go to ``warn``. ``need_tokens``
+    (a one-shot run: at most this many prompt and answer tokens) sizes an unset context to
+    the work instead of the default. The GGUF headers are parsed once (modelfile caches them
+    by path, inode, size and mtime); the engine's own check reuses that parse."""
     info = modelfile.read_info(path)  # validates the file first (InvalidModelError)
-    options = plan_load(profile, info.context_length or None, vocab_only=vocab_only, path=path)
+    options = plan_load(
+        profile,
+        info.context_length or None,
+        vocab_only=vocab_only,
+        path=path,
+        need_tokens=need_tokens,
+    )
     if vocab_only:
         return options
     trained = info.context_length
@@ -93,9 +104,33 @@ def open_engine(
     vocab_only: bool = False,
     force: bool = False,
     warn: Warn | None = None,
+    need_tokens: int | None = None,
 ) -> Engine:
-    """A loaded engine for ``path`` under ``profile`` (see :func:`plan`)."""
-    return Engine(path, plan(path, profile, vocab_only=vocab_only, force=force, warn=warn))
+    """A loaded engine for ``path`` under ``profile`` (see :func:`plan`). Its
+    ``load_phases`` say where the load's time went (``run --stats -v`` prints them)."""
+    start = time.perf_counter()
+    options = plan(
+        path, profile, vocab_only=vocab_only, force=force, warn=warn, need_tokens=need_tokens
+    )
+    planned = time.perf_counter() - start
+    engine = Engine(path, options)
+    engine.load_phases.insert(0, ("read header + plan", planned))
+    return engine
+
+
+def need_tokens_for(text: str, profile: Profile) -> int:
+    """An upper bound on the tokens a one-shot answer to ``text`` can use: its bytes and the
+    system prompt's (no token is shorter than a byte), the chat template's own text, and
+    ``max_tokens``."""
+    system = profile.system_prompt or ""
+    return (
+        len(text.encode("utf-8", "replace"))
+        + len(system.encode("utf-8", "replace"))
+        + (TEMPLATE_ALLOWANCE + profile.max_tokens)
+    )
+
+
+TEMPLATE_ALLOWANCE = 256  # tokens of role markers and a default system prompt a template adds
 
 
 def _gib(n: int) -> str:

@@ -158,7 +158,7 @@ def run(
 ) -> None:
     """Answer one prompt, streaming the answer to stdout."""
     from localllm import profiles
-    from localllm.loading import open_engine
+    from localllm.loading import need_tokens_for, open_engine
     from localllm.session import ChatSession
 
     overrides: dict[str, Any] = {
@@ -193,7 +193,10 @@ def run(
     path = resolve_model_path(model or settings.model, say)
     if interactive and not as_json:
         say(f"loading {path.name}…")
-    engine = open_engine(path, settings, vocab_only=show_prompt, force=force, warn=err)
+    need = None if show_prompt else need_tokens_for(text, settings)  # a one-shot context
+    engine = open_engine(
+        path, settings, vocab_only=show_prompt, force=force, warn=err, need_tokens=need
+    )
     try:
         session = ChatSession(engine, settings)
         if not session.is_chat and not as_json:
@@ -287,6 +290,9 @@ def _stream(session: Any, text: str, *, as_json: bool, show_stats: bool, path: P
             f"KV {opts.kv_cache_type} · flash attention "
             f"{'auto' if opts.flash_attn is None else 'on' if opts.flash_attn else 'off'}"
         )
+        if settings.verbose:
+            phases = getattr(session.engine, "load_phases", [])
+            err("load: " + " · ".join(f"{name} {s * 1000:.0f} ms" for name, s in phases))
 
 
 def reasoning_notes(turn: Any) -> list[str]:
