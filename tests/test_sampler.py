@@ -80,7 +80,7 @@ def test_lazy_grammar_constrains_only_after_the_trigger(engine: Engine) -> None:
         grammar_lazy_after="</think>",
         steering=steering,
     )
-    before, sep, after = text.partition("</think>")
+    _, sep, after = text.partition("</think>")
     assert sep, text
     assert after == '{"ok": true}'
     assert stats.stop_reason == "stop"  # the grammar completed: only end-of-turn was allowed
@@ -99,7 +99,9 @@ def test_next_prompt_reuses_the_generated_token_ids(engine: Engine) -> None:
     """A re-tokenized answer ("hel"+"lo" generated, "hello" tokenized) costs nothing."""
     answer = "hello world, hello world"
     first = engine.render([{"role": "user", "content": "say it"}])
-    text, stats = run(engine, first, Profile(temperature=0.0, max_tokens=64), grammar=literal(answer))
+    text, stats = run(
+        engine, first, Profile(temperature=0.0, max_tokens=64), grammar=literal(answer)
+    )
     assert text == answer and stats.stop_reason == "stop"
     kv = list(engine._kv)
     generated = kv[len(engine.tokenize(first)) :]
