@@ -285,6 +285,7 @@ def plan_load(
     path: str | Path | None = None,
     gpu_free: int | None = None,
     need_tokens: int | None = None,
+    model_shape: dict[str, Any] | None = None,
 ) -> LoadOptions:
     """Threads, context size, GPU layers, KV cache type and flash attention for ``profile``
     on this machine.
@@ -320,8 +321,8 @@ def plan_load(
             )
         flash_attn = True
 
-    info = None
-    if path is not None and not vocab_only:
+    info = model_shape or None  # {}: known to have no usable shape
+    if model_shape is None and path is not None and not vocab_only:
         info = _model_shape(path)
     if n_ctx_train is None and info is not None:
         n_ctx_train = info.get("context_length")
@@ -419,6 +420,30 @@ def _model_shape(path: str | Path) -> dict[str, Any] | None:
     }
 
 
+_validated: set[tuple[str, int, int, int]] = set()
+
+
+def _file_identity(path: Path) -> tuple[str, int, int, int] | None:
+    try:
+        st = path.stat()
+        return (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    except OSError:
+        return None
+
+
+def mark_validated(path: str | Path) -> None:
+    """Record that this version of ``path`` passed :func:`localllm.modelfile.validate_gguf`
+    (the loader's persistent header cache says so), so the engine need not parse it again."""
+    ident = _file_identity(Path(path))
+    if ident is not None:
+        _validated.add(ident)
+
+
+def _was_validated(path: Path) -> bool:
+    ident = _file_identity(path)
+    return ident is not None and ident in _validated
+
+
 class StopMatcher:
     """Holds back text that might be the start of a stop sequence.
 
@@ -482,7 +507,8 @@ class Engine:
         from localllm.modelfile import validate_gguf
 
         timer = _phase_timer()
-        validate_gguf(self.path)  # never hand llama.cpp a file our checks refuse
+        if not _was_validated(self.path):
+            validate_gguf(self.path)  # never hand llama.cpp a file our checks refuse
         timer("validate")
         lib = _lib()
         timer("import llama_cpp")

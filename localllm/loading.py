@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from localllm import fit, modelfile
 from localllm.engine import Engine, LoadOptions, plan_load
@@ -54,33 +55,34 @@ def plan(
 ) -> LoadOptions:
     """Validate ``path`` and decide how to load it; warnings go to ``warn``. ``need_tokens``
     (a one-shot run: at most this many prompt and answer tokens) sizes an unset context to
-    the work instead of the default. The GGUF headers are parsed once (modelfile caches them
-    by path, inode, size and mtime); the engine's own check reuses that parse."""
-    info = modelfile.read_info(path)  # validates the file first (InvalidModelError)
+    the work instead of the default. The GGUF headers are read once per file version (see
+    :func:`header_summary`)."""
+    info = header_summary(path)  # validates the file first (InvalidModelError)
     options = plan_load(
         profile,
-        info.context_length or None,
+        info["context_length"] or None,
         vocab_only=vocab_only,
         path=path,
         need_tokens=need_tokens,
+        model_shape=info["shape"],
     )
     if vocab_only:
         return options
-    trained = info.context_length
+    trained = info["context_length"]
     if warn is not None and trained and options.n_ctx > trained:
         warn(
             f"note: context {options.n_ctx} is longer than the {trained} tokens "
-            f"{info.name} was trained on: answers may degrade past that"
+            f"{info['name']} was trained on: answers may degrade past that"
         )
-    if info.layers and info.embedding_size and info.heads:
+    if info["layers"] and info["embedding_size"] and info["heads"]:
         from localllm.offload import kv_bytes_per_elem
 
         estimate = fit.estimate_memory(
-            info.file_size,
-            info.layers,
-            info.embedding_size,
-            info.heads,
-            info.kv_heads or info.heads,
+            info["file_size"],
+            info["layers"],
+            info["embedding_size"],
+            info["heads"],
+            info["kv_heads"] or info["heads"],
             options.n_ctx,
             kv_bytes_per_elem(options.kv_cache_type),
         )
@@ -95,6 +97,101 @@ def plan(
         if message and warn is not None:
             warn(message)
     return options
+
+
+# -- what a load needs from the headers, kept per file version ------------------------------
+#
+# Validating a GGUF means reading every header value: for a 49k-token vocabulary that is
+# most of a one-shot run's start. The verdict and the few numbers a load needs are stored in
+# the cache directory under the file's identity (path, inode, size, mtime) and the validator's
+# own (modelfile.py's size and mtime), so a file is checked again only when it or the checks
+# change. A missing or unreadable cache entry just means one more full check.
+
+SUMMARY_VERSION = 1
+
+
+def header_summary(path: str | Path) -> dict[str, Any]:
+    """Validate ``path`` (unless this version of it passed before) and return what loading it
+    needs: name, trained context, layer/embedding/head counts, size, and the offload shape."""
+    from localllm import engine
+
+    path = Path(path)
+    key = _summary_key(path)
+    if key is not None:
+        cached = _read_summary(key)
+        if cached is not None:
+            engine.mark_validated(path)
+            return cached
+    info = modelfile.read_info(path)  # validates (InvalidModelError)
+    summary = {
+        "version": SUMMARY_VERSION,
+        "name": info.name,
+        "context_length": info.context_length,
+        "layers": info.layers,
+        "embedding_size": info.embedding_size,
+        "heads": info.heads,
+        "kv_heads": info.kv_heads,
+        "file_size": info.file_size,
+        "shape": engine._model_shape(path) or {},
+    }
+    if key is not None:
+        _write_summary(key, summary)
+    return summary
+
+
+def _summary_key(path: Path) -> str | None:
+    import hashlib
+
+    try:
+        st = path.stat()
+        checks = Path(modelfile.__file__).stat()
+        resolved = str(path.resolve())
+    except OSError:
+        return None  # validation will say what is wrong with the file
+    ident = (
+        f"{SUMMARY_VERSION}|{resolved}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|"
+        f"{checks.st_size}|{checks.st_mtime_ns}"
+    )
+    return hashlib.sha256(ident.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def _summary_path(key: str) -> Path:
+    from localllm import paths
+
+    return paths.cache_dir() / "headers" / f"{key}.json"
+
+
+def _read_summary(key: str) -> dict[str, Any] | None:
+    import json
+
+    try:
+        data = json.loads(_summary_path(key).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("version") != SUMMARY_VERSION:
+        return None
+    shape = data.get("shape")
+    if not isinstance(shape, dict):
+        return None
+    if shape.get("tensors") is not None:
+        shape["tensors"] = [tuple(t) for t in shape["tensors"]]
+    return data
+
+
+def _write_summary(key: str, summary: dict[str, Any]) -> None:
+    import json
+    import os
+    import tempfile
+
+    target = _summary_path(key)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(summary, f)
+        os.replace(tmp, target)
+    except OSError:
+        pass  # a cache that cannot be written costs the next run one more check
 
 
 def open_engine(
