@@ -77,6 +77,8 @@ class Stats:
     ttft_s: float
     generation_s: float
     stop_reason: StopReason
+    drafted_tokens: int = 0  # speculative decoding: tokens proposed by the drafter
+    accepted_tokens: int = 0  # ... and how many of them the model's own sampling confirmed
 
     @property
     def evaluated_prompt_tokens(self) -> int:
@@ -105,6 +107,8 @@ class Stats:
             "tokens_per_s": round(self.tokens_per_s, 2),
             "prompt_tokens_per_s": round(self.prompt_tokens_per_s, 2),
             "stop_reason": self.stop_reason,
+            "drafted_tokens": self.drafted_tokens,
+            "accepted_tokens": self.accepted_tokens,
         }
 
 
@@ -717,6 +721,25 @@ class Engine:
             raise InferenceError(f"llama_decode failed (code {rc}) after {len(self._kv)} tokens")
         self._kv.append(token)
 
+    def _decode_all(self, tokens: Sequence[int]) -> None:
+        """Evaluate ``tokens`` (a token and its draft) in one batch with logits for every
+        position, to verify the draft."""
+        lib, llm = self._lib, self._llm
+        batch = llm.verify_batch(len(tokens))
+        pos = len(self._kv)
+        for i, token in enumerate(tokens):
+            batch.token[i] = token
+            batch.pos[i] = pos + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = 1
+        batch.n_tokens = len(tokens)
+        rc = lib.llama_decode(llm.ctx, batch)
+        if rc != 0:
+            self._forget_after(0)
+            raise InferenceError(f"llama_decode failed (code {rc}) verifying a draft")
+        self._kv.extend(tokens)
+
     # -- generation -----------------------------------------------------------------------
 
     def generate(
@@ -752,8 +775,16 @@ class Engine:
         seed = settings.seed if settings.seed is not None else random.getrandbits(31)
         sampler = _Sampler(self, settings, seed, grammar, lazy=grammar_lazy_after is not None)
         try:
+            speculative = str(getattr(settings, "speculative", "off") or "off")
             yield from self._run(
-                tokens, settings, sampler, cancel, steering, special, grammar_lazy_after
+                tokens,
+                settings,
+                sampler,
+                cancel,
+                steering,
+                special,
+                grammar_lazy_after,
+                speculative,
             )
         except GeneratorExit:  # the consumer stopped reading: the cache is consistent
             raise
@@ -772,6 +803,7 @@ class Engine:
         steering: Steering | None,
         special: bool,
         trigger: str | None,
+        speculative: str,
     ) -> Iterator[Event]:
         lib = self._lib
         vocab = self._vocab
@@ -795,11 +827,24 @@ class Engine:
         seen = ""  # the end of the output, while waiting for the lazy grammar's trigger
         sample = sampler.sample
         decode_one = self._decode_one
+        drafter = None
+        if speculative == "ngram" or (
+            speculative == "auto" and len(tokens) >= SPECULATIVE_AUTO_MIN_PROMPT
+        ):
+            drafter = _NgramDrafter(tokens)
+        # Speculation: after a draft is verified in one batch, ``token`` may already be in the
+        # KV cache (an accepted draft token, at ``batch[vpos]``); the next token is then drawn
+        # from that position's logits, so every token is sampled from exactly the logits, and
+        # in exactly the order, that plain decoding would have used.
+        in_kv = False
+        batch: list[int] = []
+        base = vpos = 0
+        drafted = accepted = 0
         try:
             if not self._decode(tokens[cached:], cancel):
                 reason = "cancelled"
+            token = sample() if reason != "cancelled" else -1
             while reason != "cancelled":
-                token = sample()
                 last = time.perf_counter()
                 if n == 0:
                     first = last
@@ -828,27 +873,67 @@ class Engine:
                     reason = "cancelled"
                     break
                 extra = steering.take() if steering is not None else ""
-                if not extra:
-                    decode_one(token)
+                if extra:
+                    pending = decoder.decode(b"", final=True) + extra
+                    if trigger is not None:
+                        seen = _watch(seen, pending, trigger, sampler)
+                        if seen is None:
+                            trigger, seen = None, ""
+                    text, hit = stopper.feed(pending)
+                    if text:
+                        yield TextEvent(text, 0, injected=True)
+                    if hit:
+                        reason = "stop"
+                        break
+                    injected = self.tokenize(extra, add_bos=False)
+                    context_len += len(injected)
+                    if context_len >= room:
+                        reason = "context"
+                        break
+                    if in_kv:  # drop the rest of the draft: the injection comes first
+                        self._forget_after(base + vpos + 1)
+                        self._decode(injected)
+                    else:
+                        self._decode([token, *injected])
+                    sampler.accept_injected(injected)
+                    if drafter is not None:
+                        drafter.extend([token, *injected])
+                    in_kv = False
+                    token = sample()
                     continue
-                pending = decoder.decode(b"", final=True) + extra
-                if trigger is not None:
-                    seen = _watch(seen, pending, trigger, sampler)
-                    if seen is None:
-                        trigger, seen = None, ""
-                text, hit = stopper.feed(pending)
-                if text:
-                    yield TextEvent(text, 0, injected=True)
-                if hit:
-                    reason = "stop"
-                    break
-                injected = self.tokenize(extra, add_bos=False)
-                context_len += len(injected)
-                if context_len >= room:
-                    reason = "context"
-                    break
-                self._decode([token, *injected])
-                sampler.accept_injected(injected)
+                if drafter is not None:
+                    drafter.extend((token,))
+                if in_kv:  # the next token comes from the verified batch
+                    token = sampler.sample_at(vpos)
+                    if vpos + 1 < len(batch) and token == batch[vpos + 1]:
+                        vpos += 1
+                        accepted += 1
+                    else:
+                        self._forget_after(base + vpos + 1)
+                        in_kv = False
+                    continue
+                draft: Sequence[int] = ()
+                if drafter is not None and drafter.keep_going(drafted, accepted):
+                    most = min(drafter.size, limit - n - 1, room - context_len - 1)
+                    draft = drafter.draft(most) if most > 0 else ()
+                if not draft:
+                    decode_one(token)
+                    token = sample()
+                    continue
+                batch = [token, *draft]
+                base = len(self._kv)
+                self._decode_all(batch)
+                drafted += len(draft)
+                vpos = 0
+                token = sampler.sample_at(0)
+                if token == batch[1]:
+                    vpos = 1
+                    accepted += 1
+                    in_kv = True
+                else:
+                    self._forget_after(base + 1)
+            if in_kv:  # as plain decoding: the last sampled token is not in the cache
+                self._forget_after(base + vpos)
         except (RuntimeError, OSError) as exc:
             raise InferenceError(f"generation failed: {exc}") from exc
         if not hit:
@@ -862,6 +947,8 @@ class Engine:
             ttft_s=first - start,
             generation_s=last - first,
             stop_reason=reason,
+            drafted_tokens=drafted,
+            accepted_tokens=accepted,
         )
 
     def close(self) -> None:
@@ -887,6 +974,63 @@ def _watch(seen: str, text: str, trigger: str, sampler: _Sampler) -> str | None:
     return seen[-(len(trigger) - 1) :] if len(trigger) > 1 else ""
 
 
+SPECULATIVE_AUTO_MIN_PROMPT = 256  # speculative: auto drafts for prompts this long
+SPECULATIVE_MAX_DRAFT = 16
+
+
+class _NgramDrafter:
+    """Prompt-lookup drafting: the last few tokens of the context are looked up earlier in the
+    context (the prompt and the answer so far), and the tokens that followed them there are
+    proposed as the next ones. Answers that copy from their prompt (edits, extraction,
+    summaries with quotes) then verify several tokens per decode.
+
+    An index from each 2-, 3- and 4-gram to the end of its latest occurrence makes a lookup a
+    few dictionary probes; the longest n-gram that occurred before wins. Drafting stops for the
+    rest of a generation when fewer than a quarter of the drafted tokens were accepted after
+    :attr:`PROBE` of them: a failing draft costs a wider decode for nothing.
+    """
+
+    NGRAMS = (4, 3, 2)
+    PROBE = 32
+
+    def __init__(self, tokens: Sequence[int], size: int = 8) -> None:
+        self.history: list[int] = []
+        self._index: dict[tuple[int, ...], int] = {}
+        self._indexed = 0
+        self.size = size
+        self.active = True
+        self.extend(tokens)
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        self.history.extend(tokens)
+
+    def _index_upto(self, end: int) -> None:
+        history, index = self.history, self._index
+        for stop in range(self._indexed + 1, end + 1):
+            for n in self.NGRAMS:
+                if stop >= n:
+                    index[tuple(history[stop - n : stop])] = stop
+        self._indexed = max(self._indexed, end)
+
+    def keep_going(self, drafted: int, accepted: int) -> bool:
+        if self.active and drafted >= self.PROBE and accepted * 4 < drafted:
+            self.active = False
+        return self.active
+
+    def draft(self, most: int) -> list[int]:
+        """Up to ``most`` tokens that followed the current n-gram where it last occurred."""
+        history = self.history
+        end = len(history)
+        self._index_upto(end - 1)  # every earlier occurrence, never the current one
+        for n in self.NGRAMS:
+            if end < n:
+                continue
+            found = self._index.get(tuple(history[end - n :]))
+            if found is not None:
+                return history[found : found + most]
+        return []
+
+
 class _Native:
     """A llama.cpp model and its context, owned through the C API."""
 
@@ -895,6 +1039,8 @@ class _Native:
         self._lib = lib
         self.ctx: Any = None
         self.model: Any = None
+        self._verify: Any = None
+        self._verify_size = 0
         mp = lib.llama_model_default_params()
         mp.n_gpu_layers = 0x7FFFFFFF if options.n_gpu_layers < 0 else options.n_gpu_layers
         mp.vocab_only = options.vocab_only
@@ -959,11 +1105,24 @@ class _Native:
             out[key] = buf.raw[:n].decode("utf-8", "replace")
         return out
 
+    def verify_batch(self, n: int) -> Any:
+        """A batch for ``n`` tokens with per-token positions and logits (allocated once)."""
+        if self._verify is None or self._verify_size < n:
+            if self._verify is not None:
+                self._lib.llama_batch_free(self._verify)
+            size = max(n, SPECULATIVE_MAX_DRAFT + 1)
+            self._verify = self._lib.llama_batch_init(size, 0, 1)
+            self._verify_size = size
+        return self._verify
+
     def reset(self) -> None:  # kept for scripts written against Llama
         if self.ctx is not None:
             self._lib.llama_memory_clear(self.memory, True)
 
     def close(self) -> None:
+        if self._verify is not None:
+            self._lib.llama_batch_free(self._verify)
+            self._verify = None
         if self.ctx is not None:
             self._lib.llama_free(self.ctx)
             self.ctx = None
@@ -1023,6 +1182,10 @@ class _Sampler:
 
     def sample(self) -> int:
         return int(self._sample(self.chain, self._ctx, -1))
+
+    def sample_at(self, index: int) -> int:
+        """Sample from the logits of position ``index`` of the last batch."""
+        return int(self._sample(self.chain, self._ctx, index))
 
     def accept_injected(self, tokens: Sequence[int]) -> None:
         """Injected tokens count for the penalties (never for the grammar)."""

@@ -218,10 +218,10 @@ def main() -> None:
         print(f"  {label:50s} {pr:5.3f}x (of medians {mx / my:5.3f}x){mark}")
 
     print("  (median of the per-round ratios; each round runs the contenders back to back)")
-    ratio(f"localllm pp{a.p} / native pp{a.p}", "localllm", "native", "pp", "pp", 0.95)
-    ratio(f"localllm tg{a.n} / native tg{a.n}", "localllm", "native", "tg", "tg", 0.95)
+    ratio(f"localllm pp{a.p} / native pp{a.p}", "localllm", "native", "pp", "pp", 0.97)
+    ratio(f"localllm tg{a.n} / native tg{a.n}", "localllm", "native", "tg", "tg", 0.97)
     ratio(f"localllm engine decode @ d{a.p} / native tg{a.n} @ d{a.p}", "localllm", "native",
-          "tg@d", "tg@d", 0.95)  # fmt: skip
+          "tg@d", "tg@d", 0.97)  # fmt: skip
     ratio("llama-cpp-python streaming tg / native tg", "highlevel", "native", "tg", "tg", None)
     ratio("localllm tg / llama-cpp-python streaming tg", "localllm", "highlevel", "tg", "tg",
           None)  # fmt: skip

@@ -144,6 +144,14 @@ def run(
             show_default=False,
         ),
     ] = None,
+    speculative: Annotated[
+        str | None,
+        typer.Option(
+            "--speculative",
+            help="Draft tokens by looking the answer up in the prompt: off, ngram, or auto "
+            "(long prompts only).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     show_prompt: Annotated[
         bool, typer.Option("--show-prompt", help="Print the rendered prompt and stop.")
@@ -182,6 +190,7 @@ def run(
         "reasoning_format": reasoning_format,
         "chat_template": read_template_file(template_file),
         "verbose": verbose,
+        "speculative": speculative,
     }
     settings = profiles.resolve(profile, overrides)
     text = read_prompt(prompt)
@@ -283,6 +292,11 @@ def _stream(session: Any, text: str, *, as_json: bool, show_stats: bool, path: P
             f"generated {final.generated_tokens} tok{split} · "
             f"TTFT {final.ttft_s * 1000:.0f} ms · "
             f"{final.tokens_per_s:.1f} tok/s · stop: {final.stop_reason}"
+            + (
+                f" · drafted {final.drafted_tokens}, accepted {final.accepted_tokens}"
+                if final.drafted_tokens
+                else ""
+            )
         )
         opts = session.engine.options
         err(

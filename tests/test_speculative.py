@@ -1,0 +1,230 @@
+"""Prompt-lookup (n-gram) speculative decoding: the same tokens as plain decoding, fewer
+decodes. Each case runs plain and speculative generation side by side on the real engine.
+
+Grammars force the tiny random models to write text that their prompt contains (so drafts
+are proposed) or that leaves it (so drafts are rejected), which makes every rejection path
+reachable on purpose."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from localllm.engine import Engine, LoadOptions, Stats, Steering, TextEvent, _NgramDrafter
+from localllm.profiles import Profile
+
+PASSAGE = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu"
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model: Path):
+    eng = Engine(tiny_model, LoadOptions(n_ctx=1024, n_threads=1, n_gpu_layers=0))
+    yield eng
+    eng.close()
+
+
+def literal(text: str) -> str:
+    return 'root ::= "' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def generate(engine: Engine, prompt: str, settings: Profile, inject_at: int | None = None, **kw):
+    """(events' texts, stats, the KV cache's tokens afterwards); a fresh cache each time."""
+    engine.reset()
+    steering = Steering()
+    texts: list[tuple[str, bool]] = []
+    stats = None
+    for event in engine.generate(prompt, settings, steering=steering, **kw):
+        if isinstance(event, TextEvent):
+            texts.append((event.text, event.injected))
+            if inject_at is not None and len(texts) == inject_at:
+                steering.inject("</think>")
+        else:
+            stats = event
+    assert isinstance(stats, Stats)
+    return texts, stats, list(engine._kv)
+
+
+def both(engine: Engine, prompt: str, settings: Profile, **kw):
+    plain = generate(engine, prompt, settings.replace(speculative="off"), **kw)
+    spec = generate(engine, prompt, settings.replace(speculative="ngram"), **kw)
+    assert spec[0] == plain[0], "speculation changed the text"
+    assert spec[1].generated_tokens == plain[1].generated_tokens
+    assert spec[1].stop_reason == plain[1].stop_reason
+    assert spec[2] == plain[2], "speculation left a different KV cache"
+    assert plain[1].drafted_tokens == 0
+    return plain, spec
+
+
+def prompt_with(engine: Engine, text: str) -> str:
+    return engine.render([{"role": "user", "content": f"Copy this: {text}\n{text}"}])
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_drafts_that_match_are_accepted_and_change_nothing(
+    engine: Engine, temperature: float
+) -> None:
+    prompt = prompt_with(engine, PASSAGE)
+    settings = Profile(temperature=temperature, seed=11, max_tokens=200)
+    _, spec = both(engine, prompt, settings, grammar=literal(PASSAGE))
+    stats = spec[1]
+    assert stats.drafted_tokens > 0
+    assert stats.accepted_tokens > stats.generated_tokens // 3
+
+
+def test_free_running_greedy_and_seeded_sampling_are_identical(engine: Engine) -> None:
+    prompt = prompt_with(engine, PASSAGE + " " + PASSAGE)
+    for settings in (
+        Profile(temperature=0.0, max_tokens=96),
+        Profile(temperature=0.8, seed=5, max_tokens=96, repeat_penalty=1.1),
+    ):
+        both(engine, prompt, settings)
+
+
+def test_a_draft_entirely_wrong_is_rejected(engine: Engine) -> None:
+    # The prompt continues "alpha beta" with "gamma delta ...", the grammar with "omega".
+    prompt = prompt_with(engine, PASSAGE)
+    forced = "alpha beta omega omega alpha beta omega omega alpha beta omega"
+    _, spec = both(
+        engine, prompt, Profile(temperature=0.0, max_tokens=200), grammar=literal(forced)
+    )
+    assert spec[1].drafted_tokens > spec[1].accepted_tokens
+
+
+def test_a_draft_partially_right_keeps_its_accepted_prefix(engine: Engine) -> None:
+    prompt = prompt_with(engine, PASSAGE)
+    forced = "alpha beta gamma delta OMEGA zeta eta theta iota kappa XX mu"
+    _, spec = both(
+        engine, prompt, Profile(temperature=0.0, max_tokens=200), grammar=literal(forced)
+    )
+    stats = spec[1]
+    assert 0 < stats.accepted_tokens < stats.drafted_tokens
+
+
+def test_a_stop_string_inside_a_draft(engine: Engine) -> None:
+    prompt = prompt_with(engine, PASSAGE)
+    settings = Profile(temperature=0.0, max_tokens=200, stop=("iota",))
+    _, spec = both(engine, prompt, settings, grammar=literal(PASSAGE))
+    assert "".join(t for t, _ in spec[0]) == PASSAGE.split("iota")[0]
+    assert spec[1].stop_reason == "stop"
+    assert spec[1].drafted_tokens > 0
+
+
+@pytest.mark.parametrize("max_tokens", [1, 3, 7, 12])
+def test_max_tokens_inside_a_draft(engine: Engine, max_tokens: int) -> None:
+    prompt = prompt_with(engine, PASSAGE)
+    settings = Profile(temperature=0.0, max_tokens=max_tokens)
+    _, spec = both(engine, prompt, settings, grammar=literal(PASSAGE))
+    assert spec[1].generated_tokens == max_tokens
+    assert spec[1].stop_reason == "length"
+
+
+@pytest.mark.parametrize("inject_at", [2, 5, 9])
+def test_an_injected_close_inside_a_draft(engine: Engine, inject_at: int) -> None:
+    """The reasoning budget's injected </think> lands while accepted draft tokens are still
+    in the cache: the rest of the draft is dropped and the injection comes first."""
+    prompt = prompt_with(engine, PASSAGE)
+    settings = Profile(temperature=0.0, max_tokens=40)
+    _, spec = both(engine, prompt, settings, inject_at=inject_at)
+    assert any(injected for _, injected in spec[0])
+    assert "</think>" in Engine.detokenize(engine, spec[2], special=True)
+
+
+def test_interrupt_during_a_verified_draft_leaves_a_usable_engine(engine: Engine) -> None:
+    """Ctrl-C between the tokens of a verified batch: the cache is dropped (it may hold
+    unverified drafts), and the next generation is as if nothing happened."""
+    prompt = prompt_with(engine, PASSAGE)
+    settings = Profile(temperature=0.0, max_tokens=200, speculative="ngram")
+    calls = 0
+
+    def interrupt() -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 6:
+            raise KeyboardInterrupt
+        return False
+
+    engine.reset()
+    with pytest.raises(KeyboardInterrupt):
+        for _ in engine.generate(prompt, settings, cancel=interrupt, grammar=literal(PASSAGE)):
+            pass
+    assert engine._kv == []
+    again = [e for e in engine.generate(prompt, settings, grammar=literal(PASSAGE))]
+    assert "".join(e.text for e in again if isinstance(e, TextEvent)) == PASSAGE
+
+
+def test_cancel_inside_a_draft_stops_at_that_token(engine: Engine) -> None:
+    prompt = prompt_with(engine, PASSAGE)
+    runs = []
+    for mode in ("off", "ngram"):
+        calls = iter(range(100))
+        settings = Profile(temperature=0.0, max_tokens=100, speculative=mode)
+        runs.append(
+            generate(
+                engine,
+                prompt,
+                settings,
+                grammar=literal(PASSAGE),
+                cancel=lambda c=calls: next(c) >= 6,
+            )
+        )
+    (plain_text, plain, plain_kv), (spec_text, spec, spec_kv) = runs
+    assert spec_text == plain_text and spec_kv == plain_kv
+    assert spec.stop_reason == plain.stop_reason == "cancelled"
+    assert spec.generated_tokens == plain.generated_tokens == 7
+    assert spec.drafted_tokens > 0
+
+
+def test_auto_drafts_only_for_long_prompts(engine: Engine) -> None:
+    short = prompt_with(engine, PASSAGE)
+    _, stats, _ = generate(
+        engine,
+        short,
+        Profile(temperature=0.0, max_tokens=40, speculative="auto"),
+        grammar=literal(PASSAGE),
+    )
+    assert stats.drafted_tokens == 0
+    long = prompt_with(engine, " ".join([PASSAGE] * 3))
+    _, stats, _ = generate(
+        engine,
+        long,
+        Profile(temperature=0.0, max_tokens=60, speculative="auto"),
+        grammar=literal(PASSAGE),
+    )
+    assert stats.drafted_tokens > 0
+
+
+def test_drafting_turns_itself_off_when_drafts_keep_failing() -> None:
+    drafter = _NgramDrafter([1, 2, 3, 1, 2, 3, 1, 2])
+    assert drafter.draft(4) == [3, 1, 2]
+    assert drafter.keep_going(drafted=16, accepted=0)  # too early to judge
+    assert not drafter.keep_going(drafted=40, accepted=5)
+    assert drafter.keep_going(drafted=40, accepted=40) is False  # off stays off
+
+
+def test_the_drafter_prefers_the_longest_and_latest_match() -> None:
+    drafter = _NgramDrafter([7, 1, 2, 9, 9, 5, 1, 2, 8, 8, 3, 1, 2])
+    # "1 2" occurred twice before; the latest continues with 8 8; no 3-gram "3 1 2" before
+    assert drafter.draft(2) == [8, 8]
+    drafter.extend([4])
+    assert drafter.draft(3) == []
+
+
+def test_speculative_equals_plain_on_the_starter_model(starter_model: Path) -> None:
+    text = (
+        "Rewrite this code, renaming `area` to `rectangle_area`. Output only the code.\n\n"
+        "def area(width, height):\n"
+        '    """Return the area of a rectangle."""\n'
+        "    if width < 0 or height < 0:\n"
+        '        raise ValueError("width and height must be positive")\n'
+        "    return width * height\n\n\n"
+        "def perimeter(width, height):\n"
+        '    """Return the perimeter of a rectangle."""\n'
+        "    if width < 0 or height < 0:\n"
+        '        raise ValueError("width and height must be positive")\n'
+        "    return 2 * (width + height)\n"
+    )
+    with Engine(starter_model, LoadOptions(n_ctx=1024, n_threads=1, n_gpu_layers=0)) as eng:
+        prompt = eng.render([{"role": "user", "content": text}])
+        _, spec = both(eng, prompt, Profile(temperature=0.0, max_tokens=120, repeat_penalty=1.0))
+        assert spec[1].accepted_tokens > 20
