@@ -150,3 +150,21 @@ def test_injected_text_joins_the_context_without_a_new_pass(engine: Engine) -> N
     assert isinstance(stats, Stats) and stats.generated_tokens == 6
     kv_text = engine.detokenize(engine._kv, special=True)
     assert " [note] " in kv_text  # the model read what was injected
+
+
+def test_chat_turns_reuse_the_answer_tokens(engine: Engine) -> None:
+    """Through ChatSession: the second turn evaluates only its own new text."""
+    from localllm.session import ChatSession
+
+    engine.reset()
+    chat = ChatSession(engine, Profile(temperature=0.0, max_tokens=64))
+    answer = "hello world, hello world"
+    list(chat.send("say it", grammar=literal(answer)))
+    assert chat.last_turn.answer == answer
+    kv = len(engine._kv)
+    list(chat.send("and then?"))
+    stats = chat.last_turn.stats
+    assert stats is not None
+    # every token of turn one, the generated answer included, came from the cache (a fresh
+    # tokenization of the answer differs from the generated ids: see the test above)
+    assert stats.cached_tokens >= kv - 1
