@@ -670,7 +670,10 @@ class Engine:
             k += 1
         if k <= _common_prefix(kv, full) or pos == 0:
             return full
-        rest = raw[pos:].decode("utf-8", errors="strict") if pos < len(raw) else ""
+        try:  # a match may end inside a character whose first bytes agree
+            rest = raw[pos:].decode("utf-8", errors="strict")
+        except UnicodeDecodeError:
+            return full
         tail = self.tokenize(rest, add_bos=False) if rest else []
         if b"".join(self.piece(t, special=True) for t in tail) != raw[pos:]:
             return full

@@ -168,3 +168,15 @@ def test_chat_turns_reuse_the_answer_tokens(engine: Engine) -> None:
     # every token of turn one, the generated answer included, came from the cache (a fresh
     # tokenization of the answer differs from the generated ids: see the test above)
     assert stats.cached_tokens >= kv - 1
+
+
+def test_a_cached_answer_that_diverges_inside_a_character(engine: Engine) -> None:
+    """☕ and ☔ share their first two UTF-8 bytes: the cached tokens' bytes match the new
+    prompt into the middle of a character, which must not break tokenization."""
+    first = engine.render([{"role": "user", "content": "x"}])
+    run(engine, first, Profile(temperature=0.0, max_tokens=32), grammar=literal("tea ☕ now"))
+    follow = first + "tea ☔ now<|im_end|>\n"
+    tokens = engine._prompt_tokens(follow)
+    assert engine.detokenize(tokens, special=True) == follow
+    _, stats = run(engine, follow, GREEDY)
+    assert stats.prompt_tokens == len(tokens)
