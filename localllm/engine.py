@@ -541,6 +541,8 @@ class Engine:
         # The tokens in the KV cache, in order (sequence 0): prompt, generated and injected
         # tokens alike, so a later prompt that repeats them is not evaluated again.
         self._kv: list[int] = []
+        self.draft: Engine | None = None  # a draft model for speculative decoding
+        self._greedy: Any = None  # its greedy sampler, when this engine drafts for another
         meta = self._llm.metadata()
         self.info = ModelInfo(
             path=self.path,
@@ -696,6 +698,32 @@ class Engine:
         """Empty the KV cache (benchmarks: the next prompt is evaluated in full)."""
         self._forget_after(0)
 
+    @property
+    def n_kv(self) -> int:
+        """Tokens in the KV cache."""
+        return len(self._kv)
+
+    def attach_draft(self, draft: Engine) -> None:
+        """Use ``draft`` (a smaller model) to propose tokens for speculative decoding; its
+        vocabulary must be this model's, token for token, or it is refused."""
+        mine, theirs = self.n_vocab, draft.n_vocab
+        if mine != theirs:
+            raise UsageError(
+                f"the draft model {draft.path.name} has {theirs} tokens in its vocabulary, "
+                f"{self.path.name} has {mine}",
+                hint="a draft model must share the main model's tokenizer "
+                "(e.g. a smaller model of the same family)",
+            )
+        for token in range(mine):
+            if self.piece(token, True) != draft.piece(token, True):
+                raise UsageError(
+                    f"the draft model {draft.path.name} spells token {token} differently from "
+                    f"{self.path.name}",
+                    hint="a draft model must share the main model's tokenizer "
+                    "(e.g. a smaller model of the same family)",
+                )
+        self.draft = draft
+
     def _decode(self, tokens: Sequence[int], cancel: Callable[[], bool] | None = None) -> bool:
         """Evaluate ``tokens`` after the KV cache's in chunks of ``n_batch``, logits for the
         last only. Returns False when ``cancel`` said stop between two chunks."""
@@ -830,8 +858,10 @@ class Engine:
         seen = ""  # the end of the output, while waiting for the lazy grammar's trigger
         sample = sampler.sample
         decode_one = self._decode_one
-        drafter = None
-        if speculative == "ngram" or (
+        drafter: _NgramDrafter | _ModelDrafter | None = None
+        if self.draft is not None and speculative != "off":
+            drafter = _ModelDrafter(self.draft, tokens)
+        elif speculative == "ngram" or (
             speculative == "auto" and len(tokens) >= SPECULATIVE_AUTO_MIN_PROMPT
         ):
             drafter = _NgramDrafter(tokens)
@@ -955,6 +985,13 @@ class Engine:
         )
 
     def close(self) -> None:
+        draft = getattr(self, "draft", None)
+        if draft is not None:
+            draft.close()
+            self.draft = None
+        if getattr(self, "_greedy", None) is not None:
+            self._lib.llama_sampler_free(self._greedy)
+            self._greedy = None
         llm = getattr(self, "_llm", None)
         if llm is not None:
             llm.close()
@@ -1032,6 +1069,45 @@ class _NgramDrafter:
             if found is not None:
                 return history[found : found + most]
         return []
+
+
+class _ModelDrafter(_NgramDrafter):
+    """Draft-model speculation: a small model with the same vocabulary proposes the next
+    tokens greedily from the same context; its own KV cache follows the target's context,
+    reusing the common prefix between drafts."""
+
+    def __init__(self, draft: Engine, tokens: Sequence[int], size: int = 6) -> None:
+        self.engine = draft
+        self.history = list(tokens)
+        self.size = size
+        self.active = True
+        if draft._greedy is None:
+            draft._greedy = draft._lib.llama_sampler_init_greedy()
+        self._greedy = draft._greedy
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        self.history.extend(tokens)
+
+    def draft(self, most: int) -> list[int]:
+        e, history = self.engine, self.history
+        room = e.n_ctx - 1
+        most = min(most, room - len(history))
+        if most <= 0 or len(history) >= room:
+            return []
+        cached = _common_prefix(e._kv, history)
+        if cached == len(history):
+            cached -= 1
+        e._forget_after(cached)
+        e._decode(history[e.n_kv :])
+        sample = e._lib.llama_sampler_sample
+        out: list[int] = []
+        for i in range(most):
+            token = int(sample(self._greedy, e._llm.ctx, -1))
+            out.append(token)
+            if e.is_end_of_generation(token) or i + 1 == most:
+                break
+            e._decode_one(token)
+        return out
 
 
 class _Native:

@@ -212,7 +212,34 @@ def open_engine(
     planned = time.perf_counter() - start
     engine = Engine(path, options)
     engine.load_phases.insert(0, ("read header + plan", planned))
+    draft_ref = getattr(profile, "draft_model", None)
+    if draft_ref and not vocab_only and getattr(profile, "speculative", "auto") != "off":
+        try:
+            _attach_draft(engine, str(draft_ref), profile, options)
+        except BaseException:
+            engine.close()
+            raise
     return engine
+
+
+def _attach_draft(engine: Engine, ref: str, profile: Profile, options: LoadOptions) -> None:
+    """Load the profile's draft model beside ``engine`` (same context and threads) and attach
+    it; a vocabulary that differs is a usage error."""
+    from dataclasses import replace
+
+    from localllm import store
+
+    start = time.perf_counter()
+    path = store.resolve_model(ref)
+    header_summary(path)  # validated like the main model
+    draft_options = replace(options, n_layers_total=None, offload_reason="")
+    draft = Engine(path, draft_options)
+    try:
+        engine.attach_draft(draft)
+    except BaseException:
+        draft.close()
+        raise
+    engine.load_phases.append(("draft model", time.perf_counter() - start))
 
 
 def need_tokens_for(text: str, profile: Profile) -> int:

@@ -74,6 +74,7 @@ class Profile:
     chat_template: str | None = None
     verbose: bool = False
     speculative: str = "auto"  # off | ngram | auto (n-gram drafting for long prompts)
+    draft_model: str | None = None  # a small model with the same vocabulary that drafts
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def replace(self, **changes: Any) -> Profile:
@@ -279,6 +280,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "chat_template": _string(nullable=True),
     "verbose": _boolean,
     "speculative": _choice(SPECULATIVE),
+    "draft_model": _string(nullable=True),
 }
 assert set(_CHECKS) == set(field_names())
 

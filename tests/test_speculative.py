@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from localllm.engine import Engine, LoadOptions, Stats, Steering, TextEvent, _NgramDrafter
+from localllm.errors import UsageError
 from localllm.profiles import Profile
 
 PASSAGE = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu"
@@ -228,3 +229,80 @@ def test_speculative_equals_plain_on_the_starter_model(starter_model: Path) -> N
         prompt = eng.render([{"role": "user", "content": text}])
         _, spec = both(eng, prompt, Profile(temperature=0.0, max_tokens=120, repeat_penalty=1.0))
         assert spec[1].accepted_tokens > 20
+
+
+# -- draft-model speculation -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def other_weights(model_dir: Path) -> Path:
+    """Same vocabulary as tiny_model, different random weights: drafts are often wrong."""
+    from ggufgen import write_tiny_gguf
+
+    return write_tiny_gguf(model_dir / "tiny-draft-seed1.gguf", seed=1, name="tiny-draft")
+
+
+def with_draft(main: Path, draft: Path) -> Engine:
+    options = LoadOptions(n_ctx=1024, n_threads=1, n_gpu_layers=0)
+    eng = Engine(main, options)
+    eng.attach_draft(Engine(draft, options))
+    return eng
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_a_draft_model_with_the_same_weights_is_always_right(
+    engine: Engine, tiny_model: Path, tiny_base_model: Path, temperature: float
+) -> None:
+    """tiny_base_model has tiny_model's vocabulary and weights: every greedy draft matches."""
+    prompt = engine.render([{"role": "user", "content": "anything"}])
+    settings = Profile(temperature=temperature, seed=3, max_tokens=48)
+    plain = generate(engine, prompt, settings.replace(speculative="off"))
+    with with_draft(tiny_model, tiny_base_model) as eng:
+        spec = generate(eng, prompt, settings)
+    assert spec[0] == plain[0] and spec[2] == plain[2]
+    assert spec[1].drafted_tokens > 0
+    if temperature == 0.0:
+        assert spec[1].accepted_tokens == spec[1].drafted_tokens
+
+
+def test_a_draft_model_that_guesses_wrong_changes_nothing(
+    engine: Engine, tiny_model: Path, other_weights: Path
+) -> None:
+    prompt = engine.render([{"role": "user", "content": "anything at all"}])
+    for settings in (
+        Profile(temperature=0.0, max_tokens=48),
+        Profile(temperature=0.8, seed=9, max_tokens=48, stop=("e",)),
+    ):
+        plain = generate(engine, prompt, settings.replace(speculative="off"))
+        with with_draft(tiny_model, other_weights) as eng:
+            spec = generate(eng, prompt, settings)
+        assert spec[0] == plain[0] and spec[1].stop_reason == plain[1].stop_reason
+        assert spec[2] == plain[2]
+
+
+def test_a_draft_model_with_another_vocabulary_is_refused(tmp_path: Path, tiny_model: Path) -> None:
+    from ggufgen import spm_vocab, write_tiny_gguf
+
+    from localllm import loading
+
+    spm = write_tiny_gguf(tmp_path / "spm.gguf", vocab=spm_vocab())
+    with pytest.raises(UsageError, match=r"draft model spm\.gguf") as info:
+        loading.open_engine(tiny_model, Profile(draft_model=str(spm)))
+    assert info.value.hint and "tokenizer" in info.value.hint
+
+
+def test_run_with_a_draft_model_reports_drafted_tokens(
+    tiny_model: Path, tiny_base_model: Path
+) -> None:
+    import subprocess
+    import sys
+
+    args = ["run", "-m", str(tiny_model), "--draft-model", str(tiny_base_model), "hi"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "localllm", *args, "-n", "24", "--temperature", "0", "--stats"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "drafted" in proc.stderr and "accepted" in proc.stderr

@@ -152,6 +152,13 @@ def run(
             "(long prompts only).",
         ),
     ] = None,
+    draft_model: Annotated[
+        str | None,
+        typer.Option(
+            "--draft-model",
+            help="A small model with the same vocabulary that drafts tokens for this one.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     show_prompt: Annotated[
         bool, typer.Option("--show-prompt", help="Print the rendered prompt and stop.")
@@ -191,6 +198,7 @@ def run(
         "chat_template": read_template_file(template_file),
         "verbose": verbose,
         "speculative": speculative,
+        "draft_model": draft_model,
     }
     settings = profiles.resolve(profile, overrides)
     text = read_prompt(prompt)
