@@ -211,6 +211,7 @@ def gpu_offload_supported() -> bool:
 # -- llama.cpp's C API, loaded lazily ------------------------------------------------------
 
 _LIB: Any = None
+_LIB_LOCK = __import__("threading").Lock()
 _backend_ready = False
 
 
@@ -224,6 +225,13 @@ def _lib() -> Any:
     access to any other name (``llama_cpp.Llama``, ``__version__``) runs the real ``__init__``
     then, so other code sees the complete package.
     """
+    if _LIB is not None:
+        return _LIB
+    with _LIB_LOCK:  # a TUI worker and the main thread may both get here first
+        return _load_lib()
+
+
+def _load_lib() -> Any:
     global _LIB
     if _LIB is not None:
         return _LIB
