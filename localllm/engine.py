@@ -869,10 +869,10 @@ class Engine:
         drafter: _NgramDrafter | _ModelDrafter | None = None
         if self.draft is not None and speculative != "off":
             drafter = _ModelDrafter(self.draft, tokens)
-        elif speculative == "ngram" or (
-            speculative == "auto" and len(tokens) >= SPECULATIVE_AUTO_MIN_PROMPT
-        ):
+        elif speculative == "ngram":
             drafter = _NgramDrafter(tokens)
+        elif speculative == "auto" and len(tokens) >= SPECULATIVE_AUTO_MIN_PROMPT:
+            drafter = _NgramDrafter(tokens, size=4, judge_speed=True)
         # Speculation: after a draft is verified in one batch, ``token`` may already be in the
         # KV cache (an accepted draft token, at ``batch[vpos]``); the next token is then drawn
         # from that position's logits, so every token is sampled from exactly the logits, and
@@ -952,18 +952,26 @@ class Engine:
                     else:
                         self._forget_after(base + vpos + 1)
                         in_kv = False
+                        drafter.verified(vpos)  # type: ignore[union-attr]
                     continue
                 draft: Sequence[int] = ()
                 if drafter is not None and drafter.keep_going(drafted, accepted):
                     most = min(drafter.size, limit - n - 1, room - context_len - 1)
                     draft = drafter.draft(most) if most > 0 else ()
                 if not draft:
-                    decode_one(token)
+                    if drafter is None:
+                        decode_one(token)
+                    else:
+                        began = time.perf_counter()
+                        decode_one(token)
+                        drafter.timed_single(time.perf_counter() - began)
                     token = sample()
                     continue
                 batch = [token, *draft]
                 base = len(self._kv)
+                began = time.perf_counter()
                 self._decode_all(batch)
+                drafter.timed_batch(time.perf_counter() - began)  # type: ignore[union-attr]
                 drafted += len(draft)
                 vpos = 0
                 token = sampler.sample_at(0)
@@ -973,6 +981,7 @@ class Engine:
                     in_kv = True
                 else:
                     self._forget_after(base + 1)
+                    drafter.verified(0)  # type: ignore[union-attr]
             if in_kv:  # as plain decoding: the last sampled token is not in the cache
                 self._forget_after(base + vpos)
         except (RuntimeError, OSError) as exc:
@@ -1041,12 +1050,17 @@ class _NgramDrafter:
     NGRAMS = (4, 3, 2)
     PROBE = 32
 
-    def __init__(self, tokens: Sequence[int], size: int = 8) -> None:
+    def __init__(self, tokens: Sequence[int], size: int = 8, *, judge_speed: bool = False) -> None:
         self.history: list[int] = []
         self._index: dict[tuple[int, ...], int] = {}
         self._indexed = 0
         self.size = size
         self.active = True
+        self.judge_speed = judge_speed
+        self._single: float | None = None
+        self._batch_s = 0.0
+        self._gain: float | None = None
+        self._verifies = 0
         self.extend(tokens)
 
     def extend(self, tokens: Sequence[int]) -> None:
@@ -1064,6 +1078,27 @@ class _NgramDrafter:
         if self.active and drafted >= self.PROBE and accepted * 4 < drafted:
             self.active = False
         return self.active
+
+    # Speed check (``speculative: auto``): a verify batch of k+1 tokens costs more than one
+    # token's decode, by how much depends on the hardware (on a small CPU, prompt processing
+    # is barely faster per token than decoding). After each verification the tokens it
+    # yielded per second are compared with plain decoding's; when drafting has not been
+    # faster over the last few (a moving average), it stops for the rest of the generation.
+
+    def timed_single(self, seconds: float) -> None:
+        self._single = seconds if self._single is None else 0.8 * self._single + 0.2 * seconds
+
+    def timed_batch(self, seconds: float) -> None:
+        self._batch_s = seconds
+
+    def verified(self, accepted: int) -> None:
+        if not self.judge_speed or self._single is None or self._batch_s <= 0:
+            return
+        gain = (accepted + 1) * self._single / self._batch_s
+        self._gain = gain if self._gain is None else 0.6 * self._gain + 0.4 * gain
+        self._verifies += 1
+        if self._verifies >= 3 and self._gain < 1.0:
+            self.active = False
 
     def draft(self, most: int) -> list[int]:
         """Up to ``most`` tokens that followed the current n-gram where it last occurred."""
@@ -1085,10 +1120,9 @@ class _ModelDrafter(_NgramDrafter):
     reusing the common prefix between drafts."""
 
     def __init__(self, draft: Engine, tokens: Sequence[int], size: int = 6) -> None:
+        super().__init__((), size)
         self.engine = draft
         self.history = list(tokens)
-        self.size = size
-        self.active = True
         if draft._greedy is None:
             draft._greedy = draft._lib.llama_sampler_init_greedy()
         self._greedy = draft._greedy

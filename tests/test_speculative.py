@@ -306,3 +306,25 @@ def test_run_with_a_draft_model_reports_drafted_tokens(
     )
     assert proc.returncode == 0, proc.stderr
     assert "drafted" in proc.stderr and "accepted" in proc.stderr
+
+
+def test_auto_drafting_stops_when_verifying_is_slower_than_decoding() -> None:
+    """The speed check works on the durations it is given (no clock in the test)."""
+    slow = _NgramDrafter([1, 2, 1, 2], judge_speed=True)
+    slow.timed_single(0.010)
+    for _ in range(3):  # a verify batch costs 5 decodes and yields one token
+        slow.timed_batch(0.050)
+        slow.verified(0)
+    assert not slow.keep_going(drafted=12, accepted=0)
+    fast = _NgramDrafter([1, 2, 1, 2], judge_speed=True)
+    fast.timed_single(0.010)
+    for _ in range(5):  # a batch of 4 drafts costs 2 decodes and yields 5 tokens
+        fast.timed_batch(0.020)
+        fast.verified(4)
+    assert fast.keep_going(drafted=20, accepted=20)
+    explicit = _NgramDrafter([1, 2, 1, 2])  # speculative: ngram never judges speed
+    explicit.timed_single(0.010)
+    for _ in range(5):
+        explicit.timed_batch(0.050)
+        explicit.verified(0)
+    assert explicit.keep_going(drafted=8, accepted=8)
