@@ -15,7 +15,7 @@ from typing import Any
 
 from localllm import fit, modelfile
 from localllm.engine import Engine, LoadOptions, plan_load
-from localllm.errors import ResourceError
+from localllm.errors import ResourceError, UsageError
 from localllm.profiles import Profile
 
 Warn = Callable[[str], None]
@@ -58,6 +58,7 @@ def plan(
     the work instead of the default. The GGUF headers are read once per file version (see
     :func:`header_summary`)."""
     info = header_summary(path)  # validates the file first (InvalidModelError)
+    _refuse_encoder(info["structure"], info["name"], info["architecture"], Path(path))
     options = plan_load(
         profile,
         info["context_length"] or None,
@@ -78,7 +79,7 @@ def plan(
         from localllm.offload import kv_bytes_per_elem
 
         estimate = fit.estimate_memory(
-            info["file_size"],
+            info["file_size"] + _projector_bytes(path, info["projector"]),
             info["layers"],
             info["embedding_size"],
             info["heads"],
@@ -99,6 +100,21 @@ def plan(
     return options
 
 
+def refuse_encoder(info: modelfile.ModelFileInfo) -> None:
+    """Encoder-only models (BERT and its kin) turn text into vectors and cannot generate:
+    everything that loads a model to generate text (run, chat, serve) refuses them here."""
+    _refuse_encoder(info.structure, info.name, info.architecture, info.path)
+
+
+def _refuse_encoder(structure: str, name: str, architecture: str, path: Path) -> None:
+    if structure == "encoder-only":
+        raise UsageError(
+            f"{name} is an encoder-only model ({architecture}): it turns text into "
+            "vectors and cannot generate text",
+            hint=f"use `localllm embed -m {path}` to embed text with it",
+        )
+
+
 # -- what a load needs from the headers, kept per file version ------------------------------
 #
 # Validating a GGUF means reading every header value: for a 49k-token vocabulary that is
@@ -107,7 +123,7 @@ def plan(
 # own (modelfile.py's size and mtime), so a file is checked again only when it or the checks
 # change. A missing or unreadable cache entry just means one more full check.
 
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2
 
 
 def header_summary(path: str | Path) -> dict[str, Any]:
@@ -126,6 +142,9 @@ def header_summary(path: str | Path) -> dict[str, Any]:
     summary = {
         "version": SUMMARY_VERSION,
         "name": info.name,
+        "architecture": info.architecture,
+        "structure": info.structure,
+        "projector": str(info.projector) if info.projector is not None else None,
         "context_length": info.context_length,
         "layers": info.layers,
         "embedding_size": info.embedding_size,
@@ -255,6 +274,17 @@ def need_tokens_for(text: str, profile: Profile) -> int:
 
 
 TEMPLATE_ALLOWANCE = 256  # tokens of role markers and a default system prompt a template adds
+
+
+def _projector_bytes(path: str | Path, known: str | Path | None) -> int:
+    """The vision projector's weights: loaded beside the model, so counted with it."""
+    from localllm import store
+
+    projector = store.projector_of(Path(path)) or (Path(known) if known else None)
+    try:
+        return projector.stat().st_size if projector is not None else 0
+    except OSError:
+        return 0
 
 
 def _gib(n: int) -> str:

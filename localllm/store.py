@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from localllm import paths
+from localllm.durable import fsync_dir, write_atomic  # noqa: F401  (re-exported for older importers)
 from localllm.errors import InvalidModelError, ModelNotFoundError, UsageError
 
 MANIFEST = "manifest.json"
@@ -83,42 +84,6 @@ def folder_name(name: str) -> str:
     slug = name.replace("/", "--").replace(":", "--")
     slug = re.sub(r"[^A-Za-z0-9._-]", "_", slug).strip(".")
     return slug or "_"
-
-
-def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write ``data`` so that ``path`` is either the old file or the new one, never half.
-    ``durable`` also fsyncs the file and its folder (manifests); bookkeeping that may be lost
-    in a power cut without harm (download sidecars) skips that."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if durable:
-        fsync_dir(path.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or a new file in ``folder`` durable (POSIX; a no-op elsewhere)."""
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_manifest(manifest: Manifest) -> None:
@@ -195,6 +160,20 @@ def find(ref: Any) -> list[Manifest]:
     return found
 
 
+def _not_a_file(ref: str, candidate: Path) -> None:
+    """Raise a precise error when ``ref`` names something on disk that is not a file."""
+    if candidate.is_dir():
+        ggufs = sorted(p.name for p in candidate.glob("*.gguf") if p.is_file())
+        hint = (
+            "name a .gguf file in it: " + ", ".join(ggufs[:5])
+            if ggufs
+            else "it holds no .gguf file; name a .gguf file"
+        )
+        raise ModelNotFoundError(f"{ref} is a directory, not a model file", hint=hint)
+    if candidate.exists():
+        raise ModelNotFoundError(f"{ref} is not a regular file", hint="name a .gguf file")
+
+
 def resolve_model(ref: str) -> Path:
     """A local model reference (file path, store name, alias, ``owner/repo[:quant]``) -> the
     file to load. Never touches the network: a Hub reference that is not installed is an
@@ -214,6 +193,7 @@ def resolve_model(ref: str) -> Path:
     except UsageError:
         parsed = None
     if parsed is None or parsed.kind == "path":
+        _not_a_file(ref, candidate)
         if candidate.suffix.lower() == ".gguf" or os.sep in ref or "/" in ref:
             raise ModelNotFoundError(f"no such model file: {ref}")
         raise ModelNotFoundError(f"no model named '{ref}' is installed", hint=installed_hint)
@@ -229,6 +209,7 @@ def resolve_model(ref: str) -> Path:
         cached = hf_cache_lookup(parsed)
         if cached is not None:
             return cached
+    _not_a_file(ref, candidate)  # a folder that also reads as a reference: say what it is
     if parsed.kind in ("hub", "alias"):
         raise ModelNotFoundError(
             f"{parsed.display()} is not installed",
@@ -530,9 +511,11 @@ def import_model(
     name: str | None = None,
     copy: bool = False,
     progress: Progress | None = None,
+    mmproj: Path | None = None,
 ) -> Manifest:
     """Validate a local GGUF (every part of a split one) and add it to the store: a hard link
-    when possible (same file system), else a symlink, or a copy with ``copy=True``."""
+    when possible (same file system), else a symlink, or a copy with ``copy=True``.
+    ``mmproj``: the model's vision projector, stored beside it and recorded."""
     from localllm import refs
 
     path = refs.expand_path(str(path)).absolute()
@@ -540,7 +523,15 @@ def import_model(
         raise ModelNotFoundError(f"no such file: {path}")
     validate_file(path)
     info = read_gguf_info(path)
+    if info.get("architecture") == "clip":
+        raise UsageError(
+            f"{path.name} is a vision projector, not a model",
+            hint="import the model and give this file with --mmproj",
+        )
     parts = [Path(p) for p in info.get("parts") or [path]]
+    if mmproj is not None:
+        check_projector(mmproj)
+        parts.append(mmproj)
     stem = refs.split_base(path.name)
     stem = re.sub(r"\.gguf$", "", stem, flags=re.IGNORECASE)
     name = (name or stem).strip()
@@ -558,6 +549,7 @@ def import_model(
         architecture=info.get("architecture"),
         parameters=info.get("parameters"),
         context_length=info.get("context_length"),
+        mmproj=mmproj.name if mmproj is not None else None,
     )
     folder = manifest.folder
     if folder.exists() and load_manifest(folder) is None:
@@ -579,6 +571,33 @@ def import_model(
     manifest.size = total
     save_manifest(manifest)
     return manifest
+
+
+def check_projector(path: Path) -> None:
+    """A vision projector: a valid GGUF of the ``clip`` architecture."""
+    if not path.is_file():
+        raise ModelNotFoundError(f"no such projector file: {path}")
+    from localllm import modelfile
+
+    gf = modelfile.parse_gguf(path)
+    if gf.get_str("general.architecture") != "clip":
+        raise UsageError(
+            f"{path.name} is not a vision projector (architecture "
+            f"{gf.get_str('general.architecture')!r})",
+            hint="--mmproj takes the model's mmproj-*.gguf file",
+        )
+
+
+def projector_of(model: Path) -> Path | None:
+    """The projector recorded for the installed model whose file is ``model``."""
+    try:
+        target = model.resolve()
+        for manifest in all_manifests():
+            if manifest.mmproj and manifest.primary.resolve() == target:
+                return manifest.files_dir / manifest.mmproj
+    except OSError:
+        return None
+    return None
 
 
 def _link_or_copy(src: Path, dest: Path, *, copy: bool) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from localllm.cli._app import app, die
+from localllm.cli._app import app, complete_model, die, print_json
 
 if TYPE_CHECKING:
     from localllm.modelfile import ModelFileInfo
@@ -64,9 +64,14 @@ def anatomy_rows(info: ModelFileInfo) -> list[tuple[str, str]]:
     if info.special_tokens:
         rows.append(("special", "  ".join(f"{k}={v}" for k, v in info.special_tokens.items())))
     modality = info.modality
-    if info.projector is not None:
-        modality += f" (projector {info.projector.name})"
+    projector = _projector(info)
+    if projector is not None:
+        size = human_bytes(projector.stat().st_size) if projector.is_file() else "missing"
+        modality = f"text + image (projector {projector.name}, {size})"
     rows.append(("modality", modality))
+    embedding = embedding_facts(info)
+    if embedding is not None:
+        rows.append(("embeddings", embedding["text"]))
     tuning = info.tuning
     tuning += " (has a chat template)" if info.chat_template else " (no chat template)"
     rows.append(("tuning", tuning))
@@ -77,9 +82,18 @@ def anatomy_rows(info: ModelFileInfo) -> list[tuple[str, str]]:
     return rows
 
 
+def _projector(info: Any) -> Any:
+    """The model's vision projector: recorded in the store, else published beside it."""
+    from pathlib import Path
+
+    from localllm import store
+
+    return store.projector_of(Path(info.path)) or info.projector
+
+
 @app.command()
 def show(
-    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+    model: Annotated[str, typer.Argument(help=MODEL_HELP, autocompletion=complete_model)],
     template: Annotated[
         bool, typer.Option("--template", help="Print only the chat template.")
     ] = False,
@@ -102,26 +116,41 @@ def show(
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
     if as_json:
-        sys.stdout.write(json.dumps(info.as_dict(), indent=2, ensure_ascii=False) + "\n")
+        payload = info.as_dict()
+        embedding = embedding_facts(info)
+        if embedding is not None:
+            payload["embedding"] = {k: v for k, v in embedding.items() if k != "text"}
+        print_json(payload)
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from localllm.cli._app import print_table
 
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column(overflow="fold")
     for label, value in anatomy_rows(info):
         table.add_row(label, value)
-    Console(highlight=False, soft_wrap=False).print(table, markup=False)
+    print_table(table, markup=False)
 
 
 def read_text(text: str) -> str:
-    """TEXT, or stdin for ``-``."""
+    """TEXT, or stdin for ``-``; invalid UTF-8 becomes U+FFFD with one warning."""
+    from localllm.cli._app import err
+    from localllm.textin import TextInputs
+
+    inputs = TextInputs()
     if text != "-":
-        return text
-    if sys.stdin is None:
+        value = inputs.text(text, "TEXT")
+    elif sys.stdin is None:
         die("no text on stdin")
-    return sys.stdin.read()
+    elif (buffer := getattr(sys.stdin, "buffer", None)) is not None:
+        value = inputs.data(buffer.read(), "stdin")
+    else:
+        value = inputs.text(sys.stdin.read(), "stdin")
+    if (warning := inputs.warning()) is not None:
+        err(warning)
+    return value
 
 
 def stdout_is_terminal() -> bool:
@@ -155,7 +184,7 @@ SPAN_STYLES = (
 
 @app.command()
 def tokenize(
-    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+    model: Annotated[str, typer.Argument(help=MODEL_HELP, autocompletion=complete_model)],
     text: Annotated[str, typer.Argument(help="The text to tokenize; '-' reads stdin.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     no_special: Annotated[
@@ -216,3 +245,22 @@ def reasoning_row(info: ModelFileInfo) -> tuple[str, str]:
     from localllm.reasoning import choose_adapter, describe_adapter
 
     return ("reasoning", describe_adapter(choose_adapter(info.chat_template)))
+
+
+def embedding_facts(info: ModelFileInfo) -> dict[str, Any] | None:
+    """Dimension and pooling of an embedding model (one that declares a pooling, or any
+    encoder-only model), for ``show``; None for other models."""
+    from localllm.embeddings import file_pooling
+
+    pooling = file_pooling(info.metadata)
+    if pooling is None and info.structure != "encoder-only":
+        return None
+    dim = info.metadata.get(f"{info.architecture}.embedding_length_out") or info.embedding_size
+    text = f"{dim} dimensions, {pooling or 'no'} pooling"
+    if pooling in (None, "none"):
+        fallback = "mean" if info.structure == "encoder-only" else "last-token"
+        text += f" (not trained for similarity; `localllm embed` uses {fallback} pooling)"
+    elif pooling == "rank":
+        text += " (a reranker: scores text pairs)"
+    text += "; no KV cache for generation" if info.structure == "encoder-only" else ""
+    return {"dimension": dim, "pooling": pooling, "text": text}

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from localllm.cli._app import app, err
+from localllm.cli._app import app, complete_model, err, print_json, print_table
 
 if TYPE_CHECKING:
     from localllm import hub, store
@@ -145,7 +145,7 @@ def _print_listing(listing: hub.Listing, as_json: bool) -> None:
     except LocalLLMError:
         pick = None
     if as_json:
-        print(json.dumps(_listing_json(listing, pick), indent=2))
+        print_json(_listing_json(listing, pick))
         return
     gpu = listing.budget.vram is not None
     table = Table(title=f"{listing.info.repo}", title_justify="left", box=None, pad_edge=False)
@@ -178,8 +178,8 @@ def _print_listing(listing: hub.Listing, as_json: bool) -> None:
             cells.append(f"[{FIT_STYLES.get(gv, 'dim')}]{gv}[/]")
         cells.append(", ".join(notes))
         table.add_row(*cells)
+    print_table(table)
     out = _console()
-    out.print(table)
     if listing.info.gated:
         out.print(
             "gated: accept the licence on the Hub and set HF_TOKEN before pulling",
@@ -236,6 +236,15 @@ def pull(
         str | None, typer.Option("--name", help="Store the model under this name.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+    mmproj: Annotated[
+        str | None,
+        typer.Option(
+            "--mmproj",
+            help="The vision projector to fetch with the model: a quant (F16 by default), "
+            "a file name, or none.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Download a GGUF model from the Hugging Face Hub into the local store.
 
@@ -250,7 +259,7 @@ def pull(
         _print_listing(hub.list_repo(repo, revision=revision, n_ctx=ctx), as_json)
         return
     _gpu_fit_marks()
-    plan = hub.plan_pull(ref, n_ctx=ctx, name=name)
+    plan = hub.plan_pull(ref, n_ctx=ctx, name=name, mmproj=mmproj)
     if plan.reason:
         _say(f"picked {plan.reason}")
     parts = f" in {len(plan.files)} parts" if len(plan.files) > 1 else ""
@@ -263,8 +272,11 @@ def pull(
                 f"more than the {_bytes(plan.listing.budget.ram)} of RAM available",
                 style="yellow",
             )
-    for p in plan.listing.projectors if plan.listing else []:
-        _say(f"note: the repo also has a multimodal projector, {p.name} (not downloaded)")
+    if plan.projector is not None:
+        _say(f"with its vision projector {plan.projector.name} ({_bytes(plan.projector.size)})")
+    elif plan.listing is not None and plan.listing.projectors:
+        names = ", ".join(p.name for p in plan.listing.projectors)
+        _say(f"note: the repo has vision projectors ({names}); not fetched (--mmproj none)")
     try:
         with _Bar(plan.name, plan.size) as bar:
             manifest = hub.pull(plan, progress=bar.update, say=_say)
@@ -302,7 +314,7 @@ def search(
         return
     found = hub.search(query, limit=limit)
     if as_json:
-        print(json.dumps(found, indent=2))
+        print_json(found)
         return
     if not found:
         _say(f"no GGUF repos match '{query}'")
@@ -315,7 +327,7 @@ def search(
     table.add_column("LIKES", justify="right")
     for d in found:
         table.add_row(d["id"], str(d.get("downloads", "")), str(d.get("likes", "")))
-    _console().print(table)
+    print_table(table, markup=False)
     _say("list one's files: localllm pull OWNER/REPO --list")
 
 
@@ -344,6 +356,8 @@ def _model_row(m: store.Manifest) -> dict[str, Any]:
         "revision": m.revision,
         "files": m.files,
         "path": str(m.primary),
+        "mmproj": m.mmproj,
+        "modality": "text+image" if m.mmproj else "text",
         "added": m.added,
     }
 
@@ -359,7 +373,7 @@ def list_models(
     models = [store.fill_info(m, save=True) for m in store.installed()]
     rows = [_model_row(m) for m in models]
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return
     if not rows:
         _say("no models installed; get one with `localllm pull owner/repo` (or `localllm run`)")
@@ -379,7 +393,7 @@ def list_models(
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in rows:
         table.add_row(
-            r["name"],
+            r["name"] + (" (vision)" if r.get("mmproj") else ""),
             r["quant"] or "-",
             _bytes(r["size"]),
             _count(r["parameters"]),
@@ -387,12 +401,17 @@ def list_models(
             str(r["context_length"] or "-"),
             r["source"],
         )
-    _console().print(table)
+    print_table(table, markup=False)
 
 
 @app.command()
 def rm(
-    model: Annotated[str, typer.Argument(help="An installed model's name or reference.")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="An installed model's name or reference.", autocompletion=complete_model
+        ),
+    ],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
     purge: Annotated[
         bool, typer.Option("--purge", help="Also delete a model's files in the Hugging Face cache.")
@@ -437,13 +456,22 @@ def import_model(
     path: Annotated[str, typer.Argument(help="A .gguf file (the first part of a split model).")],
     name: Annotated[str | None, typer.Option("--name", help="The name in the store.")] = None,
     copy: Annotated[bool, typer.Option("--copy", help="Copy instead of linking.")] = False,
+    mmproj: Annotated[
+        str | None,
+        typer.Option(
+            "--mmproj", help="The model's vision projector (mmproj .gguf).", show_default=False
+        ),
+    ] = None,
 ) -> None:
     """Validate a local GGUF and add it to the store (hard link or symlink, or --copy)."""
     from localllm import refs, store
 
     src = refs.expand_path(path)
+    projector = refs.expand_path(mmproj) if mmproj else None
     with _Bar(f"importing {src.name}", src.stat().st_size if src.is_file() else None) as bar:
-        manifest = store.import_model(src, name=name, copy=copy, progress=bar.update)
+        manifest = store.import_model(
+            src, name=name, copy=copy, progress=bar.update, mmproj=projector
+        )
     how = "copied" if copy else "linked"
     print(f"{manifest.name}\t{_bytes(manifest.size)}\t{manifest.primary}")
     _say(f'{how} into the store; run it: localllm run -m {manifest.name} "your prompt"')
@@ -451,7 +479,10 @@ def import_model(
 
 @app.command()
 def verify(
-    model: Annotated[str | None, typer.Argument(help="One model; all when omitted.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Argument(help="One model; all when omitted.", autocompletion=complete_model),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
     """Re-hash stored files against their manifests."""
@@ -467,7 +498,7 @@ def verify(
             checks.extend(store.verify(m, progress=bar.update))
     bad = [c for c in checks if c.status in ("mismatch", "missing")]
     if as_json:
-        print(json.dumps([asdict(c) for c in checks], indent=2))
+        print_json([asdict(c) for c in checks])
     else:
         for c in checks:
             print(f"{c.status:9} {c.model}  {c.file}")

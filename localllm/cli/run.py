@@ -8,47 +8,116 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from localllm.cli._app import app, err
+from localllm.cli._app import (
+    app,
+    complete_mode,
+    complete_model,
+    complete_profile,
+    complete_reasoning_format,
+    err,
+)
+
+if TYPE_CHECKING:
+    from localllm.textin import TextInputs
 
 GPU_LAYERS_HELP = "Layers to offload to the GPU: a number, 0 for none, or auto."
 
 
-def read_prompt(prompt: str | None) -> str:
+def read_stdin(inputs: TextInputs) -> str:
+    """All of stdin as text: its bytes decoded as UTF-8 (invalid bytes become U+FFFD)."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # a replaced sys.stdin without bytes
+        return inputs.text(sys.stdin.read(), "stdin")
+    text = inputs.data(buffer.read(), "stdin")
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # as text-mode stdin reads it
+
+
+def read_prompt(
+    prompt: str | None, inputs: TextInputs | None = None, *, stdin_taken: bool = False
+) -> str:
     """The prompt from the argument and/or stdin.
 
-    PROMPT omitted or ``-``: stdin is the prompt. Both given: stdin is attached as context.
+    PROMPT omitted or ``-``: stdin is the prompt. Both given: stdin is attached as context
+    (unless an image was read from it: ``stdin_taken``).
     """
     from localllm.errors import UsageError
+    from localllm.textin import TextInputs
 
+    inputs = inputs if inputs is not None else TextInputs()
     stdin_text = ""
-    if prompt in (None, "-"):
+    if stdin_taken:
+        text = inputs.text(prompt or "", "the prompt argument")
+    elif prompt in (None, "-"):
         if sys.stdin is None or sys.stdin.isatty():
             raise UsageError(
                 "no prompt given", hint='pass one: localllm run "your question", or pipe text in'
             )
-        stdin_text = sys.stdin.read()
+        stdin_text = read_stdin(inputs)
         text = stdin_text
     else:
+        prompt = inputs.text(prompt, "the prompt argument")
         if sys.stdin is not None and not sys.stdin.isatty():
-            stdin_text = sys.stdin.read()
+            stdin_text = read_stdin(inputs)
         text = prompt if not stdin_text.strip() else f"{prompt}\n\n{stdin_text}"
     if not text.strip():
         raise UsageError("the prompt is empty", hint="give a prompt or pipe text on stdin")
     return text
 
 
-def read_template_file(path: Path | None) -> str | None:
+def read_images(refs: list[str] | None, prompt: str | None, allow_remote: bool) -> list[Any]:
+    """The ``--image`` files; ``-`` reads one image's bytes from stdin (the prompt must then
+    be an argument)."""
+    from localllm import images
     from localllm.errors import UsageError
+
+    if not refs:
+        return []
+    stdin_bytes = None
+    if "-" in refs:
+        if refs.count("-") > 1:
+            raise UsageError("only one --image can read stdin")
+        if prompt in (None, "-"):
+            raise UsageError(
+                "--image - reads the image from stdin, so the prompt must be an argument",
+                hint='localllm run --image - "Describe this" < picture.png',
+            )
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError("--image - needs the image piped in", hint="... < picture.png")
+        stdin_bytes = sys.stdin.buffer.read()
+    return [images.read_image(r, stdin=stdin_bytes, allow_remote=allow_remote) for r in refs]
+
+
+def open_projector(engine: Any, mmproj: str | None, path: Path, verbose: bool) -> Any:
+    """The projector for a vision request: ``--mmproj FILE``, else the one beside the model;
+    a text-only model is refused by name."""
+    from localllm import vision
+    from localllm.errors import UsageError
+
+    found = Path(mmproj).expanduser() if mmproj else vision.find_projector(path)
+    if found is None:
+        raise UsageError(
+            f"{path.name} is a text-only model: it cannot read images (no mmproj projector "
+            "beside it)",
+            hint="use a vision model (e.g. one published with an mmproj-*.gguf), "
+            "or give its projector with --mmproj FILE",
+        )
+    return vision.Projector(engine, found, verbose=verbose)
+
+
+def read_template_file(path: Path | None, inputs: TextInputs | None = None) -> str | None:
+    from localllm.errors import UsageError
+    from localllm.textin import TextInputs
 
     if path is None:
         return None
+    inputs = inputs if inputs is not None else TextInputs()
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        return inputs.data(path.read_bytes(), str(path))
+    except OSError as exc:
         raise UsageError(
             f"cannot read the template file {path}: {getattr(exc, 'strerror', None) or exc}"
         ) from exc
@@ -85,9 +154,18 @@ def run(
         str | None, typer.Argument(help="The prompt; omit or '-' to read stdin.")
     ] = None,
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help="A .gguf path or an installed model.")
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="A .gguf path or an installed model.",
+            autocompletion=complete_model,
+        ),
     ] = None,
-    profile: Annotated[str | None, typer.Option("--profile", "-p", help="Profile name.")] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option("--profile", "-p", help="Profile name.", autocompletion=complete_profile),
+    ] = None,
     system: Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")] = None,
     temperature: Annotated[
         float | None, typer.Option(help="Sampling temperature (0 = greedy).")
@@ -112,7 +190,9 @@ def run(
     ctx: Annotated[int | None, typer.Option("--ctx", help="Context length in tokens.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads.")] = None,
     gpu_layers: Annotated[str | None, typer.Option("--gpu-layers", help=GPU_LAYERS_HELP)] = None,
-    mode: Annotated[str | None, typer.Option(help="reasoning or instant.")] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="reasoning or instant.", autocompletion=complete_mode)
+    ] = None,
     show_reasoning: Annotated[
         bool | None,
         typer.Option(
@@ -134,6 +214,7 @@ def run(
             "--reasoning-format",
             help="Force how thinking is switched: auto, enable_thinking, thinking, prefill, "
             "harmony, instruction or none.",
+            autocompletion=complete_reasoning_format,
         ),
     ] = None,
     template_file: Annotated[
@@ -170,12 +251,36 @@ def run(
     verbose: Annotated[
         bool | None, typer.Option("--verbose", "-v", help="Show llama.cpp's logs.")
     ] = None,
+    image: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--image",
+            "-i",
+            help="An image for a vision model (PNG, JPEG, GIF, BMP; repeatable; - reads stdin).",
+            show_default=False,
+        ),
+    ] = None,
+    mmproj: Annotated[
+        str | None,
+        typer.Option(
+            "--mmproj",
+            help="The vision projector (mmproj .gguf); default: the one beside the model.",
+            show_default=False,
+        ),
+    ] = None,
+    allow_remote: Annotated[
+        bool, typer.Option("--allow-remote", help="Allow http(s) URLs as --image.")
+    ] = False,
 ) -> None:
     """Answer one prompt, streaming the answer to stdout."""
     from localllm import profiles
     from localllm.loading import need_tokens_for, open_engine
     from localllm.session import ChatSession
+    from localllm.textin import TextInputs
 
+    inputs = TextInputs()  # every text input, decoded once: invalid UTF-8 becomes U+FFFD
+    system = inputs.optional(system, "--system")
+    stop = inputs.texts(stop, "--stop") if stop else None
     overrides: dict[str, Any] = {
         "temperature": temperature,
         "top_p": top_p,
@@ -195,27 +300,40 @@ def run(
         "show_reasoning": show_reasoning,
         "reasoning_budget": reasoning_budget,
         "reasoning_format": reasoning_format,
-        "chat_template": read_template_file(template_file),
+        "chat_template": read_template_file(template_file, inputs),
         "verbose": verbose,
         "speculative": speculative,
         "draft_model": draft_model,
     }
     settings = profiles.resolve(profile, overrides)
-    text = read_prompt(prompt)
+    settings = clean_profile_text(settings, inputs)
+    pictures = read_images(image, prompt, allow_remote)
+    text = read_prompt(prompt, inputs, stdin_taken="-" in (image or ()))
+    if (warning := inputs.warning()) is not None:
+        err(warning)
     interactive = sys.stderr.isatty()
 
     def say(message: str) -> None:
         err(message, style="dim")
 
     path = resolve_model_path(model or settings.model, say)
+    if pictures and mmproj is None:
+        from localllm import vision
+
+        if vision.find_projector(path) is None:  # refuse before loading the model
+            open_projector(None, None, path, False)
     if interactive and not as_json:
         say(f"loading {path.name}…")
-    need = None if show_prompt else need_tokens_for(text, settings)  # a one-shot context
+    # a one-shot context sized from the prompt (images take tokens their bytes do not tell)
+    need = None if show_prompt or pictures else need_tokens_for(text, settings)
     engine = open_engine(
         path, settings, vocab_only=show_prompt, force=force, warn=err, need_tokens=need
     )
+    projector = None
     try:
-        session = ChatSession(engine, settings)
+        if pictures and not show_prompt:
+            projector = open_projector(engine, mmproj, path, bool(settings.verbose))
+        session = ChatSession(engine, settings, projector=projector)
         if not session.is_chat and not as_json:
             err(
                 "note: this is a base model (no chat template): completing the prompt as plain text"
@@ -229,12 +347,33 @@ def run(
                 f"reasoning adapter: {session.adapter}"
             )
             return
-        _stream(session, text, as_json=as_json, show_stats=stats, path=path)
+        _stream(session, text, as_json=as_json, show_stats=stats, path=path, images=pictures)
     finally:
+        if projector is not None:
+            projector.close()
         engine.close()
 
 
-def _stream(session: Any, text: str, *, as_json: bool, show_stats: bool, path: Path) -> None:
+def clean_profile_text(settings: Any, inputs: TextInputs) -> Any:
+    """The resolved profile with its text fields (system prompt, stops) free of lone
+    surrogates, which a YAML escape such as "\\udcff" can put there."""
+    source = f"the system_prompt of profile '{settings.name}'"
+    system = inputs.optional(settings.system_prompt, source)
+    stop = tuple(inputs.texts(settings.stop, f"the stop of profile '{settings.name}'"))
+    if system == settings.system_prompt and stop == tuple(settings.stop):
+        return settings
+    return settings.replace(system_prompt=system, stop=stop)
+
+
+def _stream(
+    session: Any,
+    text: str,
+    *,
+    as_json: bool,
+    show_stats: bool,
+    path: Path,
+    images: list[Any] | None = None,
+) -> None:
     from dataclasses import asdict
 
     from localllm.errors import EXIT_INTERRUPTED
@@ -245,7 +384,7 @@ def _stream(session: Any, text: str, *, as_json: bool, show_stats: bool, path: P
     show_reasoning = settings.show_reasoning and not as_json
     reasoning_shown = False  # reasoning is on stderr and not yet ended by a newline
     try:
-        for event in session.send(text):
+        for event in session.send(text, images=images or ()):
             if isinstance(event, AnswerText):
                 if reasoning_shown:
                     sys.stderr.write("\n")
@@ -274,6 +413,7 @@ def _stream(session: Any, text: str, *, as_json: bool, show_stats: bool, path: P
         settings_dict["stop"] = list(settings.stop)
         payload = {
             "model": str(path),
+            **_image_fields(session, images),
             "text": turn.answer,
             "answer": turn.answer,
             "reasoning": turn.reasoning,
@@ -306,6 +446,13 @@ def _stream(session: Any, text: str, *, as_json: bool, show_stats: bool, path: P
                 else ""
             )
         )
+        if images:
+            pre = session.projector.stats
+            err(
+                f"images {pre.images} · {pre.image_tokens} image tok in the prompt "
+                f"({pre.text_tokens} text tok) · encoded {pre.encoded} in "
+                f"{pre.encode_s * 1000:.0f} ms"
+            )
         opts = session.engine.options
         err(
             f"{opts.offload_summary} · {opts.n_threads} threads · ctx {opts.n_ctx} · "
@@ -315,6 +462,25 @@ def _stream(session: Any, text: str, *, as_json: bool, show_stats: bool, path: P
         if settings.verbose:
             phases = getattr(session.engine, "load_phases", [])
             err("load: " + " · ".join(f"{name} {s * 1000:.0f} ms" for name, s in phases))
+
+
+def _image_fields(session: Any, images: list[Any] | None) -> dict[str, Any]:
+    if not images:
+        return {}
+    pre = session.projector.stats
+    return {
+        "images": [
+            {"name": i.name, "sha256": i.sha256, "width": i.width, "height": i.height}
+            for i in images
+        ],
+        "image_stats": {
+            "image_tokens": pre.image_tokens,
+            "text_tokens": pre.text_tokens,
+            "encoded": pre.encoded,
+            "encode_s": round(pre.encode_s, 4),
+            "projector": str(session.projector.path),
+        },
+    }
 
 
 def reasoning_notes(turn: Any) -> list[str]:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from localllm.cli._app import app, err
+from localllm.cli._app import app, complete_model, complete_profile, err
 from localllm.cli.run import GPU_LAYERS_HELP
 
 
@@ -16,10 +16,18 @@ from localllm.cli.run import GPU_LAYERS_HELP
 def serve(
     model: Annotated[
         str | None,
-        typer.Option("--model", "-m", help="Default model: a .gguf path or an installed model."),
+        typer.Option(
+            "--model",
+            "-m",
+            help="Default model: a .gguf path or an installed model.",
+            autocompletion=complete_model,
+        ),
     ] = None,
     profile: Annotated[
-        str | None, typer.Option("--profile", "-p", help="The server's profile.")
+        str | None,
+        typer.Option(
+            "--profile", "-p", help="The server's profile.", autocompletion=complete_profile
+        ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8080,
@@ -54,6 +62,10 @@ def serve(
     verbose: Annotated[
         bool | None, typer.Option("--verbose", "-v", help="Show llama.cpp's logs.")
     ] = None,
+    allow_remote: Annotated[
+        bool,
+        typer.Option("--allow-remote", help="Fetch http(s) image URLs sent in requests."),
+    ] = False,
 ) -> None:
     """Serve models over HTTP to OpenAI and Ollama clients (editors, agents, scripts)."""
     from localllm import profiles
@@ -124,7 +136,7 @@ def serve(
         f"OPENAI_BASE_URL={url}/v1 (Ollama clients: OLLAMA_HOST={url}) · Ctrl-C stops"
     )
     pool.worker(default)  # start loading the default model now; /health says 503 until done
-    state = ServerState(pool=pool, profile=settings, log=stderr_log)
+    state = ServerState(pool=pool, profile=settings, log=stderr_log, allow_remote=allow_remote)
     code = serve(state, sock, api_key=key, cors_origins=list(cors_origin or []), loopback=loopback)
     if code:
         raise typer.Exit(code)
