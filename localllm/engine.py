@@ -251,6 +251,9 @@ def _load_lib() -> Any:
                     raise AttributeError(name)
                 state["done"] = True
                 spec.loader.exec_module(pkg)  # type: ignore[union-attr]
+                # the package's own logger installs its log callback on import: ours stays
+                if _log_route["callback"] is not None:
+                    low.llama_log_set(_log_route["callback"], ctypes.c_void_p(0))
                 return getattr(pkg, name)
 
             pkg.__getattr__ = complete  # type: ignore[attr-defined]
@@ -1438,6 +1441,41 @@ class Device:
             "free_bytes": self.free,
             "total_bytes": self.total,
         }
+
+
+class _flash_attn_mode:
+    """Load with llama.cpp's own ``auto`` flash attention when ``flash_attn`` is None, for code
+    that loads through llama-cpp-python's ``Llama`` (the embeddings engine); :class:`Engine`
+    sets the context parameter itself.
+
+    llama-cpp-python maps its boolean ``flash_attn`` to ENABLED or DISABLED only; while a model
+    loads with ``flash_attn=None`` its DISABLED constant reads AUTO, so llama.cpp probes the
+    device (and turns flash attention on where the backend supports it). A lock keeps two
+    loads from interleaving; any other value leaves the library untouched.
+    """
+
+    _lock = __import__("threading").Lock()
+
+    def __init__(self, flash_attn: bool | None) -> None:
+        self.auto = flash_attn is None
+        self._saved: int | None = None
+
+    def __enter__(self) -> None:
+        if not self.auto:
+            return
+        import llama_cpp.llama_cpp as lib
+
+        self._lock.acquire()
+        self._saved = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        lib.LLAMA_FLASH_ATTN_TYPE_DISABLED = lib.LLAMA_FLASH_ATTN_TYPE_AUTO
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.auto:
+            return
+        import llama_cpp.llama_cpp as lib
+
+        lib.LLAMA_FLASH_ATTN_TYPE_DISABLED = self._saved
+        self._lock.release()
 
 
 _log_route: dict[str, Any] = {"verbose": False, "callback": None}

@@ -79,7 +79,7 @@ def plan(
         from localllm.offload import kv_bytes_per_elem
 
         estimate = fit.estimate_memory(
-            info["file_size"] + _projector_bytes(path, info["projector"]),
+            info["file_size"] + _projector_bytes(path),
             info["layers"],
             info["embedding_size"],
             info["heads"],
@@ -144,7 +144,6 @@ def header_summary(path: str | Path) -> dict[str, Any]:
         "name": info.name,
         "architecture": info.architecture,
         "structure": info.structure,
-        "projector": str(info.projector) if info.projector is not None else None,
         "context_length": info.context_length,
         "layers": info.layers,
         "embedding_size": info.embedding_size,
@@ -276,11 +275,20 @@ def need_tokens_for(text: str, profile: Profile) -> int:
 TEMPLATE_ALLOWANCE = 256  # tokens of role markers and a default system prompt a template adds
 
 
-def _projector_bytes(path: str | Path, known: str | Path | None) -> int:
-    """The vision projector's weights: loaded beside the model, so counted with it."""
+def _projector_bytes(path: str | Path) -> int:
+    """The vision projector's weights: loaded beside the model, so counted with it. Looked up
+    on every plan (the store's record, else ``mmproj*.gguf`` beside the file, as
+    ``modelfile.read_info`` finds it): a projector put there later is not in the header cache."""
     from localllm import store
 
-    projector = store.projector_of(Path(path)) or (Path(known) if known else None)
+    model = Path(path)
+    projector = store.projector_of(model)
+    if projector is None:
+        try:
+            beside = sorted(p for p in model.parent.glob("mmproj*.gguf") if p != model)
+        except OSError:
+            beside = []
+        projector = next((p for p in beside if p.is_file()), None)
     try:
         return projector.stat().st_size if projector is not None else 0
     except OSError:
