@@ -70,7 +70,8 @@ class ChatApp(App[None]):
         Binding("ctrl+g", "system_prompt", "System"),
         Binding("ctrl+n", "new_chat", "New"),
         Binding("ctrl+l", "conversations", "Chats"),
-        Binding("ctrl+a", "attach", "Image"),
+        # Priority: the prompt (a TextArea) would take Ctrl+A as "line start".
+        Binding("ctrl+a", "attach", "Image", show=False, priority=True),
     ]
 
     def __init__(
@@ -153,6 +154,8 @@ class ChatApp(App[None]):
         # is never refreshed for it (a footer refresh rebuilds it: a costly frame).
         if action == "stop":
             return self.state.busy  # otherwise Esc and Ctrl+C keep their usual meaning
+        if action == "attach":
+            return isinstance(self.screen, ChatScreen)  # dialogs keep their own Ctrl+A
         return True
 
     # -- model loading ---------------------------------------------------------------------
