@@ -563,6 +563,7 @@ class ChatApp(App[None]):
         return attachment
 
     def _show_attachments(self) -> None:
+        from rich.text import Text
         from textual.widgets import Static
 
         try:
@@ -571,7 +572,8 @@ class ChatApp(App[None]):
             return
         attached = self.state.attachments
         labels = " · ".join(a.label() for a in attached)
-        bar.update(f"[image] {labels}  (/image clear removes)" if attached else "")
+        text = f"[image] {labels}  (/image clear removes)" if attached else ""
+        bar.update(Text(text))  # plain text: a file name may hold markup brackets
         bar.set_class(bool(attached), "-shown")
 
     async def action_new_chat(self) -> None:
