@@ -297,3 +297,25 @@ def test_conversation_history_and_export_keep_the_images(pictures: Path) -> None
         {"role": "assistant", "content": "Red."},
     ]
     assert "*(image: red.png)*" in again.to_markdown()
+
+
+def test_a_projector_that_does_not_fit_leaves_the_model_for_text(
+    tmp_path: Path, pictures: Path
+) -> None:
+    folder = tmp_path / "mismatched"
+    folder.mkdir()
+    write_tiny_gguf(folder / "tiny-vlm.gguf", name="tiny-vlm", n_embd=64)
+    write_tiny_mmproj(folder / "mmproj-other.gguf", n_embd_text=48)
+    app = ChatApp(folder / "tiny-vlm.gguf", QUICK)
+
+    async def body(pilot: Pilot[Any]) -> None:
+        await loaded(pilot)
+        assert not app.state.vision and app.session.projector is None
+        said = messages(app)
+        assert any("does not match" in m for m in said), said  # named, with a hint
+        await submit(pilot, f"/image {pictures / 'red.png'}")
+        await submit(pilot, "Describe it")
+        assert any("text-only model" in m for m in messages(app))
+        assert not app.screen.query(AssistantMessage)
+
+    run(app, body)
