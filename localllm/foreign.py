@@ -315,6 +315,23 @@ def _scandir(path: Path) -> tuple[list[os.DirEntry[str]], str | None]:
         return [], f"cannot read folder {path}: {exc.strerror or exc}"
 
 
+def _link_problem(entry: os.DirEntry[str]) -> str | None:
+    """Why a symlinked entry cannot be followed (dangling, a loop), else None."""
+    if not entry.is_symlink():
+        return None
+    try:
+        os.stat(entry.path)
+    except FileNotFoundError:
+        try:
+            target = os.readlink(entry.path)
+        except OSError:
+            target = "?"
+        return f"dangling symlink {entry.path} -> {target}"
+    except OSError as exc:
+        return f"cannot read {entry.path}: {exc.strerror or exc}"
+    return None
+
+
 def _is_dir(entry: os.DirEntry[str]) -> bool:
     try:
         return entry.is_dir()
@@ -432,7 +449,11 @@ def _scan_ollama_root(root: Path) -> list[ForeignModel]:
                 continue
             path = Path(e.path)
             if len(parts) < 3:
-                if _is_dir(e) or e.is_symlink():
+                problem = _link_problem(e)
+                if problem:
+                    name = "/".join([*parts, e.name])
+                    found.append(ForeignModel(OLLAMA, name, location=path, broken=problem))
+                elif _is_dir(e):
                     walk(path, [*parts, e.name])
                 continue
             if _is_dir(e):
@@ -468,9 +489,7 @@ def _folder_models(
         name = f"{prefix_name}:{e.quant}" if by_quant else f"{prefix_name}/{e.name}"
         fm = ForeignModel(store, name, location=folder, quant=e.quant)
         fm.files = [folder / f.path for f in e.files]
-        fm.keys = {name.lower(), f"{prefix_name}/{e.name}".lower()}
-        if len(models) == 1:
-            fm.keys.add(prefix_name.lower())
+        fm.keys = {name.lower(), f"{prefix_name}/{e.name}".lower(), prefix_name.lower()}
         if e.missing_parts:
             fm.broken = f"split model {e.name}: part(s) {e.missing_parts} missing"
         else:
@@ -495,18 +514,27 @@ def _scan_lmstudio_root(root: Path) -> list[ForeignModel]:
     if problem:
         return [ForeignModel(LMSTUDIO, str(root), location=root, broken=problem)]
     for pub in publishers:
-        if pub.name.startswith(".") or not _is_dir(pub):
+        if pub.name.startswith("."):
+            continue
+        problem = _link_problem(pub)
+        if problem:
+            found.append(ForeignModel(LMSTUDIO, pub.name, location=Path(pub.path), broken=problem))
+            continue
+        if not _is_dir(pub):
             continue
         repos, problem = _scandir(Path(pub.path))
         if problem:
             found.append(ForeignModel(LMSTUDIO, pub.name, location=Path(pub.path), broken=problem))
             continue
         for repo in repos:
-            if repo.name.startswith(".") or not _is_dir(repo):
+            if repo.name.startswith("."):
                 continue
             folder = Path(repo.path)
-            entries, problem = _scandir(folder)
             name = f"{pub.name}/{repo.name}"
+            problem = _link_problem(repo)
+            if not problem and not _is_dir(repo):
+                continue
+            entries, problem = ([], problem) if problem else _scandir(folder)
             if problem:
                 found.append(ForeignModel(LMSTUDIO, name, location=folder, broken=problem))
                 continue
@@ -590,7 +618,7 @@ def _flat_models(cache: Path) -> list[ForeignModel]:
         owner, repo, tag = m.group(1), m.group(2), m.group(3)
         ref = f"{owner}/{repo}:{tag}" if tag and tag != "latest" else f"{owner}/{repo}"
         fm = ForeignModel(LLAMACPP, ref, location=Path(e.path))
-        fm.keys = {ref.lower()}
+        fm.keys = {ref.lower(), f"{owner}/{repo}".lower()}
         try:
             data = _read_json(Path(e.path))
             gguf = data.get("ggufFile") if isinstance(data, dict) else None
@@ -715,9 +743,10 @@ def split_ref(text: str) -> tuple[str, str] | None:
     return foreign_ref(text)
 
 
-def lookup(store: str, name: str) -> ForeignModel:
+def lookup(store: str, name: str, *, allow_broken: bool = False) -> ForeignModel:
     """The model ``name`` in ``store`` (raises :class:`ModelNotFoundError` naming what is
-    there, or :class:`InvalidModelError` with the reason when the entry is broken)."""
+    there, or :class:`InvalidModelError` with the reason when the entry is broken, unless
+    ``allow_broken``)."""
     if not name:
         raise UsageError(
             f"empty model name after '{PREFIXES[store]}:'",
@@ -745,6 +774,8 @@ def lookup(store: str, name: str) -> ForeignModel:
         )
     if matches:
         m = matches[0]
+        if allow_broken:
+            return m
         raise InvalidModelError(f"{m.ref} is broken: {m.broken}", hint=m.remove_hint())
     if not result.found:
         where = ", ".join(str(d) for d in _candidate_dirs(store))

@@ -86,10 +86,12 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Show what a model is: structure, size, quantization, tokenizer, chat template, thinking."""
-    from localllm import store
+    from localllm import foreign, refs, store
     from localllm.modelfile import read_info
 
-    path = store.resolve_model(model)
+    parts = refs.foreign_ref(model)
+    other = foreign.lookup(*parts) if parts else None  # another tool's model, read in place
+    path = other.primary if other else store.resolve_model(model)
     info = read_info(path)
     if template:
         if not info.chat_template:
@@ -102,7 +104,11 @@ def show(
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
     if as_json:
-        sys.stdout.write(json.dumps(info.as_dict(), indent=2, ensure_ascii=False) + "\n")
+        data = info.as_dict()
+        if other is not None:
+            data["foreign"] = other.as_dict()
+            data["projector"] = data["projector"] or data["foreign"]["projector"]
+        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         return
     from rich.console import Console
     from rich.table import Table
@@ -110,9 +116,26 @@ def show(
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column(overflow="fold")
-    for label, value in anatomy_rows(info):
+    rows = anatomy_rows(info)
+    if other is not None:
+        rows += foreign_rows(other)
+    for label, value in rows:
         table.add_row(label, value)
     Console(highlight=False, soft_wrap=False).print(table, markup=False)
+
+
+def foreign_rows(model: Any) -> list[tuple[str, str]]:
+    """Where another tool's model lives, and that localllm only reads it."""
+    rows = [
+        ("stored by", f"{model.label} (read in place; localllm will not modify it)"),
+        ("location", str(model.location)),
+    ]
+    if model.projector is not None:
+        rows.append(("projector", str(model.projector)))
+    if model.extras:
+        rows.append((f"{model.label} layers", ", ".join(sorted(model.extras))))
+    rows.append(("remove", model.remove_hint()))
+    return rows
 
 
 def read_text(text: str) -> str:

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from localllm.cli._app import app, err
-from localllm.errors import LocalLLMError
 
 if TYPE_CHECKING:
     from localllm import hub, store
@@ -466,12 +465,7 @@ def _refuse_foreign(ref: str) -> None:
     parts = refs.foreign_ref(ref)
     if parts is None:
         return
-    try:
-        model = foreign.lookup(*parts)
-    except LocalLLMError as exc:
-        if exc.exit_code != 3 or "is broken" not in exc.message:
-            raise
-        model = next(m for s in foreign.scan([parts[0]]) for m in s.broken() if m.ref in ref)
+    model = foreign.lookup(*parts, allow_broken=True)
     raise UsageError(
         f"{model.ref} belongs to {model.label}; localllm never modifies another tool's models",
         hint=model.remove_hint(),

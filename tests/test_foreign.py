@@ -1,0 +1,474 @@
+"""Models in other tools' stores (Ollama, LM Studio, llama.cpp), used in place and read-only.
+
+Each test builds the tool's real on-disk layout under a temporary HOME, with tiny generated
+GGUFs as the model files, and drives the CLI against it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ggufgen import CHATML_TEMPLATE, write_tiny_gguf
+from typer.testing import CliRunner
+
+from localllm import foreign, refs, store
+from localllm.cli import app
+
+runner = CliRunner()
+OLLAMA_MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+# -- building each tool's layout ----------------------------------------------------------
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _blob(root: Path, data: bytes) -> dict[str, Any]:
+    digest = _sha(data)
+    (root / "blobs").mkdir(parents=True, exist_ok=True)
+    (root / "blobs" / f"sha256-{digest}").write_bytes(data)
+    return {"digest": f"sha256:{digest}", "size": len(data)}
+
+
+def make_ollama(
+    root: Path,
+    model: str,
+    tag: str,
+    gguf: Path | bytes,
+    *,
+    projector: Path | None = None,
+    namespace: str = "library",
+    host: str = "registry.ollama.ai",
+    quant: str = "Q4_K_M",
+) -> Path:
+    """One model the way `ollama pull` leaves it; returns the model blob."""
+    data = gguf if isinstance(gguf, bytes) else gguf.read_bytes()
+    config = json.dumps({"model_format": "gguf", "file_type": quant, "model_type": "0.1M"})
+    layers = [{"mediaType": "application/vnd.ollama.image.model", **_blob(root, data)}]
+    if projector is not None:
+        layers.append(
+            {
+                "mediaType": "application/vnd.ollama.image.projector",
+                **_blob(root, projector.read_bytes()),
+            }
+        )
+    layers.append(
+        {"mediaType": "application/vnd.ollama.image.template", **_blob(root, b"{{ .Prompt }}")}
+    )
+    layers.append(
+        {"mediaType": "application/vnd.ollama.image.params", **_blob(root, b'{"stop":[]}')}
+    )
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OLLAMA_MANIFEST_TYPE,
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            **_blob(root, config.encode()),
+        },
+        "layers": layers,
+    }
+    path = root / "manifests" / host / namespace / model / tag
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(manifest))
+    return root / "blobs" / f"sha256-{_sha(data)}"
+
+
+def make_lmstudio(root: Path, publisher: str, repo: str, files: dict[str, Path]) -> Path:
+    folder = root / publisher / repo
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, src in files.items():
+        shutil.copyfile(src, folder / name)
+    return folder
+
+
+def make_llamacpp_hf(cache: Path, repo: str, files: dict[str, Path]) -> Path:
+    """The Hugging Face cache layout current llama.cpp keeps in $LLAMA_CACHE."""
+    repo_dir = cache / ("models--" + repo.replace("/", "--"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    snap = repo_dir / "snapshots" / commit
+    snap.mkdir(parents=True, exist_ok=True)
+    (repo_dir / "blobs").mkdir(exist_ok=True)
+    for name, src in files.items():
+        data = src.read_bytes()
+        (repo_dir / "blobs" / _sha(data)).write_bytes(data)
+        os.symlink(f"../../blobs/{_sha(data)}", snap / name)
+    return snap
+
+
+def make_llamacpp_flat(cache: Path, owner: str, repo: str, tag: str, file: str, src: Path) -> Path:
+    """What llama.cpp's -hf left before the 2026 cache rework."""
+    cache.mkdir(parents=True, exist_ok=True)
+    local = cache / f"{owner}_{repo}_{file}"
+    shutil.copyfile(src, local)
+    (cache / f"{local.name}.etag").write_text('"abc"')
+    manifest = {"ggufFile": {"rfilename": file, "lfs": {"sha256": _sha(src.read_bytes())}}}
+    (cache / f"manifest={owner}={repo}={tag}.json").write_text(json.dumps(manifest))
+    return local
+
+
+@pytest.fixture(scope="module")
+def ggufs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("foreign-ggufs")
+    return {
+        "chat": write_tiny_gguf(d / "chat.gguf", chat_template=CHATML_TEMPLATE),
+        "other": write_tiny_gguf(d / "other.gguf", n_embd=32, n_ff=64, seed=3),
+        "proj": write_tiny_gguf(d / "proj.gguf", n_embd=32, n_ff=64, seed=4, weights=False),
+    }
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A user's HOME with no store yet; every tool's variable cleared."""
+    home = tmp_path / "user"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for var in ("OLLAMA_MODELS", "LLAMA_CACHE", "XDG_CACHE_HOME", "LOCALLLM_FOREIGN_STORES"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+@pytest.fixture
+def stores(home: Path, ggufs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """One model in each store, laid out as each tool does."""
+    ollama = home / ".ollama" / "models"
+    blob = make_ollama(ollama, "llama3.2", "3b", ggufs["chat"], projector=ggufs["proj"])
+    lms = make_lmstudio(
+        home / ".lmstudio" / "models",
+        "acme",
+        "Tiny-GGUF",
+        {"Tiny-Q4_K_M.gguf": ggufs["chat"], "mmproj-Tiny-F16.gguf": ggufs["proj"]},
+    )
+    flat = make_llamacpp_flat(
+        home / ".cache" / "llama.cpp", "acme", "Old-GGUF", "Q8_0", "Old-Q8_0.gguf", ggufs["other"]
+    )
+    return {"ollama": ollama, "blob": blob, "lmstudio": lms, "flat": flat}
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under root with its size and mtime: proof nothing was written."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.is_symlink():
+            st = p.stat()
+            out[str(p)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+# -- references ---------------------------------------------------------------------------
+
+
+def test_foreign_references_parse_with_their_store() -> None:
+    r = refs.parse_ref("ollama:llama3.2:3b")
+    assert (r.kind, r.store, r.name, r.display()) == ("foreign", "ollama", "llama3.2:3b", r.raw)
+    r = refs.parse_ref("lmstudio:acme/Tiny-GGUF:q4_k_m")
+    assert (r.kind, r.store, r.name) == ("foreign", "lmstudio", "acme/Tiny-GGUF:q4_k_m")
+    r = refs.parse_ref("llama.cpp:acme/Old-GGUF:Q8_0")
+    assert (r.store, r.display()) == ("llama.cpp", "llamacpp:acme/Old-GGUF:Q8_0")
+    assert refs.parse_ref("acme/Tiny-GGUF:Q4_K_M").kind == "hub"  # no prefix: unchanged
+    assert foreign.ollama_full_name("llama3.2") == "registry.ollama.ai/library/llama3.2:latest"
+    assert foreign.ollama_full_name("me/m:v1") == "registry.ollama.ai/me/m:v1"
+    assert foreign.ollama_short_name("registry.ollama.ai", "me", "m", "v1") == "me/m:v1"
+
+
+# -- list ---------------------------------------------------------------------------------
+
+
+def test_list_shows_every_store_with_its_source(stores: dict[str, Any]) -> None:
+    result = runner.invoke(app, ["list"])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    for name, source in (
+        ("ollama:llama3.2:3b", "ollama"),
+        ("lmstudio:acme/Tiny-GGUF:Q4_K_M", "lmstudio"),
+        ("llamacpp:acme/Old-GGUF:Q8_0", "llama.cpp"),
+    ):
+        line = next(line for line in out.splitlines() if line.startswith(name))
+        assert line.split()[-1] == source
+        assert "llama" in line  # the architecture, read from the header
+    assert "mmproj" not in out  # a projector is not a model of its own
+    rows = json.loads(runner.invoke(app, ["list", "--json"]).stdout)
+    by_name = {r["name"]: r for r in rows}
+    o = by_name["ollama:llama3.2:3b"]
+    assert o["source"] == "ollama" and o["read_only"] and o["quant"] == "Q4_K_M"
+    assert o["path"] == str(stores["blob"]) and o["projector"]
+    assert o["size"] == stores["blob"].stat().st_size
+    assert by_name["lmstudio:acme/Tiny-GGUF:Q4_K_M"]["projector"].endswith("mmproj-Tiny-F16.gguf")
+
+
+def test_list_source_filter(stores: dict[str, Any]) -> None:
+    rows = json.loads(runner.invoke(app, ["list", "--json", "--source", "ollama"]).stdout)
+    assert [r["name"] for r in rows] == ["ollama:llama3.2:3b"]
+    rows = json.loads(runner.invoke(app, ["list", "--json", "--source", "llamacpp"]).stdout)
+    assert [r["source"] for r in rows] == ["llama.cpp"]
+    result = runner.invoke(app, ["list", "--source", "hub"])
+    assert result.exit_code == 0 and "ollama:" not in result.stdout
+    result = runner.invoke(app, ["list", "--source", "bogus"])
+    assert result.exit_code == 2
+    assert "unknown source 'bogus'" in result.stderr and "lmstudio" in result.stderr
+
+
+def test_ollama_models_dir_variable_and_namespaces(
+    home: Path, ggufs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "elsewhere"
+    make_ollama(root, "tiny", "latest", ggufs["chat"], namespace="someone")
+    make_ollama(root, "tiny", "v2", ggufs["other"], host="example.com", namespace="team")
+    monkeypatch.setenv("OLLAMA_MODELS", str(root))
+    scan = foreign.scan_store(foreign.OLLAMA)
+    assert scan.roots == [root]
+    assert sorted(m.ref for m in scan.models) == [
+        "ollama:example.com/team/tiny:v2",
+        "ollama:someone/tiny:latest",
+    ]
+    assert foreign.lookup("ollama", "someone/tiny").files[0].read_bytes() == (
+        ggufs["chat"].read_bytes()
+    )
+
+
+def test_llama_cpp_cache_in_hugging_face_layout(
+    home: Path, ggufs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "llama-cache"
+    make_llamacpp_hf(
+        cache,
+        "acme/New-GGUF",
+        {"New-Q4_K_M.gguf": ggufs["chat"], "mmproj-New-f16.gguf": ggufs["proj"]},
+    )
+    monkeypatch.setenv("LLAMA_CACHE", str(cache))
+    (m,) = foreign.scan_store(foreign.LLAMACPP).models
+    assert m.ref == "llamacpp:acme/New-GGUF:Q4_K_M" and m.projector is not None
+    assert m.sha256 == {"New-Q4_K_M.gguf": _sha(ggufs["chat"].read_bytes())}
+    assert foreign.lookup("llama.cpp", "acme/new-gguf").primary == m.primary  # the only model
+    result = runner.invoke(app, ["verify", "llamacpp:acme/New-GGUF:Q4_K_M"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("ok")
+
+
+# -- show / run / verify ------------------------------------------------------------------
+
+
+def test_show_says_where_it_lives_and_that_it_is_read_only(stores: dict[str, Any]) -> None:
+    result = runner.invoke(app, ["show", "ollama:llama3.2:3b"])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "Ollama (read in place; localllm will not modify it)" in out
+    manifest = stores["ollama"] / "manifests/registry.ollama.ai/library/llama3.2/3b"
+    assert str(manifest) in out
+    assert "projector" in out and "sha256-" in out
+    assert "ollama rm llama3.2:3b" in out
+    data = json.loads(
+        runner.invoke(app, ["show", "lmstudio:acme/Tiny-GGUF:Q4_K_M", "--json"]).stdout
+    )
+    assert data["foreign"]["source"] == "lmstudio" and data["foreign"]["read_only"]
+    assert data["projector"].endswith("mmproj-Tiny-F16.gguf")
+    assert data["architecture"] == "llama"
+
+
+def test_run_uses_the_blob_in_place_and_writes_nothing(stores: dict[str, Any], home: Path) -> None:
+    before = _tree(home)
+    for ref in ("ollama:llama3.2:3b", "lmstudio:acme/Tiny-GGUF:q4_k_m", "llamacpp:acme/Old-GGUF"):
+        result = runner.invoke(
+            app, ["run", "-m", ref, "hello", "--temperature", "0", "--max-tokens", "6"]
+        )
+        assert result.exit_code == 0, (ref, result.output)
+        assert result.stdout.strip()
+    assert _tree(home) == before
+
+
+def test_bare_name_hints_at_the_store_that_has_it(stores: dict[str, Any]) -> None:
+    result = runner.invoke(app, ["run", "-m", "llama3.2:3b", "hi"])
+    assert result.exit_code == 3
+    assert "use ollama:llama3.2:3b" in result.stderr
+
+
+def test_verify_checks_the_blob_against_its_name(
+    home: Path, ggufs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "ollama"
+    blob = make_ollama(root, "tiny", "latest", ggufs["chat"])
+    monkeypatch.setenv("OLLAMA_MODELS", str(root))
+    result = runner.invoke(app, ["verify", "ollama:tiny"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split()[:2] == ["ok", "ollama:tiny:latest"]
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF  # a flipped bit in the last tensor: still a GGUF, no longer the blob
+    blob.write_bytes(bytes(data))
+    result = runner.invoke(app, ["verify", "ollama:tiny:latest"])
+    assert result.exit_code == 3
+    assert result.stdout.startswith("mismatch")
+
+
+# -- rm / import --------------------------------------------------------------------------
+
+
+def test_rm_refuses_and_names_the_owning_tools_command(stores: dict[str, Any], home: Path) -> None:
+    before = _tree(home)
+    cases = {
+        "ollama:llama3.2:3b": "ollama rm llama3.2:3b",
+        "lmstudio:acme/Tiny-GGUF:Q4_K_M": "LM Studio",
+        "llamacpp:acme/Old-GGUF:Q8_0": str(stores["flat"]),
+    }
+    for ref, hint in cases.items():
+        result = runner.invoke(app, ["rm", ref, "--yes"])
+        assert result.exit_code == 2, result.output
+        assert "never modifies another tool's models" in result.stderr
+        assert hint in result.stderr
+    assert _tree(home) == before
+
+
+def test_import_copy_copies_into_our_store(stores: dict[str, Any], home: Path) -> None:
+    before = _tree(home)
+    result = runner.invoke(app, ["import", "ollama:llama3.2:3b"])
+    assert result.exit_code == 2 and "--copy" in result.stderr
+    result = runner.invoke(app, ["import", "ollama:llama3.2:3b", "--copy"])
+    assert result.exit_code == 0, result.output
+    m = store.get("llama3.2:3b")
+    assert m is not None and m.source == "import" and m.location is None
+    assert m.primary.read_bytes() == stores["blob"].read_bytes()
+    assert m.primary.name == "llama3.2-3b-Q4_K_M.gguf" and not m.primary.is_symlink()
+    assert m.sha256[m.primary.name] == stores["blob"].name.removeprefix("sha256-")
+    assert m.mmproj and (m.folder / m.mmproj).is_file()  # the projector came along
+    assert m.architecture == "llama"
+    result = runner.invoke(
+        app, ["import", "lmstudio:acme/Tiny-GGUF:Q4_K_M", "--copy", "--name", "tiny-lms"]
+    )
+    assert result.exit_code == 0, result.output
+    assert store.get("tiny-lms") is not None
+    assert _tree(home) == before  # the other tools' files are untouched
+    # the copies are ordinary models now: listed as imports, removable, verifiable
+    rows = json.loads(runner.invoke(app, ["list", "--json", "--source", "import"]).stdout)
+    assert sorted(r["name"] for r in rows) == ["llama3.2:3b", "tiny-lms"]
+    result = runner.invoke(app, ["verify", "llama3.2:3b"])
+    assert result.exit_code == 0 and result.stdout.startswith("ok")
+    result = runner.invoke(app, ["import", "ollama:llama3.2:3b", "--copy"])
+    assert result.exit_code == 2 and "already installed" in result.stderr
+    assert runner.invoke(app, ["rm", "llama3.2:3b", "--yes"]).exit_code == 0
+    assert stores["blob"].is_file()
+
+
+# -- doctor -------------------------------------------------------------------------------
+
+
+def test_doctor_lists_the_stores_found(stores: dict[str, Any], home: Path) -> None:
+    result = runner.invoke(app, ["doctor", "--json"])
+    assert result.exit_code == 0, result.output
+    by_store = {e["store"]: e for e in json.loads(result.stdout)["foreign_stores"]}
+    assert by_store["ollama"]["found"] and by_store["ollama"]["models"] == 1
+    assert by_store["lmstudio"]["models"] == 1 and by_store["llama.cpp"]["models"] == 1
+    assert str(home / ".ollama" / "models") in by_store["ollama"]["roots"]
+    text = runner.invoke(app, ["doctor"]).stdout
+    line = next(line for line in text.splitlines() if line.startswith("Ollama"))
+    assert "(1 model)" in line
+
+
+def test_doctor_says_not_found(home: Path) -> None:
+    text = runner.invoke(app, ["doctor"]).stdout
+    assert next(ln for ln in text.splitlines() if ln.startswith("LM Studio")).endswith("not found")
+
+
+# -- broken entries -----------------------------------------------------------------------
+
+
+def test_broken_entries_are_listed_with_a_reason_and_the_rest_still_lists(
+    stores: dict[str, Any], home: Path, ggufs: dict[str, Path]
+) -> None:
+    ollama = stores["ollama"]
+    lib = ollama / "manifests" / "registry.ollama.ai" / "library"
+    (lib / "notjson").mkdir()
+    (lib / "notjson" / "latest").write_text("{not json")
+    gone = make_ollama(ollama, "gone", "latest", b"GGUF" + b"\0" * 40)
+    gone.unlink()
+    make_ollama(ollama, "text", "latest", b"this is not a model at all")
+    tensors = lib / "safetensors" / "latest"
+    tensors.parent.mkdir()
+    tensors.write_text(
+        json.dumps(
+            {"layers": [{"mediaType": foreign.MEDIA_TENSOR, "digest": "sha256:" + "a" * 64}]}
+        )
+    )
+    lms = home / ".lmstudio" / "models"
+    (lms / "acme" / "Dangling-GGUF").mkdir(parents=True)
+    os.symlink(home / "nowhere.gguf", lms / "acme" / "Dangling-GGUF" / "Dangling-Q4_K_M.gguf")
+    os.symlink("loop", lms / "loop")  # a publisher folder that cannot be read
+    (lms / "split" / "Split-GGUF").mkdir(parents=True)
+    shutil.copyfile(ggufs["other"], lms / "split" / "Split-GGUF" / "S-Q4_K_M-00001-of-00002.gguf")
+
+    result = runner.invoke(app, ["list"])
+    assert result.exit_code == 0, result.output
+    err = result.stderr
+    for ref, reason in (
+        ("ollama:notjson:latest", "is not JSON"),
+        ("ollama:gone:latest", "is missing"),
+        ("ollama:text:latest", "is not a GGUF file"),
+        ("ollama:safetensors:latest", "safetensors"),
+        ("lmstudio:acme/Dangling-GGUF:Q4_K_M", "dangling symlink"),
+        ("lmstudio:loop", "cannot read"),
+        ("lmstudio:split/Split-GGUF:Q4_K_M", "part(s) [2] missing"),
+    ):
+        line = next((ln for ln in err.splitlines() if ref in ln), None)
+        assert line is not None and reason in line, (ref, err)
+    assert "Traceback" not in result.output
+    for good in ("ollama:llama3.2:3b", "lmstudio:acme/Tiny-GGUF:Q4_K_M", "llamacpp:acme/Old-GGUF"):
+        assert good in result.stdout
+    rows = json.loads(runner.invoke(app, ["list", "--json"]).stdout)
+    broken = {r["name"]: r["broken"] for r in rows if r.get("broken")}
+    assert "is not JSON" in broken["ollama:notjson:latest"]
+
+    result = runner.invoke(app, ["run", "-m", "ollama:gone", "hi"])
+    assert result.exit_code == 3
+    assert result.stderr.startswith("error: ollama:gone:latest is broken:")
+    assert "is missing" in result.stderr and "ollama rm gone:latest" in result.stderr
+    result = runner.invoke(app, ["show", "ollama:nothere"])
+    assert result.exit_code == 3 and "Ollama has no model 'nothere'" in result.stderr
+    assert "ollama:llama3.2:3b" in result.stderr  # the hint names what is there
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads folders whatever their mode")
+def test_unreadable_folder_is_broken_not_a_traceback(stores: dict[str, Any]) -> None:
+    lib = stores["ollama"] / "manifests" / "registry.ollama.ai" / "library"
+    locked = lib / "locked"
+    locked.mkdir()
+    locked.chmod(0)
+    try:
+        result = runner.invoke(app, ["list"])
+    finally:
+        locked.chmod(0o755)
+    assert result.exit_code == 0
+    assert "cannot read folder" in result.stderr and "ollama:llama3.2:3b" in result.stdout
+
+
+def test_foreign_stores_can_be_switched_off(
+    stores: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOCALLLM_FOREIGN_STORES", "lmstudio")
+    rows = json.loads(runner.invoke(app, ["list", "--json"]).stdout)
+    assert {r["source"] for r in rows} == {"lmstudio"}
+    monkeypatch.setenv("LOCALLLM_FOREIGN_STORES", "none")
+    assert json.loads(runner.invoke(app, ["list", "--json"]).stdout) == []
+
+
+def test_broken_store_errors_are_one_line_in_a_real_process(stores: dict[str, Any]) -> None:
+    lib = stores["ollama"] / "manifests" / "registry.ollama.ai" / "library"
+    (lib / "bad").mkdir()
+    (lib / "bad" / "latest").write_bytes(b"\xff\xfe not json")
+    proc = subprocess.run(
+        [sys.executable, "-m", "localllm", "run", "-m", "ollama:bad", "hi"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+    )
+    assert proc.returncode == 3
+    assert proc.stderr.count("\n") <= 2 and "Traceback" not in proc.stderr
+    assert "ollama:bad:latest is broken" in proc.stderr
