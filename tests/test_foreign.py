@@ -472,3 +472,10 @@ def test_broken_store_errors_are_one_line_in_a_real_process(stores: dict[str, An
     assert proc.returncode == 3
     assert proc.stderr.count("\n") <= 2 and "Traceback" not in proc.stderr
     assert "ollama:bad:latest is broken" in proc.stderr
+
+
+def test_pull_of_a_foreign_model_points_at_running_it_in_place(stores: dict[str, Any]) -> None:
+    result = runner.invoke(app, ["pull", "ollama:llama3.2:3b"])
+    assert result.exit_code == 2
+    assert "already on this machine" in result.stderr
+    assert "localllm run -m ollama:llama3.2:3b" in result.stderr
