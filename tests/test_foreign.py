@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,35 @@ from ggufgen import CHATML_TEMPLATE, write_tiny_gguf
 from typer.testing import CliRunner
 
 from localllm import foreign, refs, store
-from localllm.cli import app
+from localllm.cli import app, format_error
+from localllm.errors import LocalLLMError
 
 runner = CliRunner()
+
+
+@dataclass
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def cli(*args: str) -> Result:
+    """Run a command in-process; a core error becomes its exit code and the one line that
+    ``localllm.cli.main`` prints (real processes are tested at the end of this file)."""
+    result = runner.invoke(app, list(args))
+    code, err = result.exit_code, result.stderr
+    if isinstance(result.exception, LocalLLMError):
+        code, err = result.exception.exit_code, err + format_error(result.exception) + "\n"
+    elif result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return Result(code, result.stdout, err)
+
+
 OLLAMA_MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 
 
@@ -185,7 +212,7 @@ def test_foreign_references_parse_with_their_store() -> None:
 
 
 def test_list_shows_every_store_with_its_source(stores: dict[str, Any]) -> None:
-    result = runner.invoke(app, ["list"])
+    result = cli("list")
     assert result.exit_code == 0, result.output
     out = result.stdout
     for name, source in (
@@ -197,7 +224,7 @@ def test_list_shows_every_store_with_its_source(stores: dict[str, Any]) -> None:
         assert line.split()[-1] == source
         assert "llama" in line  # the architecture, read from the header
     assert "mmproj" not in out  # a projector is not a model of its own
-    rows = json.loads(runner.invoke(app, ["list", "--json"]).stdout)
+    rows = json.loads(cli("list", "--json").stdout)
     by_name = {r["name"]: r for r in rows}
     o = by_name["ollama:llama3.2:3b"]
     assert o["source"] == "ollama" and o["read_only"] and o["quant"] == "Q4_K_M"
@@ -207,13 +234,13 @@ def test_list_shows_every_store_with_its_source(stores: dict[str, Any]) -> None:
 
 
 def test_list_source_filter(stores: dict[str, Any]) -> None:
-    rows = json.loads(runner.invoke(app, ["list", "--json", "--source", "ollama"]).stdout)
+    rows = json.loads(cli("list", "--json", "--source", "ollama").stdout)
     assert [r["name"] for r in rows] == ["ollama:llama3.2:3b"]
-    rows = json.loads(runner.invoke(app, ["list", "--json", "--source", "llamacpp"]).stdout)
+    rows = json.loads(cli("list", "--json", "--source", "llamacpp").stdout)
     assert [r["source"] for r in rows] == ["llama.cpp"]
-    result = runner.invoke(app, ["list", "--source", "hub"])
+    result = cli("list", "--source", "hub")
     assert result.exit_code == 0 and "ollama:" not in result.stdout
-    result = runner.invoke(app, ["list", "--source", "bogus"])
+    result = cli("list", "--source", "bogus")
     assert result.exit_code == 2
     assert "unknown source 'bogus'" in result.stderr and "lmstudio" in result.stderr
 
@@ -250,7 +277,7 @@ def test_llama_cpp_cache_in_hugging_face_layout(
     assert m.ref == "llamacpp:acme/New-GGUF:Q4_K_M" and m.projector is not None
     assert m.sha256 == {"New-Q4_K_M.gguf": _sha(ggufs["chat"].read_bytes())}
     assert foreign.lookup("llama.cpp", "acme/new-gguf").primary == m.primary  # the only model
-    result = runner.invoke(app, ["verify", "llamacpp:acme/New-GGUF:Q4_K_M"])
+    result = cli("verify", "llamacpp:acme/New-GGUF:Q4_K_M")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("ok")
 
@@ -259,17 +286,16 @@ def test_llama_cpp_cache_in_hugging_face_layout(
 
 
 def test_show_says_where_it_lives_and_that_it_is_read_only(stores: dict[str, Any]) -> None:
-    result = runner.invoke(app, ["show", "ollama:llama3.2:3b"])
+    result = cli("show", "ollama:llama3.2:3b")
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "Ollama (read in place; localllm will not modify it)" in out
     manifest = stores["ollama"] / "manifests/registry.ollama.ai/library/llama3.2/3b"
-    assert str(manifest) in out
-    assert "projector" in out and "sha256-" in out
+    flat = "".join(out.split())  # long paths fold over lines at 80 columns
+    assert str(manifest) in flat
+    assert "projector" in out and "sha256-" in flat
     assert "ollama rm llama3.2:3b" in out
-    data = json.loads(
-        runner.invoke(app, ["show", "lmstudio:acme/Tiny-GGUF:Q4_K_M", "--json"]).stdout
-    )
+    data = json.loads(cli("show", "lmstudio:acme/Tiny-GGUF:Q4_K_M", "--json").stdout)
     assert data["foreign"]["source"] == "lmstudio" and data["foreign"]["read_only"]
     assert data["projector"].endswith("mmproj-Tiny-F16.gguf")
     assert data["architecture"] == "llama"
@@ -278,16 +304,14 @@ def test_show_says_where_it_lives_and_that_it_is_read_only(stores: dict[str, Any
 def test_run_uses_the_blob_in_place_and_writes_nothing(stores: dict[str, Any], home: Path) -> None:
     before = _tree(home)
     for ref in ("ollama:llama3.2:3b", "lmstudio:acme/Tiny-GGUF:q4_k_m", "llamacpp:acme/Old-GGUF"):
-        result = runner.invoke(
-            app, ["run", "-m", ref, "hello", "--temperature", "0", "--max-tokens", "6"]
-        )
+        result = cli("run", "-m", ref, "hello", "--temperature", "0", "--max-tokens", "6")
         assert result.exit_code == 0, (ref, result.output)
         assert result.stdout.strip()
     assert _tree(home) == before
 
 
 def test_bare_name_hints_at_the_store_that_has_it(stores: dict[str, Any]) -> None:
-    result = runner.invoke(app, ["run", "-m", "llama3.2:3b", "hi"])
+    result = cli("run", "-m", "llama3.2:3b", "hi")
     assert result.exit_code == 3
     assert "use ollama:llama3.2:3b" in result.stderr
 
@@ -298,13 +322,13 @@ def test_verify_checks_the_blob_against_its_name(
     root = tmp_path / "ollama"
     blob = make_ollama(root, "tiny", "latest", ggufs["chat"])
     monkeypatch.setenv("OLLAMA_MODELS", str(root))
-    result = runner.invoke(app, ["verify", "ollama:tiny"])
+    result = cli("verify", "ollama:tiny")
     assert result.exit_code == 0, result.output
     assert result.stdout.split()[:2] == ["ok", "ollama:tiny:latest"]
     data = bytearray(blob.read_bytes())
     data[-1] ^= 0xFF  # a flipped bit in the last tensor: still a GGUF, no longer the blob
     blob.write_bytes(bytes(data))
-    result = runner.invoke(app, ["verify", "ollama:tiny:latest"])
+    result = cli("verify", "ollama:tiny:latest")
     assert result.exit_code == 3
     assert result.stdout.startswith("mismatch")
 
@@ -320,7 +344,7 @@ def test_rm_refuses_and_names_the_owning_tools_command(stores: dict[str, Any], h
         "llamacpp:acme/Old-GGUF:Q8_0": str(stores["flat"]),
     }
     for ref, hint in cases.items():
-        result = runner.invoke(app, ["rm", ref, "--yes"])
+        result = cli("rm", ref, "--yes")
         assert result.exit_code == 2, result.output
         assert "never modifies another tool's models" in result.stderr
         assert hint in result.stderr
@@ -329,9 +353,9 @@ def test_rm_refuses_and_names_the_owning_tools_command(stores: dict[str, Any], h
 
 def test_import_copy_copies_into_our_store(stores: dict[str, Any], home: Path) -> None:
     before = _tree(home)
-    result = runner.invoke(app, ["import", "ollama:llama3.2:3b"])
+    result = cli("import", "ollama:llama3.2:3b")
     assert result.exit_code == 2 and "--copy" in result.stderr
-    result = runner.invoke(app, ["import", "ollama:llama3.2:3b", "--copy"])
+    result = cli("import", "ollama:llama3.2:3b", "--copy")
     assert result.exit_code == 0, result.output
     m = store.get("llama3.2:3b")
     assert m is not None and m.source == "import" and m.location is None
@@ -340,20 +364,18 @@ def test_import_copy_copies_into_our_store(stores: dict[str, Any], home: Path) -
     assert m.sha256[m.primary.name] == stores["blob"].name.removeprefix("sha256-")
     assert m.mmproj and (m.folder / m.mmproj).is_file()  # the projector came along
     assert m.architecture == "llama"
-    result = runner.invoke(
-        app, ["import", "lmstudio:acme/Tiny-GGUF:Q4_K_M", "--copy", "--name", "tiny-lms"]
-    )
+    result = cli("import", "lmstudio:acme/Tiny-GGUF:Q4_K_M", "--copy", "--name", "tiny-lms")
     assert result.exit_code == 0, result.output
     assert store.get("tiny-lms") is not None
     assert _tree(home) == before  # the other tools' files are untouched
     # the copies are ordinary models now: listed as imports, removable, verifiable
-    rows = json.loads(runner.invoke(app, ["list", "--json", "--source", "import"]).stdout)
+    rows = json.loads(cli("list", "--json", "--source", "import").stdout)
     assert sorted(r["name"] for r in rows) == ["llama3.2:3b", "tiny-lms"]
-    result = runner.invoke(app, ["verify", "llama3.2:3b"])
+    result = cli("verify", "llama3.2:3b")
     assert result.exit_code == 0 and result.stdout.startswith("ok")
-    result = runner.invoke(app, ["import", "ollama:llama3.2:3b", "--copy"])
+    result = cli("import", "ollama:llama3.2:3b", "--copy")
     assert result.exit_code == 2 and "already installed" in result.stderr
-    assert runner.invoke(app, ["rm", "llama3.2:3b", "--yes"]).exit_code == 0
+    assert cli("rm", "llama3.2:3b", "--yes").exit_code == 0
     assert stores["blob"].is_file()
 
 
@@ -361,19 +383,19 @@ def test_import_copy_copies_into_our_store(stores: dict[str, Any], home: Path) -
 
 
 def test_doctor_lists_the_stores_found(stores: dict[str, Any], home: Path) -> None:
-    result = runner.invoke(app, ["doctor", "--json"])
+    result = cli("doctor", "--json")
     assert result.exit_code == 0, result.output
     by_store = {e["store"]: e for e in json.loads(result.stdout)["foreign_stores"]}
     assert by_store["ollama"]["found"] and by_store["ollama"]["models"] == 1
     assert by_store["lmstudio"]["models"] == 1 and by_store["llama.cpp"]["models"] == 1
     assert str(home / ".ollama" / "models") in by_store["ollama"]["roots"]
-    text = runner.invoke(app, ["doctor"]).stdout
+    text = cli("doctor").stdout
     line = next(line for line in text.splitlines() if line.startswith("Ollama"))
     assert "(1 model)" in line
 
 
 def test_doctor_says_not_found(home: Path) -> None:
-    text = runner.invoke(app, ["doctor"]).stdout
+    text = cli("doctor").stdout
     assert next(ln for ln in text.splitlines() if ln.startswith("LM Studio")).endswith("not found")
 
 
@@ -404,7 +426,7 @@ def test_broken_entries_are_listed_with_a_reason_and_the_rest_still_lists(
     (lms / "split" / "Split-GGUF").mkdir(parents=True)
     shutil.copyfile(ggufs["other"], lms / "split" / "Split-GGUF" / "S-Q4_K_M-00001-of-00002.gguf")
 
-    result = runner.invoke(app, ["list"])
+    result = cli("list")
     assert result.exit_code == 0, result.output
     err = result.stderr
     for ref, reason in (
@@ -421,15 +443,15 @@ def test_broken_entries_are_listed_with_a_reason_and_the_rest_still_lists(
     assert "Traceback" not in result.output
     for good in ("ollama:llama3.2:3b", "lmstudio:acme/Tiny-GGUF:Q4_K_M", "llamacpp:acme/Old-GGUF"):
         assert good in result.stdout
-    rows = json.loads(runner.invoke(app, ["list", "--json"]).stdout)
+    rows = json.loads(cli("list", "--json").stdout)
     broken = {r["name"]: r["broken"] for r in rows if r.get("broken")}
     assert "is not JSON" in broken["ollama:notjson:latest"]
 
-    result = runner.invoke(app, ["run", "-m", "ollama:gone", "hi"])
+    result = cli("run", "-m", "ollama:gone", "hi")
     assert result.exit_code == 3
     assert result.stderr.startswith("error: ollama:gone:latest is broken:")
     assert "is missing" in result.stderr and "ollama rm gone:latest" in result.stderr
-    result = runner.invoke(app, ["show", "ollama:nothere"])
+    result = cli("show", "ollama:nothere")
     assert result.exit_code == 3 and "Ollama has no model 'nothere'" in result.stderr
     assert "ollama:llama3.2:3b" in result.stderr  # the hint names what is there
 
@@ -441,7 +463,7 @@ def test_unreadable_folder_is_broken_not_a_traceback(stores: dict[str, Any]) -> 
     locked.mkdir()
     locked.chmod(0)
     try:
-        result = runner.invoke(app, ["list"])
+        result = cli("list")
     finally:
         locked.chmod(0o755)
     assert result.exit_code == 0
@@ -452,10 +474,10 @@ def test_foreign_stores_can_be_switched_off(
     stores: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("LOCALLLM_FOREIGN_STORES", "lmstudio")
-    rows = json.loads(runner.invoke(app, ["list", "--json"]).stdout)
+    rows = json.loads(cli("list", "--json").stdout)
     assert {r["source"] for r in rows} == {"lmstudio"}
     monkeypatch.setenv("LOCALLLM_FOREIGN_STORES", "none")
-    assert json.loads(runner.invoke(app, ["list", "--json"]).stdout) == []
+    assert json.loads(cli("list", "--json").stdout) == []
 
 
 def test_broken_store_errors_are_one_line_in_a_real_process(stores: dict[str, Any]) -> None:
@@ -475,7 +497,7 @@ def test_broken_store_errors_are_one_line_in_a_real_process(stores: dict[str, An
 
 
 def test_pull_of_a_foreign_model_points_at_running_it_in_place(stores: dict[str, Any]) -> None:
-    result = runner.invoke(app, ["pull", "ollama:llama3.2:3b"])
+    result = cli("pull", "ollama:llama3.2:3b")
     assert result.exit_code == 2
     assert "already on this machine" in result.stderr
     assert "localllm run -m ollama:llama3.2:3b" in result.stderr
