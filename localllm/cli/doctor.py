@@ -137,6 +137,13 @@ def foreign_stores() -> list[dict[str, Any]]:
     return out
 
 
+_FOREIGN_LABELS = {
+    "ollama": "Ollama store",
+    "lmstudio": "LM Studio models",
+    "llama.cpp": "llama.cpp cache",
+}
+
+
 def _foreign_text(entry: dict[str, Any]) -> str:
     if not entry.get("enabled", True):
         return "not scanned (LOCALLLM_FOREIGN_STORES)"
@@ -260,7 +267,10 @@ def format_report(report: dict[str, Any]) -> str:
             if store["exists"]
             else f"{store['path']} (empty)",
         ),
-        *((e["label"], _foreign_text(e)) for e in report.get("foreign_stores", [])),
+        *(
+            (_FOREIGN_LABELS[e["store"]], _foreign_text(e))
+            for e in report.get("foreign_stores", [])
+        ),
         (
             "Hub",
             hubinfo["endpoint"]
