@@ -107,10 +107,13 @@ class ForeignModel:
         """How to delete it with the tool that owns it."""
         if self.store == OLLAMA:
             return f"remove it with `ollama rm {self.name}`"
-        where = self.location if self.store == LMSTUDIO else self.primary
         if self.store == LMSTUDIO:
-            return f"delete it in LM Studio (My Models), or delete {where}"
-        return f"llama.cpp has no remove command: delete {where} (`llama-cli -cl` lists its cache)"
+            what = self.primary if self.files else self.location
+            return f"delete it in LM Studio's My Models tab, or delete {what} yourself"
+        if self.location is not None and self.location.name.startswith("models--"):
+            return f"llama.cpp has no remove command: delete {self.location} yourself"
+        what = self.primary if self.files else self.location
+        return f"llama.cpp has no remove command: delete {what} yourself"
 
     def manifest(self) -> Any:
         """A :class:`localllm.store.Manifest` over the files in place (never saved)."""
