@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from localllm import foreign, refs, store
 from localllm.cli import app, format_error
-from localllm.errors import LocalLLMError
+from localllm.errors import LocalLLMError, ModelNotFoundError
 
 runner = CliRunner()
 
@@ -261,6 +261,34 @@ def test_ollama_models_dir_variable_and_namespaces(
     assert foreign.lookup("ollama", "someone/tiny").files[0].read_bytes() == (
         ggufs["chat"].read_bytes()
     )
+
+
+def test_lm_studio_folder_conventions(home: Path, ggufs: dict[str, Path], tmp_path: Path) -> None:
+    # A models folder moved in LM Studio's settings, a home moved by the pointer file, and
+    # 0.2.x's folder: all read. Symlinked files (a common way to share one copy) work.
+    lms_home = tmp_path / "lms-home"
+    custom = tmp_path / "my-models"
+    lms_home.mkdir()
+    (home / ".lmstudio-home-pointer").write_text(str(lms_home))
+    (lms_home / "settings.json").write_text(json.dumps({"downloadsFolder": str(custom)}))
+    make_lmstudio(
+        custom, "acme", "A-GGUF", {"A-Q8_0.gguf": ggufs["chat"], "A-Q2_K.gguf": ggufs["other"]}
+    )
+    old = make_lmstudio(home / ".cache" / "lm-studio" / "models", "old", "B-GGUF", {})
+    os.symlink(ggufs["chat"], old / "b.gguf")
+    (custom / "loose.gguf").write_bytes(ggufs["chat"].read_bytes())  # LM Studio ignores it too
+    scan = foreign.scan_store(foreign.LMSTUDIO)
+    assert scan.roots == [custom, home / ".cache" / "lm-studio" / "models"]
+    assert sorted(m.ref for m in scan.usable()) == [
+        "lmstudio:acme/A-GGUF:Q2_K",
+        "lmstudio:acme/A-GGUF:Q8_0",
+        "lmstudio:old/B-GGUF/b.gguf",  # no quant in the name: named by its file
+    ]
+    with pytest.raises(ModelNotFoundError, match="matches 2"):
+        foreign.lookup("lmstudio", "acme/A-GGUF")  # two quants: name one
+    assert foreign.lookup("lmstudio", "old/b-gguf").primary == old / "b.gguf"
+    result = cli("run", "-m", "lmstudio:old/B-GGUF/b.gguf", "hi", "-n", "3", "--temperature", "0")
+    assert result.exit_code == 0, result.output
 
 
 def test_llama_cpp_cache_in_hugging_face_layout(
