@@ -260,11 +260,11 @@ def store_name(text: str) -> str | None:
 # -- small, cheap file checks -------------------------------------------------------------
 
 
-def _file_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be a model file (missing, dangling link, not a GGUF), else None.
-    Reads four bytes."""
+def _probe(path: Path) -> tuple[str | None, int]:
+    """(why ``path`` cannot be a model file, or None; its size). Reads four bytes."""
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
             magic = f.read(4)
     except FileNotFoundError:
         if os.path.islink(path):
@@ -272,15 +272,20 @@ def _file_problem(path: Path) -> str | None:
                 target = os.readlink(path)
             except OSError:
                 target = "?"
-            return f"dangling symlink {path} -> {target}"
-        return f"{path} is missing"
+            return f"dangling symlink {path} -> {target}", 0
+        return f"{path} is missing", 0
     except IsADirectoryError:
-        return f"{path} is a folder, not a file"
+        return f"{path} is a folder, not a file", 0
     except OSError as exc:
-        return f"cannot read {path}: {exc.strerror or exc}"
+        return f"cannot read {path}: {exc.strerror or exc}", 0
     if magic != GGUF_MAGIC:
-        return f"{path} is not a GGUF file"
-    return None
+        return f"{path} is not a GGUF file", 0
+    return None, size
+
+
+def _file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a model file (missing, dangling link, not a GGUF), else None."""
+    return _probe(path)[0]
 
 
 def _size(path: Path) -> int:
@@ -293,12 +298,13 @@ def _size(path: Path) -> int:
 def _read_json(path: Path) -> Any:
     """Parse a small JSON file; raises ValueError with a short reason."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_MANIFEST + 1)
+        with open(path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_MANIFEST:
+                raise ValueError(f"{path} is too large for a manifest")
+            data = f.read(size + 1)
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_MANIFEST:
-        raise ValueError(f"{path} is too large for a manifest")
     try:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError):
@@ -415,11 +421,10 @@ def _ollama_model(root: Path, parts: list[str], path: Path) -> ForeignModel:
         return fm
     fm.files = [blob]
     fm.sha256 = {blob.name: blob.name.removeprefix("sha256-")}
-    problem = _file_problem(blob)
+    problem, fm.size = _probe(blob)
     if problem:
         fm.broken = problem
         return fm
-    fm.size = _size(blob)
     if fm.projector is not None and _file_problem(fm.projector):
         fm.projector = None  # a missing projector leaves a usable text model
     config = data.get("config")
@@ -497,11 +502,11 @@ def _folder_models(
             fm.broken = f"split model {e.name}: part(s) {e.missing_parts} missing"
         else:
             for p in fm.files:
-                problem = _file_problem(p)
+                problem, size = _probe(p)
+                fm.size += size
                 if problem:
-                    fm.broken = problem
+                    fm.broken, fm.size = problem, 0
                     break
-        fm.size = sum(_size(p) for p in fm.files) if not fm.broken else 0
         for proj in projectors:
             ppath = folder / proj.name
             if not _file_problem(ppath):
@@ -648,8 +653,7 @@ def _flat_models(cache: Path) -> list[ForeignModel]:
         sha = lfs.get("sha256") if isinstance(lfs, dict) else None
         if isinstance(sha, str) and _HEX64_RE.match(sha.lower()):
             fm.sha256 = {local: sha.lower()}
-        fm.broken = _file_problem(path)
-        fm.size = _size(path) if not fm.broken else 0
+        fm.broken, fm.size = _probe(path)
         proj = data.get("mmprojFile")
         pname = proj.get("rfilename") if isinstance(proj, dict) else None
         if isinstance(pname, str) and pname:
@@ -670,8 +674,7 @@ def _flat_models(cache: Path) -> list[ForeignModel]:
         fm = ForeignModel(LLAMACPP, stem, files=[path], location=path)
         fm.keys = {stem.lower(), e.name.lower()}
         fm.quant = refs.parse_quant(e.name)
-        fm.broken = _file_problem(path)
-        fm.size = _size(path) if not fm.broken else 0
+        fm.broken, fm.size = _probe(path)
         found.append(fm)
     return found
 
