@@ -69,6 +69,7 @@ MEDIA_EXTRAS = {
 OLLAMA_HOST, OLLAMA_NAMESPACE, OLLAMA_TAG = "registry.ollama.ai", "library", "latest"
 _DIGEST_RE = re.compile(r"^sha256[:-]([0-9a-fA-F]{64})$")
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
+_COMMIT_RE = re.compile(r"^[0-9a-fA-F]{40}$")
 _MANIFEST_RE = re.compile(r"^manifest=([^=]+)=([^=]+)=(.*)\.json$")
 GGUF_MAGIC = b"GGUF"
 MAX_MANIFEST = 1 << 20  # an Ollama manifest or config is a few KB; refuse to read giants
@@ -569,6 +570,8 @@ def _hf_layout_models(cache: Path) -> list[ForeignModel]:
         commit = None
         with contextlib.suppress(OSError, UnicodeDecodeError):
             commit = (repo_dir / "refs" / "main").read_text(encoding="utf-8").strip() or None
+        if commit is not None and not _COMMIT_RE.match(commit):
+            commit = None  # llama.cpp ignores a ref that is not a commit hash; so do we
         if commit is None:
             snaps, problem = _scandir(snapshots)
             if problem:

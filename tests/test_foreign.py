@@ -484,6 +484,36 @@ def test_broken_entries_are_listed_with_a_reason_and_the_rest_still_lists(
     assert "ollama:llama3.2:3b" in result.stderr  # the hint names what is there
 
 
+def test_hostile_manifests_never_escape_or_crash(home: Path, ggufs: dict[str, Path]) -> None:
+    root = home / ".ollama" / "models"
+    lib = root / "manifests" / "registry.ollama.ai" / "library"
+    secret = home / "secret.gguf"
+    shutil.copyfile(ggufs["chat"], secret)
+    bodies = {
+        "list": "[1, 2]",
+        "null": "null",
+        "traversal": json.dumps(
+            {"layers": [{"mediaType": foreign.MEDIA_MODEL, "digest": "sha256:../../secret.gguf"}]}
+        ),
+        "badlayers": json.dumps({"layers": [None, 3, {"mediaType": 7}]}),
+        "binary": "\x00\xff\xfe",
+    }
+    for name, body in bodies.items():
+        (lib / name).mkdir(parents=True)
+        (lib / name / "latest").write_text(body, errors="surrogateescape")
+    (lib / "big").mkdir()
+    (lib / "big" / "latest").write_bytes(b" " * (foreign.MAX_MANIFEST + 1))
+    scan = foreign.scan_store(foreign.OLLAMA)
+    assert len(scan.models) == len(bodies) + 1
+    assert all(m.broken for m in scan.models), [m.ref for m in scan.models if not m.broken]
+    assert not any(secret in m.files for m in scan.models)
+    cache = home / ".cache" / "llama.cpp"
+    snap = make_llamacpp_hf(cache, "acme/R-GGUF", {"R-Q4_K_M.gguf": ggufs["chat"]})
+    (snap.parent.parent / "refs" / "main").write_text("../../../../")
+    (m,) = foreign.scan_store(foreign.LLAMACPP).usable()  # falls back to the snapshot folder
+    assert m.primary == snap / "R-Q4_K_M.gguf"
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads folders whatever their mode")
 def test_unreadable_folder_is_broken_not_a_traceback(stores: dict[str, Any]) -> None:
     lib = stores["ollama"] / "manifests" / "registry.ollama.ai" / "library"
