@@ -1073,12 +1073,6 @@ def plan_pull(
         raise UsageError(
             f"{parsed.raw} is a local path", hint=f"use `localllm import {parsed.raw}` to add it"
         )
-    if parsed.kind == "foreign":
-        raise UsageError(
-            f"{parsed.display()} is already on this machine, in another tool's store",
-            hint=f"run it in place with `localllm run -m {parsed.display()}`, or copy it with "
-            f"`localllm import {parsed.display()} --copy`",
-        )
     if parsed.kind == "name":
         raise ModelNotFoundError(
             f"'{parsed.raw}' is not a catalog alias or a Hub repository",

@@ -86,12 +86,11 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Show what a model is: structure, size, quantization, tokenizer, chat template, thinking."""
-    from localllm import foreign, refs, store
+    from localllm import store
     from localllm.modelfile import read_info
 
-    parts = refs.foreign_ref(model)
-    other = foreign.lookup(*parts) if parts else None  # another tool's model, read in place
-    path = other.primary if other else store.resolve_model(model)
+    path = store.resolve_model(model)
+    other = _foreign_model(model)  # another tool's model, read in place
     info = read_info(path)
     if template:
         if not info.chat_template:
@@ -122,6 +121,15 @@ def show(
     for label, value in rows:
         table.add_row(label, value)
     Console(highlight=False, soft_wrap=False).print(table, markup=False)
+
+
+def _foreign_model(model: str) -> Any:
+    """The :class:`localllm.foreign.ForeignModel` an ``ollama:``/``lmstudio:``/``llamacpp:``
+    reference names, else None."""
+    from localllm import foreign, refs
+
+    parts = refs.foreign_ref(model)
+    return foreign.lookup(*parts) if parts else None
 
 
 def foreign_rows(model: Any) -> list[tuple[str, str]]:
