@@ -102,12 +102,14 @@ def show(
         text = info.chat_template
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
-    if as_json:
-        data = info.as_dict()
-        if other is not None:
-            data["foreign"] = other.as_dict()
-            data["projector"] = data["projector"] or data["foreign"]["projector"]
+    if as_json and other is not None:  # where it lives, and the projector beside it
+        data = {**info.as_dict(), "foreign": other.as_dict()}
+        data["projector"] = data["projector"] or data["foreign"]["projector"]
         sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        return
+
+    if as_json:
+        sys.stdout.write(json.dumps(info.as_dict(), indent=2, ensure_ascii=False) + "\n")
         return
     from rich.console import Console
     from rich.table import Table
