@@ -559,3 +559,34 @@ def test_pull_of_a_foreign_model_points_at_running_it_in_place(stores: dict[str,
     assert result.exit_code == 2
     assert "already on this machine" in result.stderr
     assert "localllm run -m ollama:llama3.2:3b" in result.stderr
+
+
+def test_real_model_from_an_ollama_store(
+    starter_model: Path, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SmolLM2-135M-Instruct laid out as `ollama pull` leaves it (the blob hard-linked, or
+    copied across file systems): it answers through its chat template, and verify re-hashes
+    it against the digest in its name."""
+    from localllm.catalog import starter
+
+    root = tmp_path / "ollama"
+    blob = root / "blobs" / f"sha256-{starter().sha256}"
+    blob.parent.mkdir(parents=True)
+    try:
+        os.link(starter_model, blob)
+    except OSError:
+        shutil.copyfile(starter_model, blob)
+    layer = {"mediaType": foreign.MEDIA_MODEL, "digest": f"sha256:{starter().sha256}"}
+    manifest = root / "manifests" / "registry.ollama.ai" / "library" / "smollm2" / "135m"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"schemaVersion": 2, "layers": [layer]}))
+    monkeypatch.setenv("OLLAMA_MODELS", str(root))
+    shown = cli("run", "-m", "ollama:smollm2:135m", "Name a colour.", "--show-prompt")
+    assert shown.exit_code == 0 and "<|im_start|>user" in shown.stdout
+    result = cli(
+        "run", "-m", "ollama:smollm2:135m", "Name a colour.", "--temperature", "0", "-n", "12"
+    )
+    assert result.exit_code == 0, result.output
+    assert any(c.isalpha() for c in result.stdout)
+    checked = cli("verify", "ollama:SmolLM2:135m")  # Ollama names are case-insensitive
+    assert checked.exit_code == 0 and checked.stdout.startswith("ok")
