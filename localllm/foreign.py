@@ -431,16 +431,24 @@ def _ollama_model(root: Path, parts: list[str], path: Path) -> ForeignModel:
     config = data.get("config")
     cblob = _ollama_blob(root, config.get("digest")) if isinstance(config, dict) else None
     if cblob is not None:
-        with contextlib.suppress(ValueError):
-            cfg = _read_json(cblob)
-            if isinstance(cfg, dict):
-                from localllm.refs import normalize_quant
-
-                if isinstance(cfg.get("file_type"), str) and cfg["file_type"]:
-                    fm.quant = normalize_quant(cfg["file_type"])
-                if isinstance(cfg.get("model_type"), str) and cfg["model_type"]:
-                    fm.parameters_text = cfg["model_type"]
+        fm.extras["config"] = cblob  # read on lookup, not during a scan (one file fewer)
     return fm
+
+
+def _read_ollama_config(fm: ForeignModel) -> None:
+    """Quant and size label from the model's config blob (``file_type``, ``model_type``)."""
+    cblob = fm.extras.get("config")
+    if cblob is None or fm.broken:
+        return
+    with contextlib.suppress(ValueError):
+        cfg = _read_json(cblob)
+        if isinstance(cfg, dict):
+            from localllm.refs import normalize_quant
+
+            if isinstance(cfg.get("file_type"), str) and cfg["file_type"]:
+                fm.quant = normalize_quant(cfg["file_type"])
+            if isinstance(cfg.get("model_type"), str) and cfg["model_type"]:
+                fm.parameters_text = cfg["model_type"]
 
 
 def _scan_ollama_root(root: Path) -> list[ForeignModel]:
@@ -775,6 +783,8 @@ def lookup(store: str, name: str, *, allow_broken: bool = False) -> ForeignModel
     matches = [m for m in result.models if m.keys & keys]
     usable = [m for m in matches if not m.broken]
     if len(usable) == 1:
+        if store == OLLAMA:
+            _read_ollama_config(usable[0])
         return usable[0]
     if len(usable) > 1:
         raise ModelNotFoundError(
@@ -989,6 +999,9 @@ def describe(models: Iterable[ForeignModel]) -> dict[str, dict[str, Any]]:
             info = {
                 k: raw.get(k) for k in ("architecture", "parameters", "context_length", "quant")
             }
+            if m.store == OLLAMA:
+                _read_ollama_config(m)  # Ollama's own quant label, as `ollama list` shows it
+                info["quant"] = m.quant or info["quant"]
             cache[key] = {"sig": sig, "info": info}
             changed = True
         out[m.ref] = info

@@ -142,8 +142,9 @@ def foreign_rows(model: Any) -> list[tuple[str, str]]:
     ]
     if model.projector is not None:
         rows.append(("projector", str(model.projector)))
-    if model.extras:
-        rows.append((f"{model.label} layers", ", ".join(sorted(model.extras))))
+    layers = sorted(k for k in model.extras if k != "config")
+    if layers:
+        rows.append((f"{model.label} layers", ", ".join(layers)))
     rows.append(("remove", model.remove_hint()))
     return rows
 
