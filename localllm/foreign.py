@@ -648,11 +648,20 @@ def _flat_models(cache: Path) -> list[ForeignModel]:
             fm.broken = f"manifest {exc}" if "not JSON" in str(exc) else str(exc)
             found.append(fm)
             continue
+        from localllm import refs
+
         local = f"{owner}_{repo}_{rfilename}".replace("/", "_")
         claimed.add(local)
         path = cache / local
         fm.files = [path]
-        from localllm import refs
+        split = refs.split_info(local)
+        if split is not None:  # llama.cpp fetched every part beside the first
+            base = refs.split_base(local)
+            parts = sorted(n for n in names if refs.split_base(n) == base and refs.split_info(n))
+            claimed.update(parts)
+            fm.files = [cache / n for n in parts]
+            if len(parts) != split[1]:
+                fm.broken = f"split model {local}: {split[1] - len(parts)} part(s) missing"
 
         fm.quant = refs.parse_quant(rfilename) or (
             refs.normalize_quant(tag) if tag and tag != "latest" else None
@@ -664,7 +673,13 @@ def _flat_models(cache: Path) -> list[ForeignModel]:
         sha = lfs.get("sha256") if isinstance(lfs, dict) else None
         if isinstance(sha, str) and _HEX64_RE.match(sha.lower()):
             fm.sha256 = {local: sha.lower()}
-        fm.broken, fm.size = _probe(path)
+        if not fm.broken:
+            for part in fm.files:
+                problem, size = _probe(part)
+                fm.size += size
+                if problem:
+                    fm.broken, fm.size = problem, 0
+                    break
         proj = data.get("mmprojFile")
         pname = proj.get("rfilename") if isinstance(proj, dict) else None
         if isinstance(pname, str) and pname:
@@ -675,17 +690,28 @@ def _flat_models(cache: Path) -> list[ForeignModel]:
         found.append(fm)
     from localllm import refs
 
-    for e in entries:
-        if e.name in claimed or not refs.is_gguf(e.name) or refs.is_mmproj(e.name):
+    # GGUFs no manifest names (builds before manifests, or `-m` downloads): by file name.
+    loose = [
+        refs.RepoFile(e.name, 0)
+        for e in entries
+        if e.name not in claimed and refs.is_gguf(e.name) and not _is_dir(e)
+    ]
+    for entry in refs.group_ggufs(loose):
+        if entry.mmproj:
             continue
-        if _is_dir(e):
-            continue
-        stem = e.name[: -len(".gguf")]
-        path = Path(e.path)
-        fm = ForeignModel(LLAMACPP, stem, files=[path], location=path)
-        fm.keys = {stem.lower(), e.name.lower()}
-        fm.quant = refs.parse_quant(e.name)
-        fm.broken, fm.size = _probe(path)
+        stem = re.sub(r"\.gguf$", "", refs.split_base(entry.name), flags=re.IGNORECASE)
+        fm = ForeignModel(LLAMACPP, stem, location=cache / entry.name, quant=entry.quant)
+        fm.files = [cache / f.path for f in entry.files]
+        fm.keys = {stem.lower(), entry.name.lower()}
+        if entry.missing_parts:
+            fm.broken = f"split model {entry.name}: part(s) {entry.missing_parts} missing"
+        else:
+            for part in fm.files:
+                problem, size = _probe(part)
+                fm.size += size
+                if problem:
+                    fm.broken, fm.size = problem, 0
+                    break
         found.append(fm)
     return found
 

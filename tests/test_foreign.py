@@ -310,6 +310,25 @@ def test_llama_cpp_cache_in_hugging_face_layout(
     assert result.stdout.startswith("ok")
 
 
+def test_llama_cpp_flat_cache_groups_split_parts(home: Path, ggufs: dict[str, Path]) -> None:
+    cache = home / ".cache" / "llama.cpp"
+    first = make_llamacpp_flat(
+        cache, "acme", "Big-GGUF", "Q4_K_M", "Big-Q4_K_M-00001-of-00002.gguf", ggufs["chat"]
+    )
+    second = cache / "acme_Big-GGUF_Big-Q4_K_M-00002-of-00002.gguf"
+    shutil.copyfile(ggufs["other"], second)
+    shutil.copyfile(ggufs["other"], cache / "loose-Q8_0-00001-of-00003.gguf")
+    scan = foreign.scan_store(foreign.LLAMACPP)
+    by_ref = {m.ref: m for m in scan.models}
+    big = by_ref["llamacpp:acme/Big-GGUF:Q4_K_M"]
+    assert big.files == [first, second] and not big.broken
+    assert big.size == first.stat().st_size + second.stat().st_size
+    assert "part(s) [2, 3] missing" in (by_ref["llamacpp:loose-Q8_0"].broken or "")
+    second.unlink()
+    (big,) = [m for m in foreign.scan_store(foreign.LLAMACPP).models if "Big" in m.ref]
+    assert big.broken and "1 part(s) missing" in big.broken
+
+
 # -- show / run / verify ------------------------------------------------------------------
 
 
