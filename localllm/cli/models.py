@@ -444,7 +444,10 @@ def list_models(
         ("CTX", "right"),
         ("SOURCE", "left"),
     ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        # a long name (lmstudio:publisher/repo:QUANT) folds rather than losing its end: it is
+        # what people copy into `run -m`
+        overflow = "fold" if col == "NAME" else "ellipsis"
+        table.add_column(col, justify=justify, overflow=overflow)  # type: ignore[arg-type]
     for r in rows:
         table.add_row(
             r["name"],
