@@ -9,7 +9,8 @@ Two figures, as issue #3 asks:
    covers the sha256, GGUF validation and the fsynced manifest); end to end (pull's process
    start-up and Hub listing included);
 2. resume: a pull of a --kill-size-mb file, throttled to 16 MiB/s so the kill lands near 50%,
-   SIGKILLed at 50% and run again; bytes the server sent twice (goal <= 1 MiB).
+   SIGKILLed at 50% and run again; bytes the server sent twice (goal <= 1 MiB). The fake Hub
+   holds the stream a little past 50% until the kill, so the pull never finishes first.
 
     python scripts/bench_download.py [--size-mb 1024] [--runs 5] [--dir /dev/shm] [--json]
 
@@ -118,7 +119,10 @@ def run_pull(endpoint: str, home: Path) -> tuple[float, float]:
 
 
 def kill_at_half(hub: object, endpoint: str, home: Path, size: int) -> dict[str, int]:
-    """SIGKILL a throttled pull at 50%, run it again unthrottled, count bytes sent twice."""
+    """SIGKILL a throttled pull at 50%, run it again unthrottled, count bytes sent twice.
+    Besides the throttle (so the kill lands near 50% with little in flight, as on a real
+    network), the server holds the stream at 50% + 4 MiB until the kill: the pull cannot
+    finish first, however loaded the machine."""
     from localllm import hub as hubmod
 
     shutil.rmtree(home, ignore_errors=True)
@@ -129,17 +133,19 @@ def kill_at_half(hub: object, endpoint: str, home: Path, size: int) -> dict[str,
     # kernel's socket buffers alone hold megabytes in flight, whoever the client is.
     hub.throttle[KILL_FILE] = 16 * MiB  # type: ignore[attr-defined]
     hub.reset_counters()  # type: ignore[attr-defined]
+    hold = hub.hold(KILL_FILE, min(size, size // 2 + 4 * MiB))  # type: ignore[attr-defined]
     cmd = [sys.executable, "-m", "localllm", "pull", f"{KILL_REPO}:Q8_0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if part.exists() and part.stat().st_size >= size // 2:
-            break
-        if proc.poll() is not None:
-            raise SystemExit(f"pull ended before 50%: {proc.stderr.read() if proc.stderr else ''}")
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+        while not (part.exists() and part.stat().st_size >= size // 2):
+            if proc.poll() is not None:
+                err = proc.stderr.read() if proc.stderr else ""
+                raise SystemExit(f"pull ended before 50%: {err}")
+            time.sleep(0.005)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        hold.release()
     on_disk = part.stat().st_size
     sent_before = hub.sent(KILL_FILE)  # type: ignore[attr-defined]
     del hub.throttle[KILL_FILE]  # type: ignore[attr-defined]

@@ -6,17 +6,22 @@ Hub protocol localllm uses:
 * ``GET /api/models/{repo}[/revision/{rev}]`` -> ``{id, sha, gated, private, siblings: [{rfilename,
   size, blobId, lfs: {sha256, size, pointerSize}}]}``;
 * ``GET /api/models/{repo}/tree/{rev}`` -> ``[{type, path, size, oid, lfs: {oid, size}}]``;
-* ``GET /api/models?search=...`` -> ``[{id, downloads, likes}]``;
-* ``HEAD|GET /{repo}/resolve/{rev}/{path}`` -> ``302`` to ``/cdn/{sha256}`` with ``ETag``,
-  ``X-Linked-Etag``, ``X-Linked-Size``, ``X-Repo-Commit`` (LFS files), or ``200`` with the bytes
-  and a git-sha1 ``ETag`` (files kept in git);
-* ``HEAD|GET /cdn/{sha256}`` -> the bytes, with ``Range``/``206``;
+* ``GET /api/models?search=...&filter=gguf&sort=downloads&limit=N`` -> ``[{id, downloads, likes,
+  tags}]``, most downloaded first (what ``HfApi.list_models`` asks);
+* ``HEAD|GET /{repo}/resolve/{rev}/{path}`` -> ``302`` to ``{cdn_url}/cdn/{sha256}`` with
+  ``ETag``, ``X-Linked-Etag``, ``X-Linked-Size``, ``X-Repo-Commit`` (LFS files), or ``200``
+  with the bytes and a git-sha1 ``ETag`` (files kept in git);
+* ``HEAD|GET /cdn/{sha256}`` -> the bytes, with ``Range``/``206``. The CDN listens on a second
+  port, another origin as the real CDN is another host, so huggingface_hub's HEAD stops at the
+  redirect (and reads the ``X-Linked-*`` headers there) and the token never reaches it;
 * gated repos answer ``401``/``403`` with ``X-Error-Code: GatedRepo``; unknown repos ``404
   RepoNotFound``; unknown files ``404 EntryNotFound``.
 
 It misbehaves on demand (per file name): cut a transfer after N bytes, serve wrong bytes,
-answer a status code, stall, throttle, ignore ``Range``; and it counts connections, requests
-and body bytes sent per file.
+answer a status code, throttle, ignore ``Range``, or hold a transfer at a byte offset until the
+test releases it (:meth:`FakeHub.hold`: a test that kills or interrupts a download waits for
+the hold, so the download can never finish before the signal was sent, however loaded the
+machine); and it counts connections, requests and body bytes sent per file.
 
 Run it by hand: ``python tests/fakehub.py owner/repo FILE.gguf...`` prints its URL.
 """
@@ -76,6 +81,29 @@ class FakeFile:
             return f.read(end - start)
 
 
+class Hold:
+    """Transfers of one file stop once they have sent the bytes before ``offset`` (an offset in
+    the file, so a resumed transfer stops at the same place) and wait for :meth:`release`.
+    ``reached`` is set when the server first stops there. Every transfer is held until the
+    release (a client that times out and resumes is held again), or only the first one with
+    ``once``."""
+
+    def __init__(self, offset: int, once: bool = False) -> None:
+        self.offset = offset
+        self.once = once
+        self.reached = threading.Event()
+        self.released = threading.Event()
+        self.used = False
+
+    def wait(self, timeout: float = 60) -> None:
+        """Wait until the server holds the transfer."""
+        if not self.reached.wait(timeout):
+            raise AssertionError(f"no transfer reached byte {self.offset}")
+
+    def release(self) -> None:
+        self.released.set()
+
+
 @dataclass
 class FakeRepo:
     repo: str
@@ -85,6 +113,10 @@ class FakeRepo:
     private: bool = False
     tokens: set[str] = field(default_factory=set)  # tokens that may read a gated/private repo
     downloads: int = 0
+
+    @property
+    def tags(self) -> list[str]:
+        return ["gguf"] if any(p.endswith(".gguf") for p in self.files) else []
 
     def __post_init__(self) -> None:
         if not self.commit:
@@ -102,18 +134,19 @@ class FakeHub:
         self.cut_times: dict[str, int] = {}  # ...this many times (default: once)
         self.corrupt: dict[str, int] = {}  # serve flipped bytes this many times
         self.fail: dict[str, list[int]] = defaultdict(list)  # statuses to answer first
-        self.stall: dict[str, float] = {}  # seconds to hang after the first body bytes, once
+        self.holds: dict[str, list[Hold]] = defaultdict(list)  # see hold()
         self.throttle: dict[str, float] = {}  # bytes per second ("*" for every file)
         self.ignore_range = False
         # Counters.
         self.connections = 0
         self.requests: list[tuple[str, str]] = []
         self.auth: list[tuple[str, str | None]] = []  # (path, Authorization header) per request
+        self.agents: list[tuple[str, str | None]] = []  # (path, User-Agent header) per request
         self.bytes_sent: Counter[str] = Counter()
         self.last_transfer: dict[str, tuple[float, float]] = {}  # file -> (start, end) monotonic
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._cdn: ThreadingHTTPServer | None = None
 
     # -- content ---------------------------------------------------------------------------
 
@@ -149,12 +182,27 @@ class FakeHub:
     def file(self, repo: str, path: str) -> FakeFile:
         return self.repos[repo].files[path]
 
+    def hold(self, path: str, offset: int, *, once: bool = False) -> Hold:
+        """Hold the next transfer of ``path`` (or its basename) that passes byte ``offset`` of
+        the file there until the returned hold is released; :meth:`stop` releases every hold.
+        Several holds on one file stop a transfer at each in turn."""
+        h = Hold(offset, once)
+        with self.lock:
+            self.holds[path].append(h)
+        return h
+
     # -- running ---------------------------------------------------------------------------
 
     @property
     def url(self) -> str:
         assert self._server is not None
         host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def cdn_url(self) -> str:
+        assert self._cdn is not None
+        host, port = self._cdn.server_address[:2]
         return f"http://{host}:{port}"
 
     def start(self) -> FakeHub:
@@ -170,17 +218,23 @@ class FakeHub:
                 super().process_request(request, client_address)
 
         self._server = Server(("127.0.0.1", 0), _handler(self))
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._cdn = Server(("127.0.0.1", 0), _handler(self))
+        for server in (self._server, self._cdn):
+            threading.Thread(
+                target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+            ).start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        with self.lock:
+            holds = [h for hs in self.holds.values() for h in hs]
+        for h in holds:
+            h.release()
+        for server in (self._server, self._cdn):
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+        self._server = self._cdn = None
 
     def __enter__(self) -> FakeHub:
         return self.start()
@@ -193,6 +247,7 @@ class FakeHub:
             self.connections = 0
             self.requests.clear()
             self.auth.clear()
+            self.agents.clear()
             self.bytes_sent.clear()
 
     def sent(self, path: str) -> int:
@@ -287,6 +342,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             with hub.lock:
                 hub.requests.append((self.command, self.path))
                 hub.auth.append((self.path, self.headers.get("Authorization")))
+                hub.agents.append((self.path, self.headers.get("User-Agent")))
             url = urllib.parse.urlsplit(self.path)
             path = urllib.parse.unquote(url.path)
             query = urllib.parse.parse_qs(url.query)
@@ -310,12 +366,16 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
 
         def _search(self, query: dict[str, list[str]]) -> None:
             words = (query.get("search") or [""])[0].lower()
+            tags = set(query.get("filter") or [])
             found = [
-                {"id": r.repo, "downloads": r.downloads, "likes": 0, "tags": ["gguf"]}
+                {"id": r.repo, "downloads": r.downloads, "likes": 0, "tags": r.tags}
                 for r in hub.repos.values()
-                if words in r.repo.lower() and not r.private
+                if words in r.repo.lower() and not r.private and tags <= set(r.tags)
             ]
-            self._json(found)
+            if (query.get("sort") or [""])[0] == "downloads":
+                found.sort(key=lambda d: -d["downloads"])
+            limit = (query.get("limit") or [""])[0]
+            self._json(found[: int(limit)] if limit.isdigit() else found)
 
         def _api(self, repo: str, kind: str | None, rev: str | None) -> None:
             if self._injected("api:" + repo):
@@ -379,7 +439,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 302,
                 b"",
                 {
-                    "Location": f"/cdn/{f.sha256}",
+                    "Location": f"{hub.cdn_url}/cdn/{f.sha256}",
                     "ETag": f'"{f.git_sha1}"',
                     "X-Linked-Etag": f'"{f.sha256}"',
                     "X-Linked-Size": str(f.size),
@@ -424,7 +484,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
         def _body(self, f: FakeFile, start: int, end: int) -> None:
             key_cut = hub._knob(hub.cut_after, f.path)
             key_bad = hub._knob(hub.corrupt, f.path)
-            key_stall = hub._knob(hub.stall, f.path)
+            key_hold = hub._knob(hub.holds, f.path)
             key_slow = hub._knob(hub.throttle, f.path)
             cut_at = None
             with hub.lock:
@@ -434,10 +494,20 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 corrupt = key_bad is not None and hub.corrupt[key_bad] > 0
                 if corrupt:
                     hub.corrupt[key_bad] -= 1
-                stall = hub.stall.pop(key_stall) if key_stall else None  # one stall each
+                holds = sorted(
+                    (
+                        h
+                        for h in (hub.holds[key_hold] if key_hold else [])
+                        if not (h.once and h.used) and not h.released.is_set()
+                        if start <= h.offset < end
+                    ),
+                    key=lambda h: h.offset,
+                )
+                for h in holds:
+                    h.used = True
 
             rate = hub.throttle.get(key_slow) if key_slow else None
-            plain = cut_at is None and not corrupt and stall is None and rate is None
+            plain = cut_at is None and not corrupt and not holds and rate is None
             began = time.monotonic()
             if plain and f.source is not None:
                 self.wfile.flush()
@@ -457,6 +527,12 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     if n == 0:
                         self._cut()
                         return
+                if holds:
+                    if pos == holds[0].offset:
+                        holds[0].reached.set()
+                        holds.pop(0).released.wait(120)
+                        continue
+                    n = min(n, holds[0].offset - pos)
                 data = f.read(pos, pos + n)
                 if corrupt:
                     mid = f.size // 2
@@ -470,9 +546,6 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 sent_here += n
                 with hub.lock:
                     hub.bytes_sent[f.path] += n
-                if stall is not None:
-                    time.sleep(stall)
-                    stall = None
                 if rate is not None:
                     ahead = sent_here / rate - (time.monotonic() - began)
                     if ahead > 0:

@@ -13,13 +13,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fakehub import FakeHub
+from fakehub import FakeHub, Hold
 from ggufgen import write_split_gguf, write_tiny_gguf
 
-from localllm import fit, hub, paths, store
+from localllm import fit, hub, paths, refs, store
 from localllm.errors import (
     ChecksumError,
     InvalidModelError,
@@ -28,9 +29,17 @@ from localllm.errors import (
     OfflineError,
     ResourceError,
 )
+from localllm.hub import download
 
 MiB = 1 << 20
 ROOMY = fit.MemoryBudget(ram=64 << 30)
+
+
+@pytest.fixture
+def patient(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For tests whose fake Hub holds a transfer until the test has done something: a client
+    on a loaded machine must not give up on the held connection meanwhile."""
+    monkeypatch.setenv("LOCALLLM_HUB_TIMEOUT", "300")
 
 
 @pytest.fixture(scope="module")
@@ -191,11 +200,13 @@ def test_cut_transfer_resumes_with_range(fake_hub: FakeHub, files: dict[str, Pat
 
 
 def test_a_progress_callback_can_cancel_and_the_next_try_resumes(
-    fake_hub: FakeHub, files: dict[str, Path]
+    fake_hub: FakeHub, files: dict[str, Path], patient: None
 ) -> None:
     fake_hub.add_repo("o/r", {"m.gguf": files["big"]})
     size = files["big"].stat().st_size
-    fake_hub.throttle["m.gguf"] = 16 * MiB
+    # The server stops a little past half way until released: it cannot have sent the rest
+    # of the file into socket buffers before the cancel.
+    hold = fake_hub.hold("m.gguf", size // 2 + 256 * 1024)
     dest = paths.data_dir() / "m.gguf"
 
     def stop_half_way(done: int, total: int | None) -> None:
@@ -204,9 +215,9 @@ def test_a_progress_callback_can_cancel_and_the_next_try_resumes(
 
     with pytest.raises(hub.Cancelled):
         hub.download_file("o/r", "m.gguf", dest, progress=stop_half_way)
+    hold.release()
     kept = hub.partial_bytes("o/r", "m.gguf")
     assert size // 2 <= kept < size and not dest.exists()
-    del fake_hub.throttle["m.gguf"]
     hub.download_file("o/r", "m.gguf", dest)
     assert dest.read_bytes() == files["big"].read_bytes()
     assert fake_hub.sent("m.gguf") - size <= MiB
@@ -289,12 +300,16 @@ def test_a_stalled_transfer_times_out_and_resumes(
 ) -> None:
     monkeypatch.setenv("LOCALLLM_HUB_TIMEOUT", "0.5")
     fake_hub.add_repo("o/r", {"m.gguf": files["big"]})
-    fake_hub.stall["m.gguf"] = 3.0
+    size = files["big"].stat().st_size
+    stall = fake_hub.hold("m.gguf", size // 3, once=True)  # hangs until the end of the test
     dest = paths.data_dir() / "m.gguf"
-    start = time.monotonic()
     hub.download_file("o/r", "m.gguf", dest)
     assert dest.read_bytes() == files["big"].read_bytes()
-    assert time.monotonic() - start < 3.0
+    # The download gave up on the stalled connection (still stalled) and resumed at the offset
+    # it had reached.
+    assert stall.reached.is_set() and not stall.released.is_set()
+    assert fake_hub.sent("m.gguf") == size
+    assert len([p for m, p in fake_hub.requests if m == "GET" and p.startswith("/cdn/")]) == 2
 
 
 def test_offline_makes_no_connection(
@@ -412,7 +427,7 @@ def test_disk_space_is_checked_first(
             == 0
         )
     if not mounted:
-        monkeypatch.setattr(hub, "free_space", lambda path: 1 << 20)
+        monkeypatch.setattr(download, "free_space", lambda path: 1 << 20)
     try:
         monkeypatch.setenv("LOCALLLM_HOME", str(small / "home"))
         plan = hub.plan_pull("o/r:Q4_K_M", budget=ROOMY)
@@ -421,7 +436,7 @@ def test_disk_space_is_checked_first(
             hub.pull(plan)
         message = exc.value.message
         assert "not enough disk space" in message and exc.value.exit_code == 5
-        assert f"needs {hub.refs.format_bytes(size)}" in message and "free in" in message
+        assert f"needs {refs.format_bytes(size)}" in message and "free in" in message
         assert fake_hub.sent("m-Q4_K_M.gguf") == 0
         assert store.installed() == []
     finally:
@@ -438,7 +453,11 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
 
 
 def test_disk_filling_up_mid_download_keeps_a_resumable_partial(
-    fake_hub: FakeHub, files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    fake_hub: FakeHub,
+    files: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    patient: None,
 ) -> None:
     """Something else fills the disk while the download runs: a clear ResourceError, the
     partial kept; once space is freed the same pull resumes."""
@@ -449,19 +468,18 @@ def test_disk_filling_up_mid_download_keeps_a_resumable_partial(
         monkeypatch.setenv("LOCALLLM_HOME", str(disk / "home"))
         fake_hub.add_repo("o/r", {"m-Q4_K_M.gguf": files["big"]})
         size = files["big"].stat().st_size
-        fake_hub.throttle["m-Q4_K_M.gguf"] = 4 * MiB
         plan = hub.plan_pull("o/r:Q4_K_M", budget=ROOMY)
+        hold = fake_hub.hold("m-Q4_K_M.gguf", 2 * MiB)
         filler = disk / "filler"
 
         def fill() -> None:
-            wait_until = time.monotonic() + 10
+            # The download stands still at 2 MiB until the disk is full.
+            hold.wait()
             part = hub.Partial.of("o/r", "m-Q4_K_M.gguf").part
-            while time.monotonic() < wait_until and (
-                not part.exists() or part.stat().st_size < MiB
-            ):
-                time.sleep(0.01)
+            wait_for(lambda: part.exists() and part.stat().st_size >= 2 * MiB)
             with filler.open("wb") as f, contextlib.suppress(OSError):
                 f.write(b"\0" * (12 * MiB))
+            hold.release()
 
         t = threading.Thread(target=fill)
         t.start()
@@ -470,15 +488,133 @@ def test_disk_filling_up_mid_download_keeps_a_resumable_partial(
         t.join()
         assert "disk filled up" in exc.value.message and "again to resume" in (exc.value.hint or "")
         kept = hub.partial_bytes("o/r", "m-Q4_K_M.gguf")
-        assert 0 < kept < size
+        assert 2 * MiB <= kept < size
         assert store.installed() == []
         filler.unlink()
-        del fake_hub.throttle["m-Q4_K_M.gguf"]
+        sent = fake_hub.sent("m-Q4_K_M.gguf")
         m = hub.pull(plan)
         assert m.primary.read_bytes() == files["big"].read_bytes()
-        assert fake_hub.sent("m-Q4_K_M.gguf") - size <= MiB
+        assert fake_hub.sent("m-Q4_K_M.gguf") - sent == size - kept  # only what was missing
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_the_environment_is_read_at_every_call(
+    fake_hub: FakeHub, files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """huggingface_hub reads HF_ENDPOINT, HF_HUB_OFFLINE and the token path once, at import;
+    localllm obeys the environment of the moment of each call."""
+    from huggingface_hub import constants
+
+    quant_repo(fake_hub, files)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OfflineError):
+        hub.list_repo("acme/Tiny-GGUF")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    # As if the library had been imported while offline: its request hook would refuse all.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert hub.list_repo("acme/Tiny-GGUF", budget=ROOMY).rows
+    # Another endpoint (a mirror) from one call to the next.
+    with FakeHub() as mirror:
+        mirror.add_repo("mirror/Only-GGUF", {"m-Q4_0.gguf": files["small"]})
+        monkeypatch.setenv("HF_ENDPOINT", mirror.url)
+        assert [r.entry.quant for r in hub.list_repo("mirror/Only-GGUF", budget=ROOMY).rows] == [
+            "Q4_0"
+        ]
+        assert mirror.requests and hub.endpoint() == mirror.url
+    monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)
+    # A token saved by `hf auth login` at a path set after the import opens a gated repo.
+    fake_hub.add_repo("meta/Gated-GGUF", {"m-Q4_K_M.gguf": files["mid"]}, gated=True, tokens={"t1"})
+    saved = tmp_path / "token"
+    saved.write_text("t1\n")
+    monkeypatch.setenv("HF_TOKEN_PATH", str(saved))
+    m = hub.pull(hub.plan_pull("meta/Gated-GGUF:Q4_K_M", budget=ROOMY))
+    assert m.primary.read_bytes() == files["mid"].read_bytes()
+    # Every request carries the library's user agent with ours in it.
+    assert fake_hub.agents and all("localllm/0.1" in (a or "") for _, a in fake_hub.agents)
+
+
+def test_library_errors_become_ours() -> None:
+    """One translation of huggingface_hub's errors, with our exit codes."""
+    import httpx2
+    from huggingface_hub import errors as hf
+
+    from localllm.hub import client
+
+    def http(cls: type[Exception], status: int) -> Exception:
+        request = httpx2.Request("GET", "https://huggingface.co/api/models/o/r")
+        response = httpx2.Response(status, request=request)
+        return cls(f"{status}", response=response)  # type: ignore[call-arg]
+
+    cases = [
+        (hf.OfflineModeIsEnabled("offline"), OfflineError, 4),
+        (http(hf.GatedRepoError, 401), hub.GatedRepoError, 4),  # before RepositoryNotFound
+        (http(hf.RepositoryNotFoundError, 404), hub.RepoNotFoundError, 3),
+        (http(hf.RevisionNotFoundError, 404), hub.RepoNotFoundError, 3),
+        (http(hf.RemoteEntryNotFoundError, 404), hub.EntryNotFoundError, 3),
+        (http(hf.HfHubHTTPError, 403), hub.GatedRepoError, 4),
+        (http(hf.HfHubHTTPError, 418), NetworkError, 4),
+        (httpx2.ConnectError("refused"), client.Transient, None),
+        (http(hf.HfHubHTTPError, 503), client.Transient, None),
+    ]
+    for exc, kind, code in cases:
+        mapped = client.translate(exc, "o/r", "m.gguf")
+        assert type(mapped) is kind, (exc, mapped)
+        if code is not None:
+            assert mapped.exit_code == code  # type: ignore[attr-defined]
+        else:
+            assert isinstance(mapped.__cause__, NetworkError)  # what is said when retries end
+
+
+def _stale_partial(repo: str, filename: str, size: int, age_days: float) -> hub.Partial:
+    partial = hub.Partial.of(repo, filename)
+    partial.part.parent.mkdir(parents=True, exist_ok=True)
+    partial.part.write_bytes(b"x" * size)
+    partial.write_sidecar({"repo": repo, "filename": filename, "etag": "e", "size": 2 * size})
+    then = time.time() - age_days * 86400
+    os.utime(partial.part, (then, then))
+    return partial
+
+
+def test_stale_partials_are_cleaned_when_a_pull_starts(
+    fake_hub: FakeHub, files: dict[str, Path]
+) -> None:
+    repo = quant_repo(fake_hub, files)
+    old = _stale_partial("gone/Repo", "old.gguf", 3000, age_days=8)
+    older = _stale_partial("gone/Repo", "older.gguf", 1000, age_days=30)
+    recent = _stale_partial("some/Repo", "recent.gguf", 500, age_days=6)
+    busy = _stale_partial("some/Repo", "busy.gguf", 700, age_days=9)
+    said: list[str] = []
+    with download.file_lock(busy.lock):  # another localllm is resuming this one right now
+        hub.pull(hub.plan_pull(f"{repo}:Q2_K", budget=ROOMY), say=said.append)
+    assert not old.part.exists() and not old.sidecar.exists()
+    assert not older.part.exists() and not older.sidecar.exists()
+    assert recent.part.exists() and recent.sidecar.exists()
+    assert busy.part.exists() and busy.sidecar.exists()
+    note = [s for s in said if "stale" in s]
+    assert len(note) == 1 and "2 stale partial downloads" in note[0]
+    assert refs.format_bytes(4000) in note[0] and "week" in note[0]
+    # Once nobody holds it, the next pull removes the busy one; after that, nothing to say.
+    said.clear()
+    hub.pull(hub.plan_pull(f"{repo}:Q2_K", budget=ROOMY), say=said.append)
+    assert [s for s in said if "stale" in s] == [
+        f"removed 1 stale partial download untouched for over a week ({refs.format_bytes(700)}) "
+        f"from {paths.downloads_dir()}"
+    ]
+    assert not busy.part.exists() and recent.part.exists()
+    said.clear()
+    hub.pull(hub.plan_pull(f"{repo}:Q2_K", budget=ROOMY), say=said.append)
+    assert not [s for s in said if "stale" in s]
+
+
+def test_stale_partials_note_goes_to_stderr(fake_hub: FakeHub, files: dict[str, Path]) -> None:
+    repo = quant_repo(fake_hub, files)
+    stale = _stale_partial("gone/Repo", "old.gguf", 1234, age_days=10)
+    proc = localllm_proc("pull", f"{repo}:Q2_K")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "removed 1 stale partial download " in err and "removed" not in out
+    assert not stale.part.exists()
 
 
 # -- several processes ---------------------------------------------------------------------
@@ -494,6 +630,25 @@ def localllm_proc(*args: str, **kw: object) -> subprocess.Popen[str]:
         env={**os.environ},
         **kw,  # type: ignore[arg-type]
     )
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:
+    """Poll ``condition`` until it holds (the work it waits for cannot finish meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("the condition never held")
+        time.sleep(0.01)
+
+
+def wait_for_hold(hold: Hold, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    """Wait until the server holds ``proc``'s transfer; fail at once if ``proc`` ended."""
+    deadline = time.monotonic() + timeout
+    while not hold.reached.wait(0.05):
+        if proc.poll() is not None:
+            raise AssertionError(f"pull ended early: {proc.communicate()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no transfer reached byte {hold.offset}")
 
 
 def wait_for_partial(
@@ -517,23 +672,24 @@ def big_repo(fake_hub: FakeHub, files: dict[str, Path]) -> tuple[str, str, int]:
 
 
 def test_sigkill_mid_download_then_resume_resends_little(
-    fake_hub: FakeHub, files: dict[str, Path]
+    fake_hub: FakeHub, files: dict[str, Path], patient: None
 ) -> None:
     repo, name, size = big_repo(fake_hub, files)
     assert size > 4 * MiB
-    fake_hub.throttle[name] = 3 * MiB
+    hold = fake_hub.hold(name, size // 2)  # the download cannot finish before the kill
     proc = localllm_proc("pull", f"{repo}:Q4_K_M")
     try:
+        wait_for_hold(hold, proc)
         at_kill = wait_for_partial(repo, name, size // 2, proc)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    assert at_kill < size
+        hold.release()
+    assert at_kill == size // 2
     # Nothing half-done is visible: no model, no file in the store folder.
     assert store.installed() == [] and store.all_manifests() == []
     sidecar = json.loads(hub.Partial.of(repo, name).sidecar.read_text())
     assert sidecar["size"] == size and sidecar["etag"]
-    del fake_hub.throttle[name]
     proc = localllm_proc("pull", f"{repo}:Q4_K_M")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -545,35 +701,39 @@ def test_sigkill_mid_download_then_resume_resends_little(
 
 
 def test_killed_at_ten_random_points_always_completes_and_verifies(
-    fake_hub: FakeHub, files: dict[str, Path]
+    fake_hub: FakeHub, files: dict[str, Path], patient: None
 ) -> None:
     """Three kills at random moments of start-up, seven at random byte offsets of the
     download (each run resumes the last one's partial); then a last run completes."""
     repo, name, size = big_repo(fake_hub, files)
-    fake_hub.throttle[name] = 8 * MiB
     rng = random.Random(7)
     points: list[tuple[str, float]] = [("time", rng.uniform(0.0, 0.6)) for _ in range(3)]
     points += [("bytes", f) for f in sorted(rng.uniform(0.05, 0.9) for _ in range(7))]
     part = hub.Partial.of(repo, name).part
     seen = []
     for how, value in points:
+        have = part.stat().st_size if part.exists() else 0
+        # The server holds the transfer at the kill point (for the timed kills, early on), so
+        # no run can finish before its kill, however slow the machine.
+        offset = max(int(value * size), have + 1) if how == "bytes" else have + size // 50
+        hold = fake_hub.hold(name, offset)
         proc = localllm_proc("pull", f"{repo}:Q4_K_M")
         try:
             if how == "time":
-                time.sleep(value)
+                time.sleep(value)  # a random moment of start-up or download
             else:
-                have = part.stat().st_size if part.exists() else 0
-                wait_for_partial(repo, name, max(int(value * size), have + 1), proc)
+                wait_for_hold(hold, proc)
+                wait_for_partial(repo, name, offset, proc)
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
+            hold.release()
         # Never a half-written file in the store, never a model that does not verify.
         for m in store.all_manifests():
             assert [c.status for c in store.verify(m)] == ["ok"]
         assert not part.exists() or part.stat().st_size <= size
         seen.append(part.stat().st_size if part.exists() else 0)
     assert len({s for s in seen if 0 < s < size}) >= 5, seen  # really killed mid-download
-    del fake_hub.throttle[name]
     proc = localllm_proc("pull", f"{repo}:Q4_K_M")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -582,14 +742,26 @@ def test_killed_at_ten_random_points_always_completes_and_verifies(
     assert fake_hub.sent(name) - size <= 10 * MiB
 
 
-def test_two_concurrent_pulls_download_once(fake_hub: FakeHub, files: dict[str, Path]) -> None:
+def test_two_concurrent_pulls_download_once(
+    fake_hub: FakeHub, files: dict[str, Path], patient: None
+) -> None:
     repo, name, size = big_repo(fake_hub, files)
-    fake_hub.throttle[name] = 2 * MiB  # slow enough that the second starts while it runs
+    hold = fake_hub.hold(name, size // 2)  # the first stands still until the second waits
     first = localllm_proc("pull", f"{repo}:Q4_K_M")
-    wait_for_partial(repo, name, 1, first)
-    second = localllm_proc("pull", f"{repo}:Q4_K_M")
+    try:
+        wait_for_hold(hold, first)
+        second = localllm_proc("pull", f"{repo}:Q4_K_M")
+        assert second.stderr is not None
+        said = []
+        while not said or "waiting" not in said[-1]:
+            line = second.stderr.readline()
+            assert line, f"the second pull never waited: {said}"
+            said.append(line)
+    finally:
+        hold.release()
     _, err1 = first.communicate(timeout=120)
     _, err2 = second.communicate(timeout=120)
+    err2 = "".join(said) + err2
     assert first.returncode == 0, err1
     assert second.returncode == 0, err2
     assert "waiting" in err2
@@ -598,21 +770,29 @@ def test_two_concurrent_pulls_download_once(fake_hub: FakeHub, files: dict[str, 
     assert m is not None and [c.status for c in store.verify(m)] == ["ok"]
 
 
-def test_two_threads_share_one_download(fake_hub: FakeHub, files: dict[str, Path]) -> None:
+def test_two_threads_share_one_download(
+    fake_hub: FakeHub, files: dict[str, Path], patient: None
+) -> None:
     fake_hub.add_repo("o/r", {"m.gguf": files["big"]})
-    fake_hub.throttle["m.gguf"] = 16 * MiB
+    hold = fake_hub.hold("m.gguf", files["big"].stat().st_size // 2)
     dest = paths.data_dir() / "m.gguf"
     errors: list[BaseException] = []
+    waiting = threading.Event()
 
     def worker() -> None:
         try:
-            hub.download_file("o/r", "m.gguf", dest)
+            hub.download_file("o/r", "m.gguf", dest, say=lambda s: waiting.set())
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=worker) for _ in range(2)]
     for t in threads:
         t.start()
+    try:
+        hold.wait()  # one thread downloads, and stands still half way...
+        assert waiting.wait(60)  # ...until the other waits for its lock
+    finally:
+        hold.release()
     for t in threads:
         t.join(60)
     assert not errors
@@ -620,18 +800,25 @@ def test_two_threads_share_one_download(fake_hub: FakeHub, files: dict[str, Path
     assert fake_hub.sent("m.gguf") == files["big"].stat().st_size
 
 
-def test_ctrl_c_leaves_a_resumable_partial(fake_hub: FakeHub, files: dict[str, Path]) -> None:
+def test_ctrl_c_leaves_a_resumable_partial(
+    fake_hub: FakeHub, files: dict[str, Path], patient: None
+) -> None:
     repo, name, size = big_repo(fake_hub, files)
-    fake_hub.throttle[name] = 2 * MiB
+    # The server holds the stream at 2 MiB until the pull has exited: the download cannot
+    # finish before SIGINT lands, however loaded the machine.
+    hold = fake_hub.hold(name, 2 * MiB)
     proc = localllm_proc("pull", f"{repo}:Q4_K_M")
-    wait_for_partial(repo, name, MiB, proc)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    try:
+        wait_for_hold(hold, proc)
+        wait_for_partial(repo, name, 2 * MiB, proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        hold.release()
     assert proc.returncode == 130, err
     assert f"run `localllm pull {repo}:Q4_K_M` again to resume" in err
     assert "Traceback" not in err
-    assert hub.Partial.of(repo, name).part.stat().st_size > 0
-    del fake_hub.throttle[name]
+    assert hub.Partial.of(repo, name).part.stat().st_size >= 2 * MiB
     proc = localllm_proc("pull", f"{repo}:Q4_K_M")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
