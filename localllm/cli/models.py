@@ -244,7 +244,6 @@ def pull(
     """
     from localllm import hub
 
-    _refuse_foreign_pull(ref)
     if list_files:
         repo, revision = _repo_of(ref)
         _gpu_fit_marks()
@@ -459,21 +458,6 @@ def list_models(
             r["source"],
         )
     _console().print(table)
-
-
-def _refuse_foreign_pull(ref: str) -> None:
-    """``pull ollama:NAME``: the model is already here, in another tool's store."""
-    from localllm import refs
-    from localllm.errors import UsageError
-
-    parts = refs.foreign_ref(ref)
-    if parts is not None:
-        shown = ref.strip()
-        raise UsageError(
-            f"{shown} is already on this machine, in another tool's store",
-            hint=f"run it in place with `localllm run -m {shown}`, or copy it with "
-            f"`localllm import {shown} --copy`",
-        )
 
 
 def _refuse_foreign(ref: str) -> None:
