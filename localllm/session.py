@@ -15,7 +15,8 @@ sent back to the model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -108,7 +109,7 @@ class ChatSession:
         if not self.is_chat:
             fmt = self.profile.reasoning_format
             return fmt if fmt and fmt != "auto" else "none"
-        return reasoning.choose_adapter(self.chat_template, self.profile.reasoning_format)
+        return _choose_adapter(self.chat_template, self.profile.reasoning_format)
 
     @property
     def mode(self) -> reasoning.Mode:
@@ -158,7 +159,58 @@ class ChatSession:
         what was produced). ``grammar`` (GBNF) constrains generation; for tests.
         """
         plan = self.plan(user_text)
-        prompt = self._render_plan(plan)
+
+        def record(turn: Turn) -> None:
+            self.messages.append({"role": "user", "content": user_text})
+            entry: dict[str, Any] = {"role": "assistant", "content": turn.answer}
+            if turn.reasoning:
+                entry["reasoning"] = turn.reasoning
+            self.messages.append(entry)
+
+        yield from self._turn(plan, self._render_plan(plan), cancel, grammar, record)
+
+    def respond(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        cancel: Callable[[], bool] | None = None,
+        grammar: str | None = None,
+    ) -> Iterator[SessionEvent]:
+        """One turn from a whole conversation (an HTTP request's ``messages``), the same
+        events as :meth:`send`; the session's own history is left alone.
+
+        Each message needs ``role`` and ``content`` (text); the profile's system prompt is
+        put first unless the messages bring their own.
+        """
+        out: list[dict[str, Any]] = []
+        has_system = any(m.get("role") == "system" for m in messages)
+        if self.profile.system_prompt and not has_system:
+            out.append({"role": "system", "content": self.profile.system_prompt})
+        out.extend({"role": m["role"], "content": m["content"]} for m in messages)
+        effort = getattr(self.profile, "reasoning_effort", None)
+        plan = reasoning.plan_prompt(self.adapter, self.mode, out, effort=effort)
+        yield from self._turn(plan, self._render_plan(plan), cancel, grammar, None)
+
+    def complete(
+        self,
+        prompt: str,
+        *,
+        cancel: Callable[[], bool] | None = None,
+        grammar: str | None = None,
+    ) -> Iterator[SessionEvent]:
+        """Continue ``prompt`` as plain text (no chat template, no reasoning split): the
+        same events as :meth:`send`, the history left alone."""
+        plan = reasoning.PromptPlan("none", "instant", [{"role": "user", "content": prompt}])
+        yield from self._turn(plan, prompt, cancel, grammar, None)
+
+    def _turn(
+        self,
+        plan: reasoning.PromptPlan,
+        prompt: str,
+        cancel: Callable[[], bool] | None,
+        grammar: str | None,
+        record: Callable[[Turn], None] | None,
+    ) -> Iterator[SessionEvent]:
         profile = self.profile
         budget = reasoning.budget_for(plan.mode, profile.reasoning_budget, profile.max_tokens)
         bridge = getattr(profile, "reasoning_bridge", None)
@@ -205,16 +257,21 @@ class ChatSession:
                     stats = event
             yield from _events(stream.finish())
         except GeneratorExit:  # the consumer stopped reading: keep what was produced
-            self._finish(turn, stream, user_text)
+            self._finish(turn, stream, record)
             raise
         if stats is not None and stats.stop_reason == "cancelled" and not user_stopped:
             stats = replace(stats, stop_reason="length")  # the answer reached max_tokens
         turn.stats = stats
-        self._finish(turn, stream, user_text)
+        self._finish(turn, stream, record)
         if stats is not None:
             yield stats
 
-    def _finish(self, turn: Turn, stream: reasoning.ReasoningStream, user_text: str) -> None:
+    def _finish(
+        self,
+        turn: Turn,
+        stream: reasoning.ReasoningStream,
+        record: Callable[[Turn], None] | None,
+    ) -> None:
         stream.finish()
         splitter = stream.splitter
         turn.answer = stream.answer
@@ -228,16 +285,20 @@ class ChatSession:
         turn.reasoning_leaked = turn.mode == "instant" and (
             splitter.saw_reasoning or bool(turn.reasoning)
         )
-        self.messages.append({"role": "user", "content": user_text})
-        entry: dict[str, Any] = {"role": "assistant", "content": turn.answer}
-        if turn.reasoning:
-            entry["reasoning"] = turn.reasoning
-        self.messages.append(entry)
+        if record is not None:
+            record(turn)
         self.last_turn = turn
 
     def reset(self) -> None:
         self.messages.clear()
         self.last_turn = None
+
+
+@functools.lru_cache(maxsize=32)
+def _choose_adapter(template: str | None, reasoning_format: str | None) -> str:
+    """:func:`reasoning.choose_adapter`, remembered: detecting the adapter renders the
+    template a few times (milliseconds), and every request of a server asks again."""
+    return reasoning.choose_adapter(template, reasoning_format)
 
 
 def _events(parts: list[reasoning.Part]) -> Iterator[AnswerText | ReasoningText]:

@@ -7,7 +7,9 @@ Hub protocol localllm uses:
   size, blobId, lfs: {sha256, size, pointerSize}}]}``;
 * ``GET /api/models/{repo}/tree/{rev}`` -> ``[{type, path, size, oid, lfs: {oid, size}}]``;
 * ``GET /api/models?search=...&filter=gguf&sort=downloads&limit=N`` -> ``[{id, downloads, likes,
-  tags}]``, most downloaded first (what ``HfApi.list_models`` asks);
+  tags}]``, most downloaded first (what ``HfApi.list_models`` asks), in pages of
+  ``page_size`` linked by ``Link: rel="next"`` when set; ``fail["api:search"]`` injects
+  statuses;
 * ``HEAD|GET /{repo}/resolve/{rev}/{path}`` -> ``302`` to ``{cdn_url}/cdn/{sha256}`` with
   ``ETag``, ``X-Linked-Etag``, ``X-Linked-Size``, ``X-Repo-Commit`` (LFS files), or ``200``
   with the bytes and a git-sha1 ``ETag`` (files kept in git);
@@ -137,6 +139,7 @@ class FakeHub:
         self.holds: dict[str, list[Hold]] = defaultdict(list)  # see hold()
         self.throttle: dict[str, float] = {}  # bytes per second ("*" for every file)
         self.ignore_range = False
+        self.page_size: int | None = None  # search answers in pages with Link: rel="next"
         # Counters.
         self.connections = 0
         self.requests: list[tuple[str, str]] = []
@@ -365,6 +368,8 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
 
         def _search(self, query: dict[str, list[str]]) -> None:
+            if self._injected("api:search"):
+                return
             words = (query.get("search") or [""])[0].lower()
             tags = set(query.get("filter") or [])
             found = [
@@ -375,7 +380,17 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if (query.get("sort") or [""])[0] == "downloads":
                 found.sort(key=lambda d: -d["downloads"])
             limit = (query.get("limit") or [""])[0]
-            self._json(found[: int(limit)] if limit.isdigit() else found)
+            found = found[: int(limit)] if limit.isdigit() else found
+            if not hub.page_size:
+                return self._json(found)
+            cursor = int((query.get("cursor") or ["0"])[0])
+            end = cursor + hub.page_size
+            headers = {}
+            if end < len(found):
+                rest = {**query, "cursor": [str(end)]}
+                link = f"{hub.url}/api/models?{urllib.parse.urlencode(rest, doseq=True)}"
+                headers["Link"] = f'<{link}>; rel="next"'
+            self._json(found[cursor:end], headers)
 
         def _api(self, repo: str, kind: str | None, rev: str | None) -> None:
             if self._injected("api:" + repo):

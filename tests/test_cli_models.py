@@ -231,5 +231,13 @@ def test_help_imports_no_network_stack() -> None:
     assert proc.returncode == 0
     imported = proc.stderr
     assert " typer\n" in imported  # the format this test reads
-    for module in ("huggingface_hub", "localllm.hub", "urllib.request", "llama_cpp"):
+    heavy = (
+        "huggingface_hub",
+        "localllm.hub",
+        "urllib.request",
+        "llama_cpp",
+        "starlette",
+        "uvicorn",
+    )
+    for module in heavy:
         assert f" {module}\n" not in imported and f" {module}." not in imported, module

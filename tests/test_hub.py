@@ -13,8 +13,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fakehub import FakeHub, Hold
@@ -379,6 +380,166 @@ def test_network_down(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "could not reach the Hub" in exc.value.message and exc.value.exit_code == 4
 
 
+@pytest.fixture
+def attempts(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Every request huggingface_hub's session starts (``METHOD path``), counted by a request
+    hook on each client the library's documented client factory makes, also a client made
+    again after a connect error (the hook runs before the connection is tried). Telemetry
+    off: its once-a-day request of the library's own is not one of our attempts."""
+    from huggingface_hub.utils import _http, set_client_factory
+
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+
+    seen: list[str] = []
+
+    def factory() -> Any:
+        session = _http.default_client_factory()
+        session.event_hooks["request"].append(
+            lambda request: seen.append(f"{request.method} {request.url.path}")
+        )
+        return session
+
+    set_client_factory(factory)
+    try:
+        yield seen
+    finally:
+        set_client_factory(_http.default_client_factory)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once closed
+
+
+def test_an_unreachable_hub_is_reported_after_one_attempt(
+    monkeypatch: pytest.MonkeyPatch, attempts: list[str]
+) -> None:
+    """No network (connection refused here, a DNS failure on a laptop): search, a repo's
+    files and a file's metadata each try once and say so, instead of five retries (which the
+    library's own backoff made ~26 s for a search)."""
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("LOCALLLM_RETRY_BACKOFF", "0.01")
+    for call, path in (
+        (lambda: hub.search("tiny"), "GET /api/models"),
+        (lambda: hub.list_repo("o/r"), "GET /api/models/o/r"),
+        (lambda: hub.file_meta("o/r", "m.gguf"), "HEAD /o/r/resolve/main/m.gguf"),
+        (lambda: hub.plan_pull("o/r:Q4_K_M"), "GET /api/models/o/r"),
+    ):
+        attempts.clear()
+        with pytest.raises(NetworkError) as exc:
+            call()
+        assert "could not reach the Hub" in exc.value.message and exc.value.exit_code == 4
+        assert attempts == [path]
+
+
+def test_a_busy_hub_is_retried_under_our_policy(
+    fake_hub: FakeHub, files: dict[str, Path], attempts: list[str]
+) -> None:
+    """503/429 are retried, MAX_FAILURES attempts in all (LOCALLLM_RETRY_BACKOFF apart), for
+    search as for a repo's files and a file's metadata; the library adds no retries of its
+    own."""
+    from localllm.hub import client
+
+    quant_repo(fake_hub, files)
+    fake_hub.fail["api:search"] = [503, 429]
+    assert [d["id"] for d in hub.search("tiny")] == ["acme/Tiny-GGUF"]
+    assert attempts == ["GET /api/models"] * 3
+    for key, call, path in (
+        ("api:search", lambda: hub.search("tiny"), "GET /api/models"),
+        (
+            "api:acme/Tiny-GGUF",
+            lambda: hub.list_repo("acme/Tiny-GGUF"),
+            "GET /api/models/acme/Tiny-GGUF",
+        ),
+        (
+            "Tiny-Q4_K_M.gguf",
+            lambda: hub.file_meta("acme/Tiny-GGUF", "Tiny-Q4_K_M.gguf"),
+            "HEAD /acme/Tiny-GGUF/resolve/main/Tiny-Q4_K_M.gguf",
+        ),
+    ):
+        fake_hub.fail[key] = [503] * (client.MAX_FAILURES + 3)
+        attempts.clear()
+        with pytest.raises(NetworkError) as exc:
+            call()
+        assert "503" in exc.value.message and exc.value.exit_code == 4
+        assert attempts == [path] * client.MAX_FAILURES
+        assert len(fake_hub.fail[key]) == 3  # the server saw exactly those attempts
+        fake_hub.fail[key] = []
+
+
+def test_search_follows_pages_up_to_the_limit(fake_hub: FakeHub, attempts: list[str]) -> None:
+    for i in range(5):
+        fake_hub.add_repo(f"o/Tiny{i}-GGUF", {"m.gguf": b"GGUF"}).downloads = i
+    fake_hub.page_size = 2
+    assert [d["id"] for d in hub.search("tiny", limit=3)] == [
+        "o/Tiny4-GGUF",
+        "o/Tiny3-GGUF",
+        "o/Tiny2-GGUF",
+    ]
+    assert len(attempts) == 2  # the third page is never asked for
+    attempts.clear()
+    assert len(hub.search("tiny")) == 5 and len(attempts) == 3
+
+
+def test_cli_with_no_network_says_one_line(tmp_path: Path) -> None:
+    """`search`, `pull` and `show` of a Hub ref with the Hub unreachable: one error line, exit
+    4, no traceback, no retry notes."""
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}",
+        "LOCALLLM_RETRY_BACKOFF": "0.01",
+    }
+    env.pop("HF_HUB_OFFLINE", None)
+    for args in (["search", "tiny"], ["pull", "o/r:Q4_K_M"], ["pull", "o/r", "--list"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "localllm", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            timeout=120,
+        )
+        assert proc.returncode == 4, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert lines and lines[0].startswith("error: could not reach the Hub"), (args, lines)
+        assert len([ln for ln in lines if ln.startswith("error:")]) == 1
+        assert "Traceback" not in proc.stderr and "retrying" not in proc.stderr.lower()
+
+
+def test_list_reads_the_hf_cache_without_the_library(
+    fake_hub: FakeHub, files: dict[str, Path]
+) -> None:
+    """`localllm list` shows a GGUF from the Hugging Face cache without importing
+    huggingface_hub (a command that never touches the network stays light), and opens no
+    connection."""
+    digest = sha(files["small"])
+    cache = store.hf_repo_folder("o/Cached-GGUF")
+    (cache / "blobs").mkdir(parents=True)
+    (cache / "blobs" / digest).write_bytes(files["small"].read_bytes())
+    snap = cache / "snapshots" / ("c" * 40)
+    snap.mkdir(parents=True)
+    (snap / "Cached-Q4_K_M.gguf").symlink_to(f"../../blobs/{digest}")
+    fake_hub.reset_counters()
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "localllm", "list", "--json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "o/Cached-GGUF" in proc.stdout
+    imported = [ln.rsplit("|", 1)[-1].strip() for ln in proc.stderr.splitlines() if "|" in ln]
+    assert "localllm" in imported  # the format this test reads
+    assert not [m for m in imported if m.split(".")[0] in {"huggingface_hub", "httpx2"}]
+    assert fake_hub.connections == 0
+
+
 def test_changed_etag_restarts_from_zero(fake_hub: FakeHub, files: dict[str, Path]) -> None:
     fake_hub.add_repo("o/r", {"m.gguf": files["big"]})
     partial = hub.Partial.of("o/r", "m.gguf")
@@ -554,7 +715,9 @@ def test_library_errors_become_ours() -> None:
         (http(hf.RemoteEntryNotFoundError, 404), hub.EntryNotFoundError, 3),
         (http(hf.HfHubHTTPError, 403), hub.GatedRepoError, 4),
         (http(hf.HfHubHTTPError, 418), NetworkError, 4),
-        (httpx2.ConnectError("refused"), client.Transient, None),
+        (httpx2.ConnectError("refused"), client.Unreachable, None),  # not retried
+        (httpx2.ConnectTimeout("timed out"), client.Unreachable, None),
+        (httpx2.ReadError("reset"), client.Transient, None),
         (http(hf.HfHubHTTPError, 503), client.Transient, None),
     ]
     for exc, kind, code in cases:

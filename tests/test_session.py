@@ -353,3 +353,39 @@ def test_reasoning_format_none_passes_everything_through(engines: dict[str, Engi
     _, turn = run(session, grammar=THINK_TOKENS)
     assert turn.answer == "<think>step one</think>\n\nThe answer."
     assert turn.reasoning == "" and turn.reasoning_tokens == 0
+
+
+def test_respond_runs_a_whole_conversation_and_leaves_the_history(
+    engines: dict[str, Engine], monkeypatch
+) -> None:
+    engine = engines["qwen3"]
+    rec = Recorder(engine, monkeypatch)
+    session = ChatSession(engine, REASONING.replace(system_prompt="Be brief."))
+    conversation = [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "second"},
+    ]
+    events = list(session.respond(conversation, grammar=THINK_TEXT))
+    assert isinstance(events[-1], Stats) and order(events) == "RA"
+    turn = session.last_turn
+    assert (turn.reasoning, turn.answer) == ("step one", "The answer.")
+    assert session.messages == []  # a server's request is not the session's history
+    prompt = rec.calls[0]["prompt"]
+    assert prompt.index("Be brief.") < prompt.index("first") < prompt.index("second")
+    # The conversation's own system message replaces the profile's.
+    list(session.respond([{"role": "system", "content": "Own."}, *conversation]))
+    assert "Be brief." not in rec.calls[1]["prompt"] and "Own." in rec.calls[1]["prompt"]
+
+
+def test_complete_continues_plain_text_without_template_or_split(
+    engines: dict[str, Engine], monkeypatch
+) -> None:
+    engine = engines["qwen3"]
+    rec = Recorder(engine, monkeypatch)
+    session = ChatSession(engine, REASONING)
+    events = list(session.complete("Once upon", grammar=THINK_TEXT))
+    assert rec.calls[0]["prompt"] == "Once upon"
+    answer = "".join(e.text for e in events if isinstance(e, AnswerText))
+    assert answer == "<think>step one</think>\n\nThe answer."
+    assert session.last_turn.adapter == "none" and session.messages == []

@@ -2,10 +2,11 @@
 network I/O for models, and the only one that imports huggingface_hub).
 
 * :mod:`.client`: the environment read at call time (``HF_ENDPOINT``, ``HF_TOKEN``,
-  ``HF_HUB_OFFLINE``), huggingface_hub's ``HfApi`` for it, one translation of the library's
-  errors into ours, retries with backoff;
-* :mod:`.listing`: a repo's files (``model_info``), search (``list_models``), the header read
-  over HTTP that sizes the KV cache, fit marks;
+  ``HF_HUB_OFFLINE``), huggingface_hub's HTTP session for it, one translation of the
+  library's errors into ours, our retries with backoff (none when the Hub is unreachable);
+* :mod:`.listing`: a repo's files and search (the requests of ``HfApi.model_info`` and
+  ``list_models``, made through the library's session without importing ``HfApi``), the
+  header read over HTTP that sizes the KV cache, fit marks;
 * :mod:`.download`: one file, resumable across processes, sha256-checked (our own writer);
 * :mod:`.pull`: a reference resolved to files and brought into the store;
 * :mod:`.hfcache`: GGUF models already in the Hugging Face cache.

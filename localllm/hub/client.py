@@ -1,12 +1,25 @@
-"""The connection to the Hub: configuration read at call time, huggingface_hub's client, and
-one translation of its errors into ours.
+"""The connection to the Hub: configuration read at call time, huggingface_hub's HTTP session,
+one translation of its errors into ours, and our retry policy.
 
 huggingface_hub reads ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and ``HF_TOKEN_PATH`` once, when it is
 imported. A test, a long-lived TUI or a caller that changes the environment afterwards must
 still be obeyed, so every call here reads the environment again, passes ``endpoint=`` and
-``token=`` explicitly, and refreshes the two library settings that cannot be passed
-(:func:`sync_library`). The library itself is imported inside functions only: ``localllm
---help`` stays fast.
+``token=`` explicitly, and refreshes the library settings that cannot be passed
+(:func:`sync_library`).
+
+Imports: the library is imported inside functions only (``localllm --help``, ``list`` and a
+local ``run`` never load it), and only its narrow modules: the session and error checks
+(``huggingface_hub.utils._http`` through ``huggingface_hub.utils``), ``errors``, ``constants``
+and, for a file's metadata, ``file_download``; ``HfApi`` (``huggingface_hub.hf_api``, the
+slowest part to import, ~50 ms) only for ``model_info``. Search is one GET of ``/api/models``
+through the library's session rather than ``HfApi.list_models``: that call goes through
+``http_backoff``, which retries a refused connection five times (about 25 s with no network)
+with no knob to turn it off.
+
+Retries: ours (:func:`retrying`, ``LOCALLLM_RETRY_BACKOFF``), never the library's
+``http_backoff`` (five retries, 1-8 s apart, whatever the failure). A connection that cannot
+be made at all (DNS failure, refused, connect timeout) is reported at once: with no network
+a retry only makes the user wait. A 5xx/429 or a connection lost mid-answer is retried.
 """
 
 from __future__ import annotations
@@ -21,6 +34,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from localllm.errors import LocalLLMError, ModelNotFoundError, NetworkError, OfflineError
 
 if TYPE_CHECKING:
+    import httpx2
     from huggingface_hub import HfApi
 
 Say = Callable[[str], None]
@@ -58,11 +72,24 @@ class Transient(Exception):
     ``__cause__`` is the error to report when the retries run out."""
 
 
+class Unreachable(Transient):
+    """No connection could be made (DNS failure, connection refused, connect timeout). A
+    metadata call reports it at once; a download that had reached the Hub retries it (a
+    network blip in the middle of a long transfer)."""
+
+
 # -- configuration, read at every call ---------------------------------------------------
 
 
 def endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/") or DEFAULT_ENDPOINT
+
+
+def _env_true(*names: str) -> bool:
+    """Whether any of these variables is set to a true value, as huggingface_hub reads them."""
+    return any(
+        (os.environ.get(n) or "").strip().upper() in {"1", "ON", "YES", "TRUE"} for n in names
+    )
 
 
 def is_offline() -> bool:
@@ -82,15 +109,20 @@ def _token_path() -> str:
 
 def sync_library() -> None:
     """Bring huggingface_hub's import-time settings up to date with the environment: offline
-    mode (its request hook refuses every request while it is on) and the token file. Its
-    warnings (a retry it makes on its own) stay quiet unless ``HF_HUB_VERBOSITY`` or
-    ``HF_DEBUG`` asks for them: what went wrong reaches the user as one error line."""
+    mode (its request hook refuses every request while it is on), telemetry and the token
+    file. Its warnings stay quiet unless ``HF_HUB_VERBOSITY`` or ``HF_DEBUG`` asks for them:
+    what went wrong reaches the user as one error line."""
     import logging
 
     from huggingface_hub import constants
 
     constants.HF_HUB_OFFLINE = is_offline()
     constants.HF_TOKEN_PATH = _token_path()
+    # Telemetry includes a request of the library's own (the agent-harness registry, once a
+    # day, to the endpoint of import time): a user who turns it off later is obeyed too.
+    constants.HF_HUB_DISABLE_TELEMETRY = _env_true(
+        "HF_HUB_DISABLE_TELEMETRY", "DISABLE_TELEMETRY", "DO_NOT_TRACK"
+    )
     if not os.environ.get("HF_HUB_VERBOSITY") and not os.environ.get("HF_DEBUG"):
         logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
@@ -135,6 +167,28 @@ def check_online(what: str) -> None:
             f"offline mode is on (HF_HUB_OFFLINE=1): cannot {what}; the Hub was not contacted",
             hint="unset HF_HUB_OFFLINE to use the network",
         )
+
+
+def get(url: str, params: dict[str, Any] | None = None) -> httpx2.Response:
+    """One GET of the Hub's API through huggingface_hub's shared session (its proxy
+    settings, user agent, offline hook), checked by its ``hf_raise_for_status`` (whose errors
+    :func:`translate` maps). No retry here: :func:`call` applies ours."""
+    from huggingface_hub.utils import get_session, hf_raise_for_status
+
+    sync_library()
+    response = get_session().get(url, params=params, headers=headers(), timeout=timeout())
+    hf_raise_for_status(response)
+    return response
+
+
+def get_json(url: str, params: dict[str, Any] | None = None) -> tuple[Any, str | None]:
+    """:func:`get`'s JSON body and the URL of the next page (``Link: rel="next"``) if any."""
+    response = get(url, params)
+    try:
+        data = response.json()
+    except ValueError as exc:
+        raise network_error(ValueError(f"the answer to {url} is not JSON ({exc})")) from None
+    return data, response.links.get("next", {}).get("url")
 
 
 def api() -> HfApi:
@@ -237,6 +291,10 @@ def translate(exc: BaseException, repo: str, filename: str | None = None) -> Bas
             wrapped.__cause__ = err
             return wrapped
         return err
+    if isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout):
+        wrapped = Unreachable(str(exc) or type(exc).__name__)
+        wrapped.__cause__ = network_error(exc)
+        return wrapped
     if isinstance(exc, httpx2.TimeoutException | httpx2.NetworkError | httpx2.RemoteProtocolError):
         wrapped = Transient(str(exc) or type(exc).__name__)
         wrapped.__cause__ = network_error(exc)
@@ -263,11 +321,10 @@ def call(
     filename: str | None = None,
     *,
     what: str = "",
-    retry: bool = True,
 ) -> T:
-    """Call the library, translating its errors; transient ones are retried with exponential
-    backoff (``LOCALLLM_RETRY_BACKOFF``), then reported. ``retry=False`` for the calls the
-    library already retries itself (``list_models``)."""
+    """Call the library, translating its errors. A 5xx, 429 or a connection lost mid-answer
+    is retried with exponential backoff (``LOCALLLM_RETRY_BACKOFF``, :data:`MAX_FAILURES`
+    attempts); a Hub that cannot be reached at all is reported after the first attempt."""
 
     def attempt() -> T:
         try:
@@ -275,27 +332,26 @@ def call(
         except Exception as exc:
             reraise(exc, repo, filename)
 
-    if not retry:
-        try:
-            return attempt()
-        except Transient as exc:
-            cause = exc.__cause__
-            raise (cause if isinstance(cause, LocalLLMError) else network_error(exc)) from None
     return retrying(attempt, what or f"reading {repo}")
 
 
-def retrying(fn: Callable[[], T], what: str, say: Say | None = None) -> T:
-    """Call ``fn``, retrying :class:`Transient` failures with exponential backoff."""
+def _final(exc: Transient) -> LocalLLMError:
+    cause = exc.__cause__
+    return cause if isinstance(cause, LocalLLMError) else network_error(cause or exc)
+
+
+def retrying(
+    fn: Callable[[], T], what: str, say: Say | None = None, *, retry_unreachable: bool = False
+) -> T:
+    """Call ``fn``, retrying :class:`Transient` failures with exponential backoff; an
+    :class:`Unreachable` one only with ``retry_unreachable``."""
     delay = retry_backoff()
     for attempt in range(1, MAX_FAILURES + 1):
         try:
             return fn()
         except Transient as exc:
-            if attempt == MAX_FAILURES:
-                cause = exc.__cause__
-                if isinstance(cause, LocalLLMError):
-                    raise cause from None
-                raise network_error(cause or exc) from None
+            if attempt == MAX_FAILURES or (isinstance(exc, Unreachable) and not retry_unreachable):
+                raise _final(exc) from None
             if say:
                 say(f"{what}: {exc}; retrying in {delay:.1f}s")
             sleep_backoff(delay)

@@ -1,5 +1,9 @@
-"""GGUF models already in the Hugging Face cache, found with huggingface_hub's
-``scan_cache_dir`` (or a plain walk of the folders when it cannot read the cache)."""
+"""GGUF models already in the Hugging Face cache, found by a walk of its folders
+(``models--OWNER--NAME/snapshots/COMMIT/*.gguf``, blobs named by their sha256).
+
+Not huggingface_hub's ``scan_cache_dir``: ``localllm list`` runs it, and a command that
+never touches the network must not import the library (it loads its HTTP stack, ~0.1 s of
+CPU); the walk also stats only the GGUF files, not every file of every cached repo."""
 
 from __future__ import annotations
 
@@ -13,33 +17,11 @@ from localllm.hub.pull import model_name
 
 def scan_hf_cache() -> list[store.Manifest]:
     """GGUF models in the Hugging Face cache, as unsaved manifests (``source="hf-cache"``)
-    naming their snapshot folder. Empty when huggingface_hub or the cache is absent."""
+    naming their snapshot folder, newest snapshot first. Empty when there is no cache."""
     cache = store.hf_cache_dir()
     if not cache.is_dir():
         return []
-    from huggingface_hub import scan_cache_dir
-
-    try:
-        info = scan_cache_dir(cache)
-    except Exception:
-        return list(_scan_hf_cache_plain(cache))
-    found: list[store.Manifest] = []
-    for repo in info.repos:
-        if repo.repo_type != "model":
-            continue
-        revisions = sorted(repo.revisions, key=lambda r: r.last_modified, reverse=True)
-        seen: set[str] = set()
-        for rev in revisions:
-            files = []
-            for f in rev.files:
-                rel = f.file_path.relative_to(rev.snapshot_path).as_posix()
-                blob = f.blob_path.name
-                sha = blob if re.fullmatch(r"[0-9a-f]{64}", blob) else None
-                files.append(refs.RepoFile(rel, f.size_on_disk, sha))
-            found.extend(
-                _cache_manifests(repo.repo_id, rev.commit_hash, rev.snapshot_path, files, seen)
-            )
-    return found
+    return list(_scan_hf_cache_plain(cache))
 
 
 def _scan_hf_cache_plain(cache: Path) -> Iterator[store.Manifest]:

@@ -1,6 +1,9 @@
-"""What a repo holds and whether it fits: huggingface_hub's ``model_info`` (commit, files, sizes,
-LFS sha256) and ``list_models`` (search), plus our own header read (an HTTP Range request of
-the first bytes of one GGUF) to size the KV cache before anything is downloaded."""
+"""What a repo holds and whether it fits: the Hub's model API (commit, files, sizes, LFS
+sha256; the request ``HfApi.model_info(files_metadata=True)`` makes) and its search (the
+request of ``HfApi.list_models``), each one GET through huggingface_hub's session with our
+retry policy (see :mod:`.client` for why not ``HfApi`` itself), plus our own header read (an
+HTTP Range request of the first bytes of one GGUF) to size the KV cache before anything is
+downloaded."""
 
 from __future__ import annotations
 
@@ -34,7 +37,8 @@ class RepoInfo:
 
 def repo_info(repo: str, revision: str | None = None) -> RepoInfo:
     """The repo's commit and files with sizes and LFS sha256 (``HfApi.model_info`` with
-    ``files_metadata=True``)."""
+    ``files_metadata=True``: one request, which the library does not retry itself, so
+    :func:`client.call` applies our policy: one attempt when the Hub is unreachable)."""
     client.check_online(f"list {repo}")
     if not refs.is_repo_id(repo):
         raise UsageError(f"'{repo}' is not a valid Hub repository name")
@@ -167,21 +171,37 @@ def list_repo(
 
 
 def search(query: str, limit: int = 20) -> list[dict[str, Any]]:
-    """Repos matching ``query`` that carry GGUF files, most downloaded first
-    (``HfApi.list_models``), as plain dicts: ``id``, ``downloads``, ``likes``, ``tags``."""
+    """Repos matching ``query`` that carry GGUF files, most downloaded first (``GET
+    /api/models``, what ``HfApi.list_models`` asks, following the ``Link: rel="next"`` pages
+    until ``limit``), as plain dicts: ``id``, ``downloads``, ``likes``, ``tags``."""
     client.check_online("search the Hub")
+    params: dict[str, Any] | None = {
+        "search": query,
+        "filter": "gguf",
+        "sort": "downloads",
+        "limit": limit,
+    }
+    url: str | None = f"{client.endpoint()}/api/models"
+    found: list[dict[str, Any]] = []
+    while url is not None and len(found) < limit:
 
-    def run() -> list[dict[str, Any]]:
-        found = client.api().list_models(search=query, filter="gguf", sort="downloads", limit=limit)
-        return [
-            {
-                "id": m.id,
-                "downloads": m.downloads,
-                "likes": m.likes,
-                **({"tags": m.tags} if m.tags is not None else {}),
-            }
-            for m in found
-        ]
+        def page(page_url: str = url, page_params: dict[str, Any] | None = params) -> Any:
+            return client.get_json(page_url, page_params)
 
-    # list_models retries transient failures itself (five times, with backoff).
-    return client.call(run, query, what="searching the Hub", retry=False)
+        items, url = client.call(page, query, what="searching the Hub")
+        params = None  # the next-page link carries the query
+        if not items:
+            break
+        for m in items if isinstance(items, list) else []:
+            name = (m.get("id") or m.get("modelId")) if isinstance(m, dict) else None
+            if not isinstance(name, str):
+                continue
+            found.append(
+                {
+                    "id": name,
+                    "downloads": m.get("downloads"),
+                    "likes": m.get("likes"),
+                    **({"tags": m["tags"]} if m.get("tags") is not None else {}),
+                }
+            )
+    return found[:limit]

@@ -1,0 +1,130 @@
+"""``localllm serve``: an OpenAI- and Ollama-compatible HTTP server (starlette and uvicorn are
+imported inside the command)."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from localllm.cli._app import app, err
+from localllm.cli.run import GPU_LAYERS_HELP
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Default model: a .gguf path or an installed model."),
+    ] = None,
+    profile: Annotated[
+        str | None, typer.Option("--profile", "-p", help="The server's profile.")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8080,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            help="Require this key (Authorization: Bearer KEY); default $LOCALLLM_API_KEY.",
+            show_default=False,
+        ),
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option("--cors-origin", help="Allow browser pages from ORIGIN (repeatable)."),
+    ] = None,
+    queue: Annotated[
+        int, typer.Option("--queue", help="Requests that may wait per model before 503.")
+    ] = 16,
+    max_loaded: Annotated[
+        int, typer.Option("--max-loaded", help="Models kept loaded at once (LRU unloads).")
+    ] = 1,
+    alias: Annotated[
+        list[str] | None,
+        typer.Option("--alias", help="NAME=MODEL: answer requests for NAME with MODEL."),
+    ] = None,
+    ctx: Annotated[int | None, typer.Option("--ctx", help="Context length in tokens.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads.")] = None,
+    gpu_layers: Annotated[str | None, typer.Option("--gpu-layers", help=GPU_LAYERS_HELP)] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Load models even if they look too big for memory.")
+    ] = False,
+    verbose: Annotated[
+        bool | None, typer.Option("--verbose", "-v", help="Show llama.cpp's logs.")
+    ] = None,
+) -> None:
+    """Serve models over HTTP to OpenAI and Ollama clients (editors, agents, scripts)."""
+    from localllm import profiles
+    from localllm.cli.run import parse_gpu_layers, resolve_model_path
+    from localllm.errors import UsageError
+
+    if queue < 1:
+        raise UsageError(f"--queue must be at least 1, not {queue}")
+    if max_loaded < 1:
+        raise UsageError(f"--max-loaded must be at least 1, not {max_loaded}")
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be between 0 and 65535, not {port}")
+    aliases: dict[str, str] = {}
+    for item in alias or []:
+        name, sep, target = item.partition("=")
+        if not sep or not name.strip() or not target.strip():
+            raise UsageError(f"--alias takes NAME=MODEL, not '{item}'")
+        aliases[name.strip()] = target.strip()
+    settings = profiles.resolve(
+        profile,
+        {
+            "context_length": ctx,
+            "threads": threads,
+            "gpu_layers": parse_gpu_layers(gpu_layers),
+            "verbose": verbose,
+        },
+    )
+    key = api_key if api_key is not None else os.environ.get("LOCALLLM_API_KEY") or None
+    path = resolve_model_path(model or settings.model, lambda m: err(m, style="dim"))
+
+    from localllm.server.app import ServerState, bind, is_loopback, serve, stderr_log
+    from localllm.server.models import ModelPool, entry_for_path
+
+    default = entry_for_path(path)
+    pool = ModelPool(
+        default,
+        settings,
+        max_loaded=max_loaded,
+        queue_size=queue,
+        aliases=aliases,
+        log=stderr_log,
+        force=force,
+    )
+    for name, target in aliases.items():
+        try:
+            pool.lookup(target)
+        except Exception as exc:  # reported as a usage error
+            raise UsageError(f"--alias {name}={target}: {exc}") from None
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            hint="pick another --port (0 picks a free one)",
+        ) from None
+    loopback = is_loopback(host)
+    if not loopback and not key:
+        err(
+            f"warning: listening on {host}: anyone on the network can use the model; "
+            "set --api-key (or LOCALLLM_API_KEY) to require a key",
+            style="yellow",
+        )
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{bound}"
+    err(
+        f"localllm serving {default.name} at {url} · point clients at it: "
+        f"OPENAI_BASE_URL={url}/v1 (Ollama clients: OLLAMA_HOST={url}) · Ctrl-C stops"
+    )
+    pool.worker(default)  # start loading the default model now; /health says 503 until done
+    state = ServerState(pool=pool, profile=settings, log=stderr_log)
+    code = serve(state, sock, api_key=key, cors_origins=list(cors_origin or []), loopback=loopback)
+    if code:
+        raise typer.Exit(code)

@@ -1,0 +1,227 @@
+"""The Ollama wire format (``/api``): requests to profile overrides and messages, session
+events to NDJSON lines. Translation only, like :mod:`localllm.server.openai`.
+
+Not covered: pulling, pushing, creating, copying and deleting models (``localllm pull`` /
+``rm`` do that), ``/api/embed`` (issue #12), images, tools and ``format`` (structured output,
+issue #11), ``keep_alive`` (models stay loaded until ``--max-loaded`` pushes them out), and
+``options`` that change how a model is loaded (``num_ctx``, ``num_gpu``, ``num_thread``: set
+them on ``localllm serve``). Other unknown options are ignored, as Ollama does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from localllm.server import openai
+from localllm.server.errors import bad_request, unsupported
+
+OPTION_FIELDS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "seed": "seed",
+    "repeat_penalty": "repeat_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "presence_penalty": "presence_penalty",
+    "stop": "stop",
+}
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def overrides(body: Mapping[str, Any]) -> dict[str, Any]:
+    options = body.get("options") or {}
+    if not isinstance(options, Mapping):
+        raise bad_request("'options' must be an object", "options")
+    out: dict[str, Any] = {
+        ours: options[theirs] for theirs, ours in OPTION_FIELDS.items() if theirs in options
+    }
+    predict = options.get("num_predict")
+    if predict is not None:
+        if not openai._is_int(predict):
+            raise bad_request("'options.num_predict' must be an integer", "options")
+        if predict > 0:  # -1 (no limit) and -2 (fill the context) keep the profile's limit
+            out["max_tokens"] = predict
+    if isinstance(out.get("stop"), str):
+        out["stop"] = [out["stop"]]
+    fmt = body.get("format")
+    if fmt not in (None, ""):
+        raise unsupported("format", "structured output is not available yet")
+    if body.get("tools"):
+        raise unsupported("tools", "tool calling is not available yet")
+    if body.get("images"):
+        raise unsupported("images", "images are not available yet")
+    think = body.get("think")
+    if think is not None:
+        out.update(openai.common_overrides({"think": think}))
+    return out
+
+
+def parse_chat(body: Mapping[str, Any]) -> openai.Request:
+    raw = body.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise bad_request("'messages' must be a non-empty list")
+    for message in raw:
+        if isinstance(message, Mapping) and message.get("images"):
+            raise unsupported("images", "images are not available yet")
+    return openai.Request(
+        model=openai._optional_str(body, "model"),
+        profile=openai._optional_str(body, "profile"),
+        overrides=overrides(body),
+        messages=openai.parse_messages(raw),
+        stream=_stream(body),
+    )
+
+
+def parse_generate(body: Mapping[str, Any]) -> openai.Request:
+    prompt = body.get("prompt", "")
+    if not isinstance(prompt, str):
+        raise bad_request("'prompt' must be a string")
+    system = openai._optional_str(body, "system")
+    if body.get("suffix"):
+        raise unsupported("suffix")
+    over = overrides(body)
+    raw = body.get("raw", False)
+    if not isinstance(raw, bool):
+        raise bad_request("'raw' must be true or false")
+    request = openai.Request(
+        model=openai._optional_str(body, "model"),
+        profile=openai._optional_str(body, "profile"),
+        overrides=over,
+        stream=_stream(body),
+    )
+    if raw:
+        request.prompt = prompt
+    else:
+        messages = [{"role": "system", "content": system}] if system else []
+        request.messages = [*messages, {"role": "user", "content": prompt}]
+    request.extra["empty"] = not prompt  # Ollama: an empty prompt just loads the model
+    return request
+
+
+def _stream(body: Mapping[str, Any]) -> bool:
+    value = body.get("stream", True)
+    if value is None:
+        return True
+    if not isinstance(value, bool):
+        raise bad_request("'stream' must be true or false")
+    return value
+
+
+# -- responses --------------------------------------------------------------------------------
+
+
+def line(payload: Mapping[str, Any]) -> bytes:
+    return (json.dumps(payload, ensure_ascii=False) + "\n").encode()
+
+
+def piece(model: str, *, chat: bool, answer: str = "", thinking: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {"model": model, "created_at": now()}
+    if chat:
+        message: dict[str, Any] = {"role": "assistant", "content": answer}
+        if thinking:
+            message["thinking"] = thinking
+        out["message"] = message
+    else:
+        out["response"] = answer
+        if thinking:
+            out["thinking"] = thinking
+    out["done"] = False
+    return out
+
+
+def final(
+    model: str, turn: Any, *, chat: bool, total_s: float, whole: bool = False
+) -> dict[str, Any]:
+    """The last object: counts and durations (in nanoseconds); ``whole`` carries the full
+    answer (``stream: false``)."""
+    stats = turn.stats if turn is not None else None
+    answer = turn.answer if whole and turn is not None else ""
+    thinking = turn.reasoning if whole and turn is not None else ""
+    out = piece(model, chat=chat, answer=answer, thinking=thinking)
+    reason = "stop"
+    if stats is not None and stats.stop_reason in ("length", "context"):
+        reason = "length"
+    out.update(
+        {
+            "done": True,
+            "done_reason": reason,
+            "total_duration": int(total_s * 1e9),
+            "load_duration": 0,
+            "prompt_eval_count": stats.prompt_tokens if stats else 0,
+            "prompt_eval_duration": int(stats.ttft_s * 1e9) if stats else 0,
+            "eval_count": stats.generated_tokens if stats else 0,
+            "eval_duration": int(stats.generation_s * 1e9) if stats else 0,
+        }
+    )
+    return out
+
+
+def _details(entry: Any) -> dict[str, Any]:
+    params = entry.parameters
+    size = ""
+    if params:
+        size = f"{params / 1e9:.1f}B" if params >= 1e9 else f"{params / 1e6:.0f}M"
+    return {
+        "parent_model": "",
+        "format": "gguf",
+        "family": entry.architecture or "",
+        "families": [entry.architecture] if entry.architecture else None,
+        "parameter_size": size,
+        "quantization_level": entry.quant or "",
+    }
+
+
+def tags(entries: list[Any]) -> dict[str, Any]:
+    return {
+        "models": [
+            {
+                "name": e.name,
+                "model": e.name,
+                "modified_at": e.modified or now(),
+                "size": e.size,
+                "digest": "",
+                "details": _details(e),
+            }
+            for e in entries
+        ]
+    }
+
+
+def ps(entries: list[Any]) -> dict[str, Any]:
+    return {
+        "models": [
+            {
+                "name": e.name,
+                "model": e.name,
+                "size": e.size,
+                "digest": "",
+                "details": _details(e),
+                "expires_at": "9999-12-31T23:59:59Z",
+                "size_vram": 0,
+            }
+            for e in entries
+        ]
+    }
+
+
+def show(entry: Any, template: str | None, capabilities: list[str]) -> dict[str, Any]:
+    return {
+        "modelfile": f"FROM {entry.path}\n",
+        "parameters": "",
+        "template": template or "",
+        "details": _details(entry),
+        "model_info": {
+            "general.architecture": entry.architecture or "",
+            "general.parameter_count": entry.parameters or 0,
+            "general.context_length": entry.context_length or 0,
+        },
+        "capabilities": capabilities,
+        "modified_at": entry.modified or now(),
+    }

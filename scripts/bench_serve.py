@@ -1,0 +1,258 @@
+"""Benchmark ``localllm serve`` against ``localllm run`` on the same model, threads and prompt.
+
+Rounds are interleaved (run, server, run, server, ...) so a busy machine slows both alike.
+Reported:
+
+* decode tokens/s through the server ÷ ``localllm run`` (target ≥ 0.95);
+* the TTFT the server adds: a streaming client's time to its first content chunk minus the
+  engine's own TTFT for that request (target ≤ 15 ms);
+* the total wall time of 8 concurrent clients (each a short answer);
+* with ``--llama-cpp-server``: the same single-stream and concurrent figures for
+  llama-cpp-python's own server (``python -m llama_cpp.server``), started from a scratch venv
+  that sees this interpreter's llama_cpp (``--system-site-packages``) plus its server extras.
+
+Usage: ``python scripts/bench_serve.py [-m MODEL] [-t THREADS] [-n TOKENS] [--rounds N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+
+
+def run_cli(model: str, threads: int, tokens: int, prompt: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "localllm", "run", "-m", model, "-t", str(threads), "--json",
+         "--temperature", "0", "-n", str(tokens), "--ctx", "2048", prompt],
+        capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    stats = json.loads(out.stdout)["stats"]
+    return {"tok_s": stats["tokens_per_s"], "ttft_ms": stats["ttft_s"] * 1000}
+
+
+def stream_chat(url: str, tokens: int, prompt: str, extra: dict[str, Any] | None = None) -> dict:
+    """One streaming request; client-side TTFT and decode rate."""
+    body = {
+        "model": "default",
+        "messages": [{"role": "user", "content": prompt}],
+        "stream": True,
+        "temperature": 0,
+        "max_tokens": tokens,
+        **(extra or {}),
+    }
+    req = urllib.request.Request(
+        url + "/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    start = time.perf_counter()
+    first = last = None
+    chunks = 0
+    engine: dict[str, Any] | None = None
+    with urllib.request.urlopen(req, timeout=600) as resp:
+        for raw in resp:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            payload = json.loads(line[6:])
+            if payload.get("localllm"):
+                engine = payload["localllm"].get("stats")
+            for choice in payload.get("choices", []):
+                if (choice.get("delta") or {}).get("content"):
+                    now = time.perf_counter()
+                    first = first or now
+                    last = now
+                    chunks += 1
+    if first is None or last is None:  # no answer (llama_cpp.server interrupts streams)
+        return {"chunks": 0}
+    out = {"ttft_ms": (first - start) * 1000, "chunks": chunks}
+    if engine:
+        out["tok_s"] = engine["tokens_per_s"]
+        out["engine_ttft_ms"] = engine["ttft_s"] * 1000
+        out["client_tok_s"] = (engine["generated_tokens"] - 1) / max(last - first, 1e-9)
+    else:
+        out["tok_s"] = (chunks - 1) / max(last - first, 1e-9)
+    return out
+
+
+def whole_chat(url: str, tokens: int, prompt: str) -> dict[str, Any]:
+    """One non-streaming request: the engine's decode rate with no per-token traffic."""
+    body = {
+        "messages": [{"role": "user", "content": prompt}],
+        "temperature": 0,
+        "max_tokens": tokens,
+    }
+    req = urllib.request.Request(
+        url + "/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=600) as resp:
+        stats = json.loads(resp.read())["localllm"]["stats"]
+    return {"tok_s": stats["tokens_per_s"]}
+
+
+def concurrent(url: str, clients: int, tokens: int) -> float:
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        rows = list(pool.map(lambda i: stream_chat(url, tokens, f"{i}: {PROMPT}"), range(clients)))
+    answered = sum(1 for r in rows if r["chunks"])
+    if answered < clients:
+        print(f"  {url}: only {answered} of {clients} concurrent clients got an answer")
+    return time.perf_counter() - start
+
+
+def start_ours(model: str, threads: int) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "localllm", "serve", "-m", model, "-t", str(threads), "--port",
+         "0", "--ctx", "2048", "--queue", "16"],
+        stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        match = re.search(r"at (http://\S+) ", line)
+        if match:
+            url = match.group(1)
+            break
+    else:
+        raise SystemExit("the server did not start")
+    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    wait_ready(url + "/health")
+    return proc, url
+
+
+def wait_ready(url: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{url} never became ready")
+
+
+def start_llama_cpp_server(model: str, threads: int, port: int) -> subprocess.Popen:
+    venv = Path(tempfile.gettempdir()) / "localllm-bench-llama-cpp-server"
+    py = venv / "bin" / "python"
+    if not py.exists():
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True
+        )
+        subprocess.run(
+            [str(py), "-m", "pip", "install", "-q", "fastapi", "sse-starlette",
+             "starlette-context", "pydantic-settings"],
+            check=True,
+        )  # fmt: skip
+    return subprocess.Popen(
+        [str(py), "-m", "llama_cpp.server", "--model", model, "--n_threads", str(threads),
+         "--n_ctx", "2048", "--port", str(port), "--host", "127.0.0.1",
+         "--interrupt_requests", "False"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def summary(name: str, rows: list[dict[str, Any]], key: str) -> float:
+    values = [r[key] for r in rows if key in r]
+    return statistics.median(values) if values else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-m", "--model", help="model path or name (default: the starter)")
+    parser.add_argument("-t", "--threads", type=int, default=2)
+    parser.add_argument("-n", "--tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--llama-cpp-server", action="store_true")
+    args = parser.parse_args()
+    model = args.model
+    if model is None:
+        from localllm.starter import ensure_starter
+
+        model = str(ensure_starter(lambda m: print(m, file=sys.stderr)))
+
+    proc, url = start_ours(model, args.threads)
+    theirs, turl = None, ""
+    cli_rows, srv_rows, whole_rows, their_rows = [], [], [], []
+    walls: list[float] = []
+    their_walls: list[float] = []
+    try:
+        if args.llama_cpp_server:
+            port = 18080 + os.getpid() % 1000
+            theirs = start_llama_cpp_server(model, args.threads, port)
+            turl = f"http://127.0.0.1:{port}"
+            wait_ready(turl + "/v1/models")
+            stream_chat(turl, 4, "warm up")
+        stream_chat(url, 4, "warm up")
+        for i in range(args.rounds):
+            prompt = f"({i}) {PROMPT}"  # a new first token: no KV reuse between rounds
+            cli_rows.append(run_cli(model, args.threads, args.tokens, prompt))
+            srv_rows.append(stream_chat(url, args.tokens, prompt))
+            whole_rows.append(whole_chat(url, args.tokens, "x" + prompt))
+            if theirs is not None:
+                their_rows.append(stream_chat(turl, args.tokens, prompt))
+        for _ in range(2):
+            walls.append(concurrent(url, args.clients, 16))
+            if theirs is not None:
+                their_walls.append(concurrent(turl, args.clients, 16))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        if theirs is not None:
+            theirs.terminate()
+            theirs.wait(timeout=60)
+
+    cli_tok = summary("run", cli_rows, "tok_s")
+    srv_tok = summary("serve", srv_rows, "tok_s")
+    whole_tok = summary("serve", whole_rows, "tok_s")
+    cli_ttft = summary("run", cli_rows, "ttft_ms")
+    srv_ttft = summary("serve", srv_rows, "ttft_ms")
+    client_tok = summary("serve", srv_rows, "client_tok_s")
+    added = statistics.median(r["ttft_ms"] - r["engine_ttft_ms"] for r in srv_rows)
+    print(
+        f"model {Path(model).name} · {args.threads} threads · {args.tokens} tokens · "
+        f"{args.rounds} interleaved rounds (medians)"
+    )
+    print(f"localllm run     decode {cli_tok:6.1f} tok/s · TTFT {cli_ttft:.0f} ms")
+    print(
+        f"localllm serve   decode {srv_tok:6.1f} tok/s · TTFT {srv_ttft:.0f} ms "
+        f"(client-side decode {client_tok:.1f} tok/s; not streamed {whole_tok:.1f} tok/s)"
+    )
+    print(
+        f"serve ÷ run decode: {srv_tok / cli_tok:.3f} streamed, {whole_tok / cli_tok:.3f} not "
+        f"streamed · TTFT added by the server: {added:.1f} ms"
+    )
+    print(f"{args.clients} concurrent clients × 16 tokens: {min(walls):.2f} s wall (best of 2)")
+    if theirs is not None:
+        ttok = summary("", their_rows, "tok_s")
+        tttft = summary("", their_rows, "ttft_ms")
+        print(
+            f"llama_cpp.server decode {ttok:6.1f} tok/s (client-side) · TTFT {tttft:.0f} ms · "
+            f"ours ÷ theirs (client-side) {client_tok / ttok:.3f}"
+        )
+        print(
+            f"llama_cpp.server {args.clients} concurrent clients: {min(their_walls):.2f} s wall "
+            f"(ours {min(walls):.2f} s)"
+        )
+
+
+if __name__ == "__main__":
+    main()
