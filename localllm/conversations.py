@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from localllm import paths
+from localllm.durable import fsync_dir
 from localllm.errors import LocalLLMError, UsageError
-from localllm.store import fsync_dir
 
 FORMAT_VERSION = 1
 SUFFIX = ".jsonl"

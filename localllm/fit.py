@@ -8,7 +8,6 @@ megabytes of a file that is not downloaded yet.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -181,26 +180,8 @@ def available_memory() -> MemoryBudget:
 
 # -- a bounded reader for the start of a GGUF file ---------------------------------------
 
-_SCALARS = {
-    0: "B",
-    1: "b",
-    2: "H",
-    3: "h",
-    4: "I",
-    5: "i",
-    6: "f",
-    7: "?",
-    10: "Q",
-    11: "q",
-    12: "d",
-}
-_MAX_STRING = 1 << 24
-_MAX_COUNT = 1 << 24
 _MAX_KV = 1 << 16
-
-
-class _Short(Exception):
-    """The prefix ended before the value did."""
+_MAX_KEY = 1 << 12
 
 
 @dataclass
@@ -218,71 +199,34 @@ class HeaderPrefix:
 
 
 def parse_header_prefix(data: bytes) -> HeaderPrefix:
-    """Read as many metadata key/values as ``data`` (the start of a GGUF file) holds. Arrays are
-    skipped (only their length is kept); every length is capped. Raises ``ValueError`` when the
-    bytes are not a GGUF header."""
-    view = memoryview(data)
-    pos = 0
+    """Read as many metadata key/values as ``data`` (the start of a GGUF file) holds, with the
+    decoder the strict reader uses (:mod:`localllm.ggufvalues`). Arrays are skipped (kept as
+    ``("array", item type, count)``); every length is capped. Raises ``ValueError`` when the
+    bytes are not a GGUF header or hold a value that cannot be right."""
+    from localllm.ggufvalues import Cursor, Malformed, Truncated, read_value
 
-    def take(n: int) -> memoryview:
-        nonlocal pos
-        if n < 0 or pos + n > len(view):
-            raise _Short
-        chunk = view[pos : pos + n]
-        pos += n
-        return chunk
-
-    def unpack(fmt: str) -> Any:
-        size = struct.calcsize("<" + fmt)
-        return struct.unpack("<" + fmt, take(size))[0]
-
-    def string() -> str:
-        n = unpack("Q")
-        if n > _MAX_STRING:
-            raise ValueError("string too long in GGUF header")
-        return bytes(take(n)).decode("utf-8", errors="replace")
-
-    def value(vtype: int) -> Any:
-        if vtype in _SCALARS:
-            return unpack(_SCALARS[vtype])
-        if vtype == 8:
-            return string()
-        if vtype == 9:
-            itype, count = unpack("I"), unpack("Q")
-            if count > _MAX_COUNT:
-                raise ValueError("array too long in GGUF header")
-            if itype in _SCALARS:
-                take(struct.calcsize("<" + _SCALARS[itype]) * count)
-            elif itype == 8:
-                for _ in range(count):
-                    n = unpack("Q")
-                    if n > _MAX_STRING:
-                        raise ValueError("string too long in GGUF header")
-                    take(n)
-            else:
-                raise ValueError(f"unsupported array item type {itype} in GGUF header")
-            return ("array", itype, count)
-        raise ValueError(f"unknown value type {vtype} in GGUF header")
-
+    r = Cursor(data=bytes(data))
     try:
-        if bytes(take(4)) != b"GGUF":
+        if r.raw(4, "magic") != b"GGUF":
             raise ValueError("not a GGUF file (bad magic)")
-        version = unpack("I")
+        version = r.u32("version")
         if version not in (2, 3):
             raise ValueError(f"unsupported GGUF version {version}")
-        tensor_count, kv_count = unpack("Q"), unpack("Q")
-    except _Short:
+        tensor_count, kv_count = r.u64("tensor count"), r.u64("key/value count")
+    except Truncated:
         raise ValueError("too few bytes for a GGUF header") from None
     if kv_count > _MAX_KV:
         raise ValueError("implausible metadata count in GGUF header")
     meta: dict[str, Any] = {}
     complete = True
     try:
-        for _ in range(kv_count):
-            key = string()
-            meta[key] = value(unpack("I"))
-    except _Short:
+        for i in range(kv_count):
+            key = r.string(f"key #{i}", _MAX_KEY)
+            meta[key] = read_value(r, r.u32(f"type of '{key}'"), key, keep_arrays=False)[0]
+    except Truncated:
         complete = False
+    except Malformed as exc:
+        raise ValueError(f"{exc.message} in GGUF header") from None
     return HeaderPrefix(version, kv_count, tensor_count, meta, complete)
 
 

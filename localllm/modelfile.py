@@ -19,16 +19,24 @@ from __future__ import annotations
 import functools
 import os
 import re
-import struct
-import sys
 from array import array
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, BinaryIO
 
 from localllm.errors import InvalidModelError
+from localllm.ggufvalues import (  # noqa: F401  (MAX_* re-exported for older importers)
+    MAX_ARRAY_LENGTH,
+    MAX_STRING_ITEMS,
+    MAX_STRING_LENGTH,
+    Cursor,
+    Malformed,
+    Truncated,
+    ValueType,
+    read_value,
+)
 
 __all__ = [
     "GGML_TYPES",
@@ -56,81 +64,11 @@ DEFAULT_ALIGNMENT = 32
 MAX_KV_COUNT = 1 << 16
 MAX_TENSOR_COUNT = 1 << 20
 MAX_KEY_LENGTH = 1 << 12
-MAX_STRING_LENGTH = 1 << 24  # 16 MiB for one string value (chat templates are ~10-100 KiB)
-MAX_ARRAY_LENGTH = 1 << 24
-MAX_STRING_ITEMS = 1 << 22  # string array items kept in memory, over the whole file
 MAX_TENSOR_NAME = 63  # GGML_MAX_NAME (64) including the terminating NUL
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_ELEMENTS = 1 << 50
 MAX_ALIGNMENT = 1 << 16
 MAX_SPLIT_COUNT = 1 << 10
-
-_CHUNK = 1 << 20
-
-
-class ValueType:
-    """GGUF metadata value types."""
-
-    UINT8 = 0
-    INT8 = 1
-    UINT16 = 2
-    INT16 = 3
-    UINT32 = 4
-    INT32 = 5
-    FLOAT32 = 6
-    BOOL = 7
-    STRING = 8
-    ARRAY = 9
-    UINT64 = 10
-    INT64 = 11
-    FLOAT64 = 12
-
-    NAMES: ClassVar[dict[int, str]] = {
-        0: "uint8",
-        1: "int8",
-        2: "uint16",
-        3: "int16",
-        4: "uint32",
-        5: "int32",
-        6: "float32",
-        7: "bool",
-        8: "string",
-        9: "array",
-        10: "uint64",
-        11: "int64",
-        12: "float64",
-    }
-
-
-# Fixed-size scalar types: struct code.
-_SCALAR_FORMATS: dict[int, str] = {
-    ValueType.UINT8: "B",
-    ValueType.INT8: "b",
-    ValueType.UINT16: "H",
-    ValueType.INT16: "h",
-    ValueType.UINT32: "I",
-    ValueType.INT32: "i",
-    ValueType.FLOAT32: "f",
-    ValueType.BOOL: "?",
-    ValueType.UINT64: "Q",
-    ValueType.INT64: "q",
-    ValueType.FLOAT64: "d",
-}
-
-
-def _array_code(fmt: str) -> str:
-    """An ``array`` typecode with the same item size as the struct code ``fmt``."""
-    size = struct.calcsize("<" + fmt)
-    signed = fmt.islower()
-    candidates = ("b", "h", "i", "l", "q") if signed else ("B", "H", "I", "L", "Q")
-    if fmt in "fd":
-        candidates = (fmt,)
-    return next(c for c in candidates if array(c).itemsize == size)
-
-
-_ARRAY_CODES: dict[int, str] = {
-    t: _array_code(f) for t, f in _SCALAR_FORMATS.items() if t != ValueType.BOOL
-}
 
 # ggml tensor types: id -> (name, elements per block, bytes per block). Ids 4, 5, 31-33 and
 # 36-38 were removed from ggml and are rejected, as llama.cpp does.
@@ -335,150 +273,12 @@ def _fail(path: Path, message: str, hint: str | None = None) -> _Invalid:
     )
 
 
-class _Reader:
-    """Little-endian reads over a file handle, each bounded by what is left in the file."""
+class _Reader(Cursor):
+    """The shared cursor over a local file, knowing its path for error messages."""
 
     def __init__(self, f: BinaryIO, size: int, path: Path) -> None:
-        self.f = f
-        self.size = size
+        super().__init__(f, size)
         self.path = path
-        self.buf = b""
-        self.bpos = 0
-        self.base = 0  # file offset of buf[0]
-
-    @property
-    def pos(self) -> int:
-        return self.base + self.bpos
-
-    @property
-    def left(self) -> int:
-        return self.size - self.pos
-
-    def _ensure(self, n: int, what: str) -> None:
-        if self.bpos + n <= len(self.buf):
-            return
-        if n > self.left:
-            raise _fail(
-                self.path,
-                f"truncated: {what} at byte {self.pos} needs {n} bytes "
-                f"but the file has {self.size} bytes",
-            )
-        rest = self.buf[self.bpos :]
-        self.base = self.pos
-        chunk = self.f.read(max(n - len(rest), _CHUNK))
-        self.buf = rest + chunk
-        self.bpos = 0
-        if len(self.buf) < n:  # the file shrank under us
-            raise _fail(self.path, f"truncated: {what} at byte {self.pos}: short read")
-
-    def unpack(self, fmt: str, size: int, what: str) -> Any:
-        self._ensure(size, what)
-        (value,) = struct.unpack_from("<" + fmt, self.buf, self.bpos)
-        self.bpos += size
-        return value
-
-    def u32(self, what: str) -> int:
-        return int(self.unpack("I", 4, what))
-
-    def u64(self, what: str) -> int:
-        return int(self.unpack("Q", 8, what))
-
-    def raw(self, n: int, what: str) -> bytes:
-        self._ensure(n, what)
-        data = self.buf[self.bpos : self.bpos + n]
-        self.bpos += n
-        return data
-
-    def string(self, what: str, cap: int) -> str:
-        start = self.pos
-        n = self.u64(f"length of {what}")
-        if n > cap:
-            raise _fail(
-                self.path, f"{what} at byte {start} has length {n}, over the limit of {cap}"
-            )
-        if n > self.left:
-            raise _fail(
-                self.path,
-                f"truncated: {what} at byte {start} has length {n} "
-                f"but only {self.left} bytes are left (the file has {self.size} bytes)",
-            )
-        return self.raw(n, what).decode("utf-8", errors="surrogateescape")
-
-
-class _Budget:
-    def __init__(self) -> None:
-        self.string_items = 0
-
-
-def _read_value(r: _Reader, vtype: int, key: str, budget: _Budget) -> tuple[Any, int | None]:
-    """One metadata value of type ``vtype``; returns (value, array item type)."""
-    fmt = _SCALAR_FORMATS.get(vtype)
-    if fmt is not None:
-        return r.unpack(fmt, struct.calcsize(fmt), f"value of '{key}'"), None
-    if vtype == ValueType.STRING:
-        return r.string(f"string value of '{key}'", MAX_STRING_LENGTH), None
-    if vtype != ValueType.ARRAY:
-        raise _fail(r.path, f"key '{key}' has unknown value type {vtype}")
-    start = r.pos
-    itype = r.u32(f"array type of '{key}'")
-    count = r.u64(f"array length of '{key}'")
-    if itype not in ValueType.NAMES:
-        raise _fail(r.path, f"array '{key}' has unknown item type {itype}")
-    if itype == ValueType.ARRAY:
-        raise _fail(r.path, f"array '{key}' holds arrays: nested arrays are not supported")
-    if count > MAX_ARRAY_LENGTH:
-        raise _fail(
-            r.path,
-            f"array '{key}' at byte {start} has {count} items, over the limit of "
-            f"{MAX_ARRAY_LENGTH}",
-        )
-    min_size = 8 if itype == ValueType.STRING else struct.calcsize(_SCALAR_FORMATS[itype])
-    if count * min_size > r.left:
-        raise _fail(
-            r.path,
-            f"truncated: array '{key}' at byte {start} has {count} items "
-            f"({count * min_size}+ bytes) but only {r.left} bytes are left "
-            f"(the file has {r.size} bytes)",
-        )
-    if itype == ValueType.STRING:
-        budget.string_items += count
-        if budget.string_items > MAX_STRING_ITEMS:
-            raise _fail(r.path, f"too many strings in arrays (over {MAX_STRING_ITEMS})")
-        return _read_string_array(r, key, count), itype
-    data = r.raw(count * min_size, f"array '{key}'")
-    if itype == ValueType.BOOL:
-        return [b != 0 for b in data], itype
-    # Numbers stay compact (an array.array holds them at their size in the file).
-    values = array(_ARRAY_CODES[itype])
-    values.frombytes(data)
-    if sys.byteorder == "big":  # pragma: no cover - GGUF is little-endian
-        values.byteswap()
-    return values, itype
-
-
-def _read_string_array(r: _Reader, key: str, count: int) -> list[str]:
-    out: list[str] = []
-    append = out.append
-    unpack_from = struct.unpack_from
-    i = 0
-    while i < count:
-        # Fast path: decode every item already in the buffer without touching the reader.
-        buf = r.buf
-        end = len(buf)
-        bpos = r.bpos
-        while i < count and bpos + 8 <= end:
-            (n,) = unpack_from("<Q", buf, bpos)
-            stop = bpos + 8 + n
-            if stop > end or n > MAX_STRING_LENGTH:
-                break
-            append(buf[bpos + 8 : stop].decode("utf-8", errors="surrogateescape"))
-            bpos = stop
-            i += 1
-        r.bpos = bpos
-        if i < count:  # an item straddles the buffer's end (or is bad): the careful path
-            append(r.string(f"item {i} of array '{key}'", MAX_STRING_LENGTH))
-            i += 1
-    return out
 
 
 def _check_key_types(path: Path, key: str, vtype: int, itype: int | None, value: Any) -> None:
@@ -680,6 +480,16 @@ def _parse_one(path: Path) -> GGUFFile:
 
 
 def _parse_stream(f: BinaryIO, size: int, path: Path) -> GGUFFile:
+    """Parse and check one file; the shared decoder's neutral signals become our errors."""
+    try:
+        return _parse_checked(f, size, path)
+    except Truncated as exc:
+        raise _fail(path, f"truncated: {exc.detail}") from None
+    except Malformed as exc:
+        raise _fail(path, exc.message) from None
+
+
+def _parse_checked(f: BinaryIO, size: int, path: Path) -> GGUFFile:
     r = _Reader(f, size, path)
     if size < 4:
         raise _fail(path, f"truncated: the file has {size} bytes, too short for a GGUF header")
@@ -715,7 +525,6 @@ def _parse_stream(f: BinaryIO, size: int, path: Path) -> GGUFFile:
 
     meta: dict[str, Any] = {}
     types: dict[str, tuple[int, int | None]] = {}
-    budget = _Budget()
     for i in range(n_kv):
         key = r.string(f"key #{i}", MAX_KEY_LENGTH)
         if not key:
@@ -725,7 +534,7 @@ def _parse_stream(f: BinaryIO, size: int, path: Path) -> GGUFFile:
         vtype = r.u32(f"type of '{key}'")
         if vtype not in ValueType.NAMES:
             raise _fail(path, f"key '{key}' has unknown value type {vtype}")
-        value, itype = _read_value(r, vtype, key, budget)
+        value, itype = read_value(r, vtype, key)
         _check_key_types(path, key, vtype, itype, value)
         # llama-cpp-python decodes every key and scalar string value strictly, as C strings.
         for what, text in (("key", key), ("value", value if vtype == ValueType.STRING else "")):

@@ -774,7 +774,7 @@ def save_user_profile(
     A Profile is written in full; a mapping is validated and written with only its own keys
     (``extends`` kept). ``header`` becomes comment lines at the top.
     """
-    from localllm.store import write_atomic
+    from localllm.durable import write_atomic
 
     path = user_profile_path(name)
     if isinstance(profile_or_dict, Profile):

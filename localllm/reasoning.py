@@ -18,9 +18,12 @@ Three parts, all pure (no llama_cpp here; jinja2 only to inspect and render temp
 * ``none`` (base models, or forced): the prompt is left alone and all text is answer.
 
 **Splitters.** :class:`ThinkSplitter` and :class:`HarmonySplitter` turn generated text, in
-chunks of any size, into reasoning and answer parts. Markers may arrive whole (one token) or
-byte by byte; partial markers are held back until they resolve. The result never depends on how
-the text was chunked.
+chunks of any size, into reasoning and answer parts. A thinking model in reasoning mode may
+close a block it never opened (its template pre-filled the opening tag): that orphan closing
+tag still ends the reasoning. Granite 3.2 thinks in plain text ("Here is my thought process:"
+... "Here is my response:"), recognised from its rendered system prompt.
+Markers may arrive whole (one token) or byte by byte; partial markers are held back until they
+resolve. The result never depends on how the text was chunked.
 
 **Budget and accounting** (:class:`ReasoningStream`). The answer gets ``max_tokens`` of its own.
 Reasoning gets a budget: the profile's ``reasoning_budget`` in reasoning mode, else
@@ -65,6 +68,11 @@ THINK_CLOSE = "</think>"
 EMPTY_THINK = "<think>\n\n</think>\n\n"
 #: Granite wraps its answer in these when thinking; they are dropped from the answer.
 RESPONSE_TAGS = ("<response>", "</response>")
+#: Granite 3.2 thinks in plain text: its template asks for these two headings instead of tags.
+PLAIN_THOUGHT_OPEN = "Here is my thought process:"
+PLAIN_THOUGHT_CLOSE = "Here is my response:"
+#: Adapters whose models are trained to think first in reasoning mode.
+THINKING_ADAPTERS = ("enable_thinking", "thinking", "prefill")
 #: Said inside the think block when the budget runs out, just before it is closed.
 DEFAULT_BRIDGE = "Time is up; answering now."
 #: The system instruction that asks a model with no thinking mechanism to reason first.
@@ -292,13 +300,15 @@ def prefill(adapter: str, mode: Mode, rendered: str) -> str:
     return ""
 
 
-def close_text(adapter: str, bridge: str | None = DEFAULT_BRIDGE) -> str:
-    """What the budget injects to end the reasoning: the bridge, then the closing marker."""
+def close_text(adapter: str, bridge: str | None = DEFAULT_BRIDGE, prompt: str = "") -> str:
+    """What the budget injects to end the reasoning: the bridge, then the closing marker
+    (Granite 3.2's response heading when ``prompt`` asked for plain-text thoughts)."""
     if adapter == "harmony":
         lead = f" {bridge}" if bridge else ""
         return f"{lead}{HARMONY_TO_FINAL}"
     lead = f"\n\n{bridge}" if bridge else ""
-    return f"{lead}\n{THINK_CLOSE}\n\n"
+    close = PLAIN_THOUGHT_CLOSE if plain_thoughts(adapter, prompt) else THINK_CLOSE
+    return f"{lead}\n{close}\n\n"
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,7 +381,7 @@ class PassThrough:
         return []
 
 
-_START, _REASON_START, _REASON, _ANSWER_START, _ANSWER = range(5)
+_START, _REASON_START, _REASON, _ANSWER_START, _ANSWER, _EXPECT = range(6)
 
 
 class ThinkSplitter:
@@ -384,6 +394,11 @@ class ThinkSplitter:
       dropped; a block never closed is all reasoning (:attr:`unterminated`).
     * ``answer_tags`` (Granite's ``<response>``, ``</response>``): an opening one at the start
       of the answer and every closing one are dropped from the answer.
+    * ``expect_reasoning``: the model is expected to think first but the prompt did not open
+      the block. Text that does not start with the opening tag is held back (undecided) until
+      an orphan closing tag turns it into reasoning (templates that pre-fill the opening tag
+      where we cannot see it), or until the end, when it is all answer. Held text is never
+      shown as the wrong kind, so the split does not depend on chunking.
     """
 
     def __init__(
@@ -393,24 +408,28 @@ class ThinkSplitter:
         open_tag: str = THINK_OPEN,
         close_tag: str = THINK_CLOSE,
         answer_tags: tuple[str, str] | None = None,
+        expect_reasoning: bool = False,
     ) -> None:
         self.open_tag = open_tag
         self.close_tag = close_tag
         self.answer_tags = answer_tags
-        self._state = _REASON_START if start_in_reasoning else _START
+        if start_in_reasoning:
+            self._state = _REASON_START
+        else:
+            self._state = _EXPECT if expect_reasoning else _START
         self._buf = ""
         self._saw = False
         self._unterminated = False
 
     @property
     def kind(self) -> PartKind | None:
-        if self._state == _START:
+        if self._state in (_START, _EXPECT):
             return None
         return "reasoning" if self._state in (_REASON_START, _REASON) else "answer"
 
     @property
     def holding_marker(self) -> bool:
-        if self._state == _START:
+        if self._state in (_START, _EXPECT):
             return bool(self._buf)
         if self._state == _REASON:
             return _partial_suffix(self._buf, (self.close_tag,)) > 0
@@ -442,6 +461,8 @@ class ThinkSplitter:
     def _step(self, out: list[Part], *, final: bool) -> bool:
         """Advance once; ``False`` when nothing more can be decided now."""
         state, buf = self._state, self._buf
+        if state == _EXPECT:
+            return self._step_expect(out, final=final)
         if state in (_START, _REASON_START, _ANSWER_START):
             stripped = buf.lstrip()
             if not stripped:
@@ -499,6 +520,30 @@ class ThinkSplitter:
             return False
         _emit(out, "answer", buf)
         self._buf = ""
+        return False
+
+    def _step_expect(self, out: list[Part], *, final: bool) -> bool:
+        """Undecided, expecting reasoning: an opening tag, an orphan closing tag, or the end."""
+        stripped = self._buf.lstrip()
+        if not stripped:
+            self._buf = ""
+            return False
+        self._buf = stripped
+        if stripped.startswith(self.open_tag):
+            self._state = _START  # the usual path from here
+            return True
+        if self.open_tag.startswith(stripped) and not final:
+            return False  # maybe the opening tag, still arriving
+        cut = stripped.find(self.close_tag)
+        if cut >= 0:
+            self._saw = True
+            _emit(out, "reasoning", stripped[:cut].rstrip())
+            self._buf = stripped[cut + len(self.close_tag) :]
+            self._state = _ANSWER_START
+            return True
+        if final:
+            self._state = _START
+            return True
         return False
 
 
@@ -607,21 +652,41 @@ class HarmonySplitter:
         return False
 
 
-def make_splitter(adapter: str, prompt: str) -> Splitter:
-    """The splitter for ``adapter``, starting where ``prompt`` (prefill included) leaves off."""
+def plain_thoughts(adapter: str, prompt: str) -> bool:
+    """Whether the model was asked to think in Granite 3.2's plain-text headings."""
+    return adapter == "thinking" and PLAIN_THOUGHT_OPEN in prompt
+
+
+def make_splitter(adapter: str, prompt: str, mode: Mode | None = None) -> Splitter:
+    """The splitter for ``adapter``, starting where ``prompt`` (prefill included) leaves off.
+
+    ``mode="reasoning"`` on a thinking model also accepts reasoning whose opening tag is
+    missing (an orphan closing tag ends it).
+    """
     if adapter == "none":
         return PassThrough()
     if adapter == "harmony":
         splitter = HarmonySplitter()
         splitter.prime(prompt)
         return splitter
+    expect = mode == "reasoning" and adapter in THINKING_ADAPTERS
+    if plain_thoughts(adapter, prompt):
+        return ThinkSplitter(
+            open_tag=PLAIN_THOUGHT_OPEN, close_tag=PLAIN_THOUGHT_CLOSE, expect_reasoning=expect
+        )
     tags = RESPONSE_TAGS if adapter == "thinking" else None
-    return ThinkSplitter(start_in_reasoning=ends_in_open_think(prompt), answer_tags=tags)
+    return ThinkSplitter(
+        start_in_reasoning=ends_in_open_think(prompt), answer_tags=tags, expect_reasoning=expect
+    )
 
 
-def split_text(text: str, *, adapter: str = "prefill", prompt: str = "") -> tuple[str, str]:
-    """(reasoning, answer) of a whole text: the streaming splitter fed in one piece."""
-    splitter = make_splitter(adapter, prompt)
+def split_text(
+    text: str, *, adapter: str = "prefill", prompt: str = "", mode: Mode | None = "reasoning"
+) -> tuple[str, str]:
+    """(reasoning, answer) of a whole text: the streaming splitter fed in one piece.
+
+    By default an orphan closing tag still ends the reasoning (``mode="reasoning"``)."""
+    splitter = make_splitter(adapter, prompt, mode)
     parts = splitter.feed(text) + splitter.flush()
     reasoning = "".join(p.text for p in parts if p.kind == "reasoning")
     answer = "".join(p.text for p in parts if p.kind == "answer")

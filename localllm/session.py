@@ -215,10 +215,10 @@ class ChatSession:
         budget = reasoning.budget_for(plan.mode, profile.reasoning_budget, profile.max_tokens)
         bridge = getattr(profile, "reasoning_bridge", None)
         stream = reasoning.ReasoningStream(
-            reasoning.make_splitter(plan.adapter, prompt),
+            reasoning.make_splitter(plan.adapter, prompt, plan.mode),
             budget=budget if plan.splits else None,
             close=reasoning.close_text(
-                plan.adapter, reasoning.DEFAULT_BRIDGE if bridge is None else bridge
+                plan.adapter, reasoning.DEFAULT_BRIDGE if bridge is None else bridge, prompt
             ),
             answer_limit=profile.max_tokens,
         )

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from localllm import paths
+from localllm.durable import fsync_dir, write_atomic  # noqa: F401  (re-exported for older importers)
 from localllm.errors import InvalidModelError, ModelNotFoundError, UsageError
 
 MANIFEST = "manifest.json"
@@ -83,42 +84,6 @@ def folder_name(name: str) -> str:
     slug = name.replace("/", "--").replace(":", "--")
     slug = re.sub(r"[^A-Za-z0-9._-]", "_", slug).strip(".")
     return slug or "_"
-
-
-def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write ``data`` so that ``path`` is either the old file or the new one, never half.
-    ``durable`` also fsyncs the file and its folder (manifests); bookkeeping that may be lost
-    in a power cut without harm (download sidecars) skips that."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if durable:
-        fsync_dir(path.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or a new file in ``folder`` durable (POSIX; a no-op elsewhere)."""
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_manifest(manifest: Manifest) -> None:
@@ -195,6 +160,20 @@ def find(ref: Any) -> list[Manifest]:
     return found
 
 
+def _not_a_file(ref: str, candidate: Path) -> None:
+    """Raise a precise error when ``ref`` names something on disk that is not a file."""
+    if candidate.is_dir():
+        ggufs = sorted(p.name for p in candidate.glob("*.gguf") if p.is_file())
+        hint = (
+            "name a .gguf file in it: " + ", ".join(ggufs[:5])
+            if ggufs
+            else "it holds no .gguf file; name a .gguf file"
+        )
+        raise ModelNotFoundError(f"{ref} is a directory, not a model file", hint=hint)
+    if candidate.exists():
+        raise ModelNotFoundError(f"{ref} is not a regular file", hint="name a .gguf file")
+
+
 def resolve_model(ref: str) -> Path:
     """A local model reference (file path, store name, alias, ``owner/repo[:quant]``) -> the
     file to load. Never touches the network: a Hub reference that is not installed is an
@@ -218,6 +197,7 @@ def resolve_model(ref: str) -> Path:
 
         return foreign.lookup(parsed.store or "", parsed.name or "").primary
     if parsed is None or parsed.kind == "path":
+        _not_a_file(ref, candidate)
         if candidate.suffix.lower() == ".gguf" or os.sep in ref or "/" in ref:
             raise ModelNotFoundError(f"no such model file: {ref}")
         raise ModelNotFoundError(f"no model named '{ref}' is installed", hint=installed_hint)
@@ -233,6 +213,7 @@ def resolve_model(ref: str) -> Path:
         cached = hf_cache_lookup(parsed)
         if cached is not None:
             return cached
+    _not_a_file(ref, candidate)  # a folder that also reads as a reference: say what it is
     if parsed.kind in ("hub", "alias"):
         raise ModelNotFoundError(
             f"{parsed.display()} is not installed",

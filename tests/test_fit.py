@@ -104,3 +104,74 @@ def test_header_prefix_never_crashes(data: bytes) -> None:
     for blob in (data, b"GGUF\x03\0\0\0" + data):
         with contextlib.suppress(ValueError):
             fit.parse_header_prefix(blob)
+
+
+# -- one decoder for both header readers -------------------------------------------------------
+
+_SCALAR_VALUES = {
+    0: st.integers(0, 255),
+    1: st.integers(-128, 127),
+    2: st.integers(0, 65535),
+    3: st.integers(-32768, 32767),
+    4: st.integers(0, 2**32 - 1),
+    5: st.integers(-(2**31), 2**31 - 1),
+    6: st.floats(width=32, allow_nan=False),
+    7: st.booleans(),
+    10: st.integers(0, 2**64 - 1),
+    11: st.integers(-(2**63), 2**63 - 1),
+    12: st.floats(allow_nan=False),
+}
+# Strings as raw bytes: invalid UTF-8 must decode the same way in both readers.
+_STRINGS = st.binary(max_size=12) | st.text(max_size=8)
+
+
+@st.composite
+def _kv(draw: st.DrawFn) -> tuple[str, int, object]:
+    vtype = draw(st.sampled_from([*_SCALAR_VALUES, 8, 9]))
+    if vtype == 8:
+        return ("", 8, draw(_STRINGS))
+    if vtype == 9:
+        itype = draw(st.sampled_from([*_SCALAR_VALUES, 8]))
+        items = _STRINGS if itype == 8 else _SCALAR_VALUES[itype]
+        return ("", 9, (itype, draw(st.lists(items, max_size=4))))
+    return ("", vtype, draw(_SCALAR_VALUES[vtype]))
+
+
+@given(st.lists(_kv(), max_size=6))
+def test_every_prefix_parses_to_a_subset_of_the_full_parse(kvs: list) -> None:
+    """The tolerant reader (a Range-fetched prefix) and the strict one share a decoder: every
+    prefix gives the leading key/values of the full parse, and the full parse agrees with the
+    strict cursor over a file."""
+    import io
+
+    from ggufgen import encode_gguf
+
+    from localllm.ggufvalues import Cursor, read_value
+
+    kvs = [(f"k{i}.t{vtype}", vtype, value) for i, (_, vtype, value) in enumerate(kvs)]
+    blob = encode_gguf(kvs, [])
+    full = fit.parse_header_prefix(blob)
+    assert full.complete and list(full.metadata) == [k for k, _, _ in kvs]
+
+    # The strict reader's cursor over a file reads the same values (arrays kept whole).
+    r = Cursor(io.BytesIO(blob), len(blob))
+    r.raw(24, "header")
+    for key, vtype, _ in kvs:
+        assert r.string("key") == key and r.u32("type") == vtype
+        value, itype = read_value(r, vtype, key)
+        if vtype == 9:
+            assert full.metadata[key] == ("array", itype, len(value))
+        else:
+            assert full.metadata[key] == value
+
+    for cut in range(len(blob) + 1):
+        try:
+            head = fit.parse_header_prefix(blob[:cut])
+        except ValueError:
+            assert cut < 24  # only a prefix without the fixed header is refused
+            continue
+        keys = list(head.metadata)
+        assert keys == list(full.metadata)[: len(keys)]
+        assert all(head.metadata[k] == full.metadata[k] for k in keys)
+        if head.complete:
+            assert keys == list(full.metadata)

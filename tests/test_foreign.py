@@ -233,6 +233,15 @@ def test_list_shows_every_store_with_its_source(stores: dict[str, Any]) -> None:
     assert by_name["lmstudio:acme/Tiny-GGUF:Q4_K_M"]["projector"].endswith("mmproj-Tiny-F16.gguf")
 
 
+def test_completion_offers_foreign_models(stores: dict[str, Any]) -> None:
+    from localllm.cli._app import complete_model
+
+    assert complete_model("oll") == [("ollama:llama3.2:3b", "Ollama")]
+    assert [name for name, _ in complete_model("lmstudio:acme/")] == [
+        "lmstudio:acme/Tiny-GGUF:Q4_K_M"
+    ]
+
+
 def test_list_source_filter(stores: dict[str, Any]) -> None:
     rows = json.loads(cli("list", "--json", "--source", "ollama").stdout)
     assert [r["name"] for r in rows] == ["ollama:llama3.2:3b"]

@@ -11,8 +11,7 @@ import os
 import socket
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,28 +20,29 @@ GUARD = Path(__file__).with_name("netguard.py")
 
 
 @pytest.fixture
-def recorder() -> Iterator[tuple[str, list[str]]]:
+def recorder() -> Iterator[tuple[str, Callable[[], list[str]]]]:
+    """A loopback endpoint and a function listing who connected to it.
+
+    No thread races the child: connections wait in the listening socket's backlog, and the
+    test drains the backlog once the command has exited, so a connection made at its very end
+    is seen too.
+    """
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
-    server.listen()
-    server.settimeout(0.2)
-    seen: list[str] = []
-    stop = threading.Event()
+    server.listen(128)
+    server.setblocking(False)
 
-    def accept() -> None:
-        while not stop.is_set():
+    def drain() -> list[str]:
+        seen = []
+        while True:
             try:
                 conn, peer = server.accept()
-            except OSError:
-                continue
+            except BlockingIOError:
+                return seen
             seen.append(repr(peer))
             conn.close()
 
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}", seen
-    stop.set()
-    thread.join()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}", drain
     server.close()
 
 
@@ -82,17 +82,20 @@ COMMANDS = {
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_command_opens_no_connection(
-    name: str, tiny_model: Path, tmp_path: Path, recorder: tuple[str, list[str]]
+    name: str,
+    tiny_model: Path,
+    tmp_path: Path,
+    recorder: tuple[str, Callable[[], list[str]]],
 ) -> None:
-    endpoint, seen = recorder
+    endpoint, connections = recorder
     proc, attempts = guarded(tmp_path, endpoint, *COMMANDS[name](str(tiny_model)))
     assert proc.returncode == 0, proc.stderr
     assert attempts == "", f"{name} tried to connect to: {attempts}"
-    assert seen == [], f"{name} connected to the recording endpoint"
+    assert connections() == [], f"{name} connected to the recording endpoint"
 
 
 def test_the_guard_really_catches_connections(
-    tmp_path: Path, recorder: tuple[str, list[str]]
+    tmp_path: Path, recorder: tuple[str, Callable[[], list[str]]]
 ) -> None:
     """Without offline mode and with no model, `run` must reach for the network: the guard
     sees it (so the tests above can fail) and the user gets a clear error, not a hang."""

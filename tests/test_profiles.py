@@ -470,15 +470,15 @@ def test_resolve_unknown_profile():
 
 def test_save_user_profile_roundtrip(monkeypatch):
     calls = []
-    import localllm.store as store
+    import localllm.durable as durable
 
-    real = store.write_atomic
+    real = durable.write_atomic
 
     def spy(path, data):
         calls.append(path)
         real(path, data)
 
-    monkeypatch.setattr(store, "write_atomic", spy)
+    monkeypatch.setattr(durable, "write_atomic", spy)
     profile = Profile(
         name="ignored", temperature=0.1, stop=("a", "b"), system_prompt="Line one\nLine two\n"
     )

@@ -537,3 +537,127 @@ def test_limits() -> None:
     assert reasoning.budget_for("instant", 100, 512) == 512
     assert reasoning.engine_limit("none", 512, 512) == 512
     assert reasoning.engine_limit("prefill", 100, 512) == 612 + reasoning.TOKEN_SLACK
+
+
+# -- orphan closing tags and Granite 3.2's plain-text thoughts ---------------------------------
+
+
+def test_orphan_closing_tag_still_ends_the_reasoning() -> None:
+    """Some templates pre-fill ``<think>`` where the prompt does not show it: the model then
+    writes only ``</think>``. In reasoning mode the text before it is reasoning."""
+    text = "Let me see, 2+2.\n</think>\n\nIt is 4."
+    assert split(text, expect_reasoning=True) == ("Let me see, 2+2.", "It is 4.")
+    assert split(text, [1] * len(text), expect_reasoning=True) == (
+        "Let me see, 2+2.",
+        "It is 4.",
+    )
+    # Without expecting reasoning (instant mode), an orphan tag is plain answer text.
+    assert split(text) == ("", text)
+    # Expecting reasoning changes nothing for a model that opens its block or does not think.
+    assert split("<think>a</think>b", expect_reasoning=True) == ("a", "b")
+    assert split("just an answer", expect_reasoning=True) == ("", "just an answer")
+    assert split("<thi", [1] * 4, expect_reasoning=True) == ("", "<thi")
+    for adapter in ("prefill", "enable_thinking", "thinking"):
+        splitter = reasoning.make_splitter(adapter, "<|im_start|>assistant\n", "reasoning")
+        parts = splitter.feed("plan</think>answer") + splitter.flush()
+        assert parts == [Part("reasoning", "plan"), Part("answer", "answer")], adapter
+        assert splitter.saw_reasoning
+    assert reasoning.split_text("plan</think>answer") == ("plan", "answer")
+    assert reasoning.split_text("plan</think>answer", mode="instant") == (
+        "",
+        "plan</think>answer",
+    )
+
+
+def test_orphan_reasoning_is_held_not_shown_as_answer() -> None:
+    splitter = ThinkSplitter(expect_reasoning=True)
+    assert splitter.feed("thinking about it ") == []
+    assert splitter.kind is None and splitter.holding_marker
+    assert splitter.feed("</think> Yes") == [
+        Part("reasoning", "thinking about it"),
+        Part("answer", "Yes"),
+    ]
+    assert splitter.kind == "answer"
+    assert splitter.feed(".") == [Part("answer", ".")]
+    assert splitter.flush() == []
+
+
+def reference_expect_split(text: str) -> tuple[str, str]:
+    if text.lstrip().startswith("<think>"):
+        return reference_split(text, False)
+    head, sep, tail = text.partition("</think>")
+    if not sep:
+        return "", text.lstrip()
+    return head.strip(), tail.lstrip()
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunked())
+def test_orphan_split_is_independent_of_chunking(case: tuple[str, list[int]]) -> None:
+    text, sizes = case
+    whole = split(text, expect_reasoning=True)
+    assert split(text, sizes, expect_reasoning=True) == whole
+    assert whole == reference_expect_split(text)
+
+
+GRANITE32_TEMPLATE = """\
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content'] %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = "Knowledge Cutoff Date: April 2024.\\nYou are Granite, developed by \
+IBM." %}
+    {%- if thinking %}
+        {%- set system_message = system_message + " You are a helpful AI assistant.\\nRespond \
+to every user query in a comprehensive and detailed way. You can write down your thoughts and \
+reasoning process before responding. In the thought process, engage in a comprehensive cycle of \
+analysis, summarization, exploration, reassessment, reflection, backtracing, and iteration to \
+develop well-considered thinking process. In the response section, based on various attempts, \
+explorations, and reflections from the thoughts section, systematically present the final \
+solution that you deem correct. The response should summarize the thought process. Write your \
+thoughts after 'Here is my thought process:' and write your response after 'Here is my \
+response:' for each user query." %}
+    {%- endif %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{{- '<|start_of_role|>system<|end_of_role|>' + system_message + '<|end_of_text|>\\n' }}
+{%- for message in loop_messages %}
+    {{- '<|start_of_role|>' + message['role'] + '<|end_of_role|>' + message['content'] + \
+'<|end_of_text|>\\n' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_of_role|>assistant<|end_of_role|>' }}
+{%- endif %}
+"""
+
+
+def test_granite_32_plain_text_thoughts() -> None:
+    assert reasoning.detect_adapter(GRANITE32_TEMPLATE) == "thinking"
+    on, off = render(GRANITE32_TEMPLATE, "reasoning"), render(GRANITE32_TEMPLATE, "instant")
+    assert reasoning.plain_thoughts("thinking", on) and not reasoning.plain_thoughts(
+        "thinking", off
+    )
+    text = (
+        "Here is my thought process:\nThe user greets me. I should greet back.\n\n"
+        "Here is my response:\nHello! How can I help?"
+    )
+    for mode in ("reasoning", None):
+        splitter = reasoning.make_splitter("thinking", on, mode)  # type: ignore[arg-type]
+        parts: list[Part] = []
+        for ch in text:  # one character at a time: headings arrive in pieces
+            parts += splitter.feed(ch)
+        parts += splitter.flush()
+        got = (
+            "".join(p.text for p in parts if p.kind == "reasoning"),
+            "".join(p.text for p in parts if p.kind == "answer"),
+        )
+        assert got == ("The user greets me. I should greet back.", "Hello! How can I help?")
+    # Without the heading in the prompt (instant mode), the same text is all answer.
+    assert reasoning.split_text(text, adapter="thinking", prompt=off, mode="instant")[0] == ""
+    # The budget closes plain-text thoughts with the response heading, others with </think>.
+    assert reasoning.close_text("thinking", None, on) == "\nHere is my response:\n\n"
+    assert reasoning.close_text("thinking", None, GRANITE_TEMPLATE) == "\n</think>\n\n"
+    # Granite 3.3 (tags) keeps its tags.
+    assert reasoning.split_text(
+        "<think>hm</think><response>ok</response>", adapter="thinking", prompt="x"
+    ) == ("hm", "ok")

@@ -122,11 +122,150 @@ app = typer.Typer(
     cls=_PlainHelpGroup,
     help="Run quantized large language models on your own machine.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+# -- shell completion ---------------------------------------------------------------------
+# Completers run on every Tab press, in a fresh process: they read the store's manifests and
+# the profile folders only (no llama_cpp, no network) and never raise.
+
+MODES = (("reasoning", "think step by step first"), ("instant", "answer at once"))
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith((".", "/", "~")) or ("/" in text and text.lower().endswith(".gguf"))
+
+
+def _complete_paths(incomplete: str) -> list[tuple[str, str]]:
+    """Folders and .gguf files below what was typed so far."""
+    import os
+    from pathlib import Path
+
+    expanded = os.path.expanduser(incomplete)
+    folder, _, prefix = expanded.rpartition("/")
+    base = Path(folder or ("/" if expanded.startswith("/") else "."))
+    shown = incomplete[: len(incomplete) - len(prefix)]
+    out = []
+    try:
+        for entry in sorted(base.iterdir()):
+            if not entry.name.startswith(prefix) or (entry.name.startswith(".") and not prefix):
+                continue
+            if entry.is_dir():
+                out.append((shown + entry.name + "/", "folder"))
+            elif entry.name.lower().endswith(".gguf"):
+                out.append((shown + entry.name, "GGUF file"))
+    except OSError:
+        return []
+    return out[:200]
+
+
+def complete_model(incomplete: str) -> list[tuple[str, str]]:
+    """Installed model names (and catalog aliases) starting with ``incomplete``; .gguf paths
+    when it looks like a path."""
+    if _looks_like_path(incomplete):
+        return _complete_paths(incomplete)
+    try:
+        from localllm import catalog, store
+
+        items = {m.name: m.source or "installed" for m in store.installed()}
+        for entry in catalog.CATALOG:
+            items.setdefault(entry.alias, "catalog alias")
+        if incomplete:  # other tools' models: ollama:NAME, lmstudio:..., llamacpp:...
+            from localllm import foreign
+
+            for scan in foreign.scan():
+                items.update({m.ref: scan.label for m in scan.usable()})
+    except Exception:
+        return []
+    wanted = incomplete.lower()
+    ordered = sorted(items.items(), key=lambda item: item[0].lower())
+    return [(name, help) for name, help in ordered if name.lower().startswith(wanted)]
+
+
+def complete_profile(incomplete: str) -> list[tuple[str, str]]:
+    """Profile names (built-in and yours) starting with ``incomplete``."""
+    try:
+        from localllm.profiles import available_profiles
+
+        sources = available_profiles()
+    except Exception:
+        return []
+    return [
+        (p.name, p.description or ("built-in" if p.builtin else "user"))
+        for p in sources
+        if p.name.startswith(incomplete)
+    ]
+
+
+def complete_mode(incomplete: str) -> list[tuple[str, str]]:
+    """``--mode`` values."""
+    return [(name, help) for name, help in MODES if name.startswith(incomplete)]
+
+
+def complete_reasoning_format(incomplete: str) -> list[str]:
+    """``--reasoning-format`` values."""
+    from localllm.reasoning import ADAPTERS
+
+    return [name for name in ("auto", *ADAPTERS) if name.startswith(incomplete)]
+
+
+def output_width() -> int | None:
+    """The width tables on stdout may use: ``None`` on a terminal (rich asks it); when piped,
+    ``$COLUMNS`` if set, else no limit, so a long path or name stays on one line."""
+    if sys.stdout.isatty():
+        return None
+    import os
+
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    return columns if columns > 0 else 1_000_000
+
+
+def print_json(value: Any) -> None:
+    """One JSON document on stdout, as every ``--json`` prints it: indented, UTF-8 as is (a
+    string holding undecodable bytes, such as a path, falls back to ASCII escapes)."""
+    import json
+
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(value, indent=2)
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def print_table(table: Any, *, markup: bool = True) -> None:
+    """A rich table on stdout: styled on a terminal; piped, plain lines that neither wrap
+    (unless ``$COLUMNS`` says so) nor carry the padding rich adds to fill a column."""
+    from rich.console import Console
+
+    width = output_width()
+    if width is None:
+        Console(highlight=False, markup=markup).print(table)
+        return
+    import io
+
+    buffer = io.StringIO()
+    console = Console(
+        file=buffer,
+        width=width,
+        highlight=False,
+        markup=markup,
+        color_system=None,
+        force_terminal=False,
+        soft_wrap=False,
+    )
+    console.print(table)
+    lines = [line.rstrip() for line in buffer.getvalue().splitlines()]
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.flush()
 
 
 def err(message: str, style: str | None = None) -> None:

@@ -12,14 +12,19 @@ from typing import Annotated
 
 import typer
 
-from localllm.cli._app import app, err
+from localllm.cli._app import app, complete_model, err
 
 GPU_LAYERS_HELP = "Layers to offload to the GPU: a number, 0 for none, or auto."
 
 
 @app.command()
 def bench(
-    model: Annotated[str, typer.Argument(help="A .gguf path or the name of an installed model.")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="A .gguf path or the name of an installed model.", autocompletion=complete_model
+        ),
+    ],
     n_prompt: Annotated[
         int, typer.Option("--n-prompt", "-p", help="Prompt tokens for the pp test (0: skip).")
     ] = 512,

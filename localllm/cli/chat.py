@@ -7,16 +7,27 @@ from typing import Annotated
 
 import typer
 
-from localllm.cli._app import app, err
+from localllm.cli._app import app, complete_mode, complete_model, complete_profile, err
 
 
 @app.command()
 def chat(
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help="A .gguf path or an installed model.")
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="A .gguf path or an installed model.",
+            autocompletion=complete_model,
+        ),
     ] = None,
-    profile: Annotated[str | None, typer.Option("--profile", "-p", help="Profile name.")] = None,
-    mode: Annotated[str | None, typer.Option(help="reasoning or instant.")] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option("--profile", "-p", help="Profile name.", autocompletion=complete_profile),
+    ] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="reasoning or instant.", autocompletion=complete_mode)
+    ] = None,
     system: Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")] = None,
     resume: Annotated[
         str | None, typer.Option("--resume", help="Continue a saved conversation (its id).")

@@ -10,7 +10,6 @@ It never opens a network connection.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -20,7 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
-from localllm.cli._app import app
+from localllm.cli._app import app, print_json
 
 REINSTALL = 'CMAKE_ARGS="{flag}" pip install --force-reinstall --no-cache-dir llama-cpp-python'
 GPU_BACKENDS = {
@@ -292,6 +291,6 @@ def doctor(
     """Show versions, backends, devices, CPU, memory and store; suggest fixes."""
     report = collect()
     if as_json:
-        print(json.dumps(report, indent=2))
+        print_json(report)
     else:
         print(format_report(report))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from localllm.cli._app import app, die
+from localllm.cli._app import app, complete_model, die, print_json
 
 if TYPE_CHECKING:
     from localllm.modelfile import ModelFileInfo
@@ -79,7 +79,7 @@ def anatomy_rows(info: ModelFileInfo) -> list[tuple[str, str]]:
 
 @app.command()
 def show(
-    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+    model: Annotated[str, typer.Argument(help=MODEL_HELP, autocompletion=complete_model)],
     template: Annotated[
         bool, typer.Option("--template", help="Print only the chat template.")
     ] = False,
@@ -105,14 +105,15 @@ def show(
     if as_json and other is not None:  # where it lives, and the projector beside it
         data = {**info.as_dict(), "foreign": other.as_dict()}
         data["projector"] = data["projector"] or data["foreign"]["projector"]
-        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        print_json(data)
         return
 
     if as_json:
-        sys.stdout.write(json.dumps(info.as_dict(), indent=2, ensure_ascii=False) + "\n")
+        print_json(info.as_dict())
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from localllm.cli._app import print_table
 
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold cyan", no_wrap=True)
@@ -122,7 +123,7 @@ def show(
         rows += foreign_rows(other)
     for label, value in rows:
         table.add_row(label, value)
-    Console(highlight=False, soft_wrap=False).print(table, markup=False)
+    print_table(table, markup=False)
 
 
 def _foreign_model(model: str) -> Any:
@@ -150,12 +151,22 @@ def foreign_rows(model: Any) -> list[tuple[str, str]]:
 
 
 def read_text(text: str) -> str:
-    """TEXT, or stdin for ``-``."""
+    """TEXT, or stdin for ``-``; invalid UTF-8 becomes U+FFFD with one warning."""
+    from localllm.cli._app import err
+    from localllm.textin import TextInputs
+
+    inputs = TextInputs()
     if text != "-":
-        return text
-    if sys.stdin is None:
+        value = inputs.text(text, "TEXT")
+    elif sys.stdin is None:
         die("no text on stdin")
-    return sys.stdin.read()
+    elif (buffer := getattr(sys.stdin, "buffer", None)) is not None:
+        value = inputs.data(buffer.read(), "stdin")
+    else:
+        value = inputs.text(sys.stdin.read(), "stdin")
+    if (warning := inputs.warning()) is not None:
+        err(warning)
+    return value
 
 
 def stdout_is_terminal() -> bool:
@@ -189,7 +200,7 @@ SPAN_STYLES = (
 
 @app.command()
 def tokenize(
-    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+    model: Annotated[str, typer.Argument(help=MODEL_HELP, autocompletion=complete_model)],
     text: Annotated[str, typer.Argument(help="The text to tokenize; '-' reads stdin.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     no_special: Annotated[

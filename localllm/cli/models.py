@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from localllm.cli._app import app, err
+from localllm.cli._app import app, complete_model, err, print_json, print_table
 
 if TYPE_CHECKING:
     from localllm import hub, store
@@ -145,7 +145,7 @@ def _print_listing(listing: hub.Listing, as_json: bool) -> None:
     except LocalLLMError:
         pick = None
     if as_json:
-        print(json.dumps(_listing_json(listing, pick), indent=2))
+        print_json(_listing_json(listing, pick))
         return
     gpu = listing.budget.vram is not None
     table = Table(title=f"{listing.info.repo}", title_justify="left", box=None, pad_edge=False)
@@ -178,8 +178,8 @@ def _print_listing(listing: hub.Listing, as_json: bool) -> None:
             cells.append(f"[{FIT_STYLES.get(gv, 'dim')}]{gv}[/]")
         cells.append(", ".join(notes))
         table.add_row(*cells)
+    print_table(table)
     out = _console()
-    out.print(table)
     if listing.info.gated:
         out.print(
             "gated: accept the licence on the Hub and set HF_TOKEN before pulling",
@@ -302,7 +302,7 @@ def search(
         return
     found = hub.search(query, limit=limit)
     if as_json:
-        print(json.dumps(found, indent=2))
+        print_json(found)
         return
     if not found:
         _say(f"no GGUF repos match '{query}'")
@@ -315,7 +315,7 @@ def search(
     table.add_column("LIKES", justify="right")
     for d in found:
         table.add_row(d["id"], str(d.get("downloads", "")), str(d.get("likes", "")))
-    _console().print(table)
+    print_table(table, markup=False)
     _say("list one's files: localllm pull OWNER/REPO --list")
 
 
@@ -421,7 +421,7 @@ def list_models(
     rows += foreign_rows
     if as_json:
         rows += [{**b.as_dict(), "path": str(b.location)} for b in broken]
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return
     for b in broken:
         err(f"warning: broken {b.label} model {b.ref}: {b.broken}", style="yellow")
@@ -457,7 +457,7 @@ def list_models(
             str(r["context_length"] or "-"),
             r["source"],
         )
-    _console().print(table)
+    print_table(table, markup=False)
 
 
 def _refuse_foreign(ref: str) -> None:
@@ -477,7 +477,12 @@ def _refuse_foreign(ref: str) -> None:
 
 @app.command()
 def rm(
-    model: Annotated[str, typer.Argument(help="An installed model's name or reference.")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="An installed model's name or reference.", autocompletion=complete_model
+        ),
+    ],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
     purge: Annotated[
         bool, typer.Option("--purge", help="Also delete a model's files in the Hugging Face cache.")
@@ -563,7 +568,10 @@ def _import_foreign(ref: str, *, name: str | None, copy: bool) -> None:
 
 @app.command()
 def verify(
-    model: Annotated[str | None, typer.Argument(help="One model; all when omitted.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Argument(help="One model; all when omitted.", autocompletion=complete_model),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
     """Re-hash stored files against their manifests."""
@@ -579,7 +587,7 @@ def verify(
             checks.extend(store.verify(m, progress=bar.update))
     bad = [c for c in checks if c.status in ("mismatch", "missing")]
     if as_json:
-        print(json.dumps([asdict(c) for c in checks], indent=2))
+        print_json([asdict(c) for c in checks])
     else:
         for c in checks:
             print(f"{c.status:9} {c.model}  {c.file}")

@@ -7,10 +7,11 @@ prints them and exits 2.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
-from localllm.cli._app import app, err
+from localllm.cli._app import app, complete_profile, err
 
 profile_app = typer.Typer(
     name="profile",
@@ -28,19 +29,27 @@ def _source_label(builtin: bool, shadows_builtin: bool) -> str:
 
 
 @profile_app.command("list")
-def list_profiles() -> None:
+def list_profiles(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON array.")] = False,
+) -> None:
     """Show every profile: built-ins and yours (yours shadow a built-in of the same name)."""
-    import os
-    import sys
 
     from rich.console import Console
     from rich.table import Table
 
+    from localllm.cli._app import output_width, print_json, print_table
     from localllm.errors import ProfileError
     from localllm.profiles import available_profiles, load_profile
 
     rows: list[tuple[str, str, str, str, str]] = []
+    records: list[dict[str, Any]] = []
     for source in available_profiles():
+        record: dict[str, Any] = {
+            "name": source.name,
+            "builtin": source.builtin,
+            "shadows_builtin": source.shadows_builtin,
+            "path": str(source.path),
+        }
         try:
             profile = load_profile(source.name)
             mode, temperature, description = (
@@ -48,33 +57,45 @@ def list_profiles() -> None:
                 f"{profile.temperature:g}",
                 profile.description,
             )
+            record.update(
+                mode=profile.mode,
+                temperature=profile.temperature,
+                description=profile.description,
+                error=None,
+            )
         except ProfileError as exc:
             problem, where = exc.message, str(source.path) + ":"
             if problem.startswith(where):  # the path is in the row already, keep the line
                 problem = "line " + problem[len(where) :]
             mode, temperature, description = "?", "?", f"invalid: {problem}"
+            record.update(mode=None, temperature=None, description=None, error=exc.message)
         label = _source_label(source.builtin, source.shadows_builtin)
         rows.append((source.name, label, mode, temperature, description))
+        records.append(record)
+    if as_json:
+        print_json(records)
+        return
 
     # A terminal's width is respected; piped output keeps whole descriptions (for grep).
-    piped = not sys.stdout.isatty() and not os.environ.get("COLUMNS")
-    console = Console(highlight=False, width=1000 if piped else None)
+    width = output_width() or Console().width
     headers = ("name", "source", "mode", "temperature", "description")
     widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers[:-1])]
     # The description is the only column that gives way on a narrow terminal.
-    room = max(12, console.width - sum(widths) - 2 * len(widths))
+    room = max(12, width - sum(widths) - 2 * len(widths))
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for header, width in zip(headers[:-1], widths, strict=True):
-        table.add_column(header, no_wrap=True, min_width=width)
+    for header, col_width in zip(headers[:-1], widths, strict=True):
+        table.add_column(header, no_wrap=True, min_width=col_width)
     table.add_column(headers[-1], no_wrap=True, overflow="ellipsis", max_width=room)
     for row in rows:
         table.add_row(*row, style="red" if row[2] == "?" else None)
-    console.print(table)
+    print_table(table, markup=False)
 
 
 @profile_app.command("show")
 def show(
-    name: str = typer.Argument("default", help="Profile name or path to a YAML file."),
+    name: str = typer.Argument(
+        "default", help="Profile name or path to a YAML file.", autocompletion=complete_profile
+    ),
 ) -> None:
     """Print a profile as YAML with its `extends` chain resolved."""
     from localllm.profiles import load_profile, profile_to_yaml
@@ -85,7 +106,9 @@ def show(
 @profile_app.command("new")
 def new(
     name: str = typer.Argument(..., help="Name of the new user profile."),
-    source: str = typer.Option("default", "--from", help="Profile to copy."),
+    source: str = typer.Option(
+        "default", "--from", help="Profile to copy.", autocompletion=complete_profile
+    ),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing profile."),
 ) -> None:
     """Create a user profile by copying another one."""
@@ -132,7 +155,9 @@ def _editor_command() -> list[str]:
 
 
 @profile_app.command("edit")
-def edit(name: str = typer.Argument(..., help="Profile to edit.")) -> None:
+def edit(
+    name: str = typer.Argument(..., help="Profile to edit.", autocompletion=complete_profile),
+) -> None:
     """Edit a user profile in $VISUAL / $EDITOR; it is saved only if it still validates.
 
     Editing a built-in creates a user profile of the same name that shadows it.
@@ -140,6 +165,7 @@ def edit(name: str = typer.Argument(..., help="Profile to edit.")) -> None:
     import subprocess
     import tempfile
 
+    from localllm.durable import write_atomic
     from localllm.errors import ProfileError
     from localllm.profiles import (
         builtin_text,
@@ -149,7 +175,6 @@ def edit(name: str = typer.Argument(..., help="Profile to edit.")) -> None:
         user_profile_path,
         validate_file_as,
     )
-    from localllm.store import write_atomic
 
     check_name(name)
     target = user_profile_path(name)
@@ -259,7 +284,9 @@ def validate(
 
 @profile_app.command("path")
 def path(
-    name: str | None = typer.Argument(None, help="A profile: print the file it is read from."),
+    name: str | None = typer.Argument(
+        None, help="A profile: print the file it is read from.", autocompletion=complete_profile
+    ),
 ) -> None:
     """Print the user profiles folder, or the file a profile is read from."""
     from localllm.paths import profiles_dir

@@ -8,47 +8,71 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from localllm.cli._app import app, err
+from localllm.cli._app import (
+    app,
+    complete_mode,
+    complete_model,
+    complete_profile,
+    complete_reasoning_format,
+    err,
+)
+
+if TYPE_CHECKING:
+    from localllm.textin import TextInputs
 
 GPU_LAYERS_HELP = "Layers to offload to the GPU: a number, 0 for none, or auto."
 
 
-def read_prompt(prompt: str | None) -> str:
+def read_stdin(inputs: TextInputs) -> str:
+    """All of stdin as text: its bytes decoded as UTF-8 (invalid bytes become U+FFFD)."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # a replaced sys.stdin without bytes
+        return inputs.text(sys.stdin.read(), "stdin")
+    text = inputs.data(buffer.read(), "stdin")
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # as text-mode stdin reads it
+
+
+def read_prompt(prompt: str | None, inputs: TextInputs | None = None) -> str:
     """The prompt from the argument and/or stdin.
 
     PROMPT omitted or ``-``: stdin is the prompt. Both given: stdin is attached as context.
     """
     from localllm.errors import UsageError
+    from localllm.textin import TextInputs
 
+    inputs = inputs if inputs is not None else TextInputs()
     stdin_text = ""
     if prompt in (None, "-"):
         if sys.stdin is None or sys.stdin.isatty():
             raise UsageError(
                 "no prompt given", hint='pass one: localllm run "your question", or pipe text in'
             )
-        stdin_text = sys.stdin.read()
+        stdin_text = read_stdin(inputs)
         text = stdin_text
     else:
+        prompt = inputs.text(prompt, "the prompt argument")
         if sys.stdin is not None and not sys.stdin.isatty():
-            stdin_text = sys.stdin.read()
+            stdin_text = read_stdin(inputs)
         text = prompt if not stdin_text.strip() else f"{prompt}\n\n{stdin_text}"
     if not text.strip():
         raise UsageError("the prompt is empty", hint="give a prompt or pipe text on stdin")
     return text
 
 
-def read_template_file(path: Path | None) -> str | None:
+def read_template_file(path: Path | None, inputs: TextInputs | None = None) -> str | None:
     from localllm.errors import UsageError
+    from localllm.textin import TextInputs
 
     if path is None:
         return None
+    inputs = inputs if inputs is not None else TextInputs()
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        return inputs.data(path.read_bytes(), str(path))
+    except OSError as exc:
         raise UsageError(
             f"cannot read the template file {path}: {getattr(exc, 'strerror', None) or exc}"
         ) from exc
@@ -85,9 +109,18 @@ def run(
         str | None, typer.Argument(help="The prompt; omit or '-' to read stdin.")
     ] = None,
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help="A .gguf path or an installed model.")
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="A .gguf path or an installed model.",
+            autocompletion=complete_model,
+        ),
     ] = None,
-    profile: Annotated[str | None, typer.Option("--profile", "-p", help="Profile name.")] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option("--profile", "-p", help="Profile name.", autocompletion=complete_profile),
+    ] = None,
     system: Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")] = None,
     temperature: Annotated[
         float | None, typer.Option(help="Sampling temperature (0 = greedy).")
@@ -112,7 +145,9 @@ def run(
     ctx: Annotated[int | None, typer.Option("--ctx", help="Context length in tokens.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads.")] = None,
     gpu_layers: Annotated[str | None, typer.Option("--gpu-layers", help=GPU_LAYERS_HELP)] = None,
-    mode: Annotated[str | None, typer.Option(help="reasoning or instant.")] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="reasoning or instant.", autocompletion=complete_mode)
+    ] = None,
     show_reasoning: Annotated[
         bool | None,
         typer.Option(
@@ -134,6 +169,7 @@ def run(
             "--reasoning-format",
             help="Force how thinking is switched: auto, enable_thinking, thinking, prefill, "
             "harmony, instruction or none.",
+            autocompletion=complete_reasoning_format,
         ),
     ] = None,
     template_file: Annotated[
@@ -160,7 +196,11 @@ def run(
     from localllm import profiles
     from localllm.loading import open_engine
     from localllm.session import ChatSession
+    from localllm.textin import TextInputs
 
+    inputs = TextInputs()  # every text input, decoded once: invalid UTF-8 becomes U+FFFD
+    system = inputs.optional(system, "--system")
+    stop = inputs.texts(stop, "--stop") if stop else None
     overrides: dict[str, Any] = {
         "temperature": temperature,
         "top_p": top_p,
@@ -180,11 +220,14 @@ def run(
         "show_reasoning": show_reasoning,
         "reasoning_budget": reasoning_budget,
         "reasoning_format": reasoning_format,
-        "chat_template": read_template_file(template_file),
+        "chat_template": read_template_file(template_file, inputs),
         "verbose": verbose,
     }
     settings = profiles.resolve(profile, overrides)
-    text = read_prompt(prompt)
+    settings = clean_profile_text(settings, inputs)
+    text = read_prompt(prompt, inputs)
+    if (warning := inputs.warning()) is not None:
+        err(warning)
     interactive = sys.stderr.isatty()
 
     def say(message: str) -> None:
@@ -212,6 +255,17 @@ def run(
         _stream(session, text, as_json=as_json, show_stats=stats, path=path)
     finally:
         engine.close()
+
+
+def clean_profile_text(settings: Any, inputs: TextInputs) -> Any:
+    """The resolved profile with its text fields (system prompt, stops) free of lone
+    surrogates, which a YAML escape such as "\\udcff" can put there."""
+    source = f"the system_prompt of profile '{settings.name}'"
+    system = inputs.optional(settings.system_prompt, source)
+    stop = tuple(inputs.texts(settings.stop, f"the stop of profile '{settings.name}'"))
+    if system == settings.system_prompt and stop == tuple(settings.stop):
+        return settings
+    return settings.replace(system_prompt=system, stop=stop)
 
 
 def _stream(session: Any, text: str, *, as_json: bool, show_stats: bool, path: Path) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from localllm.cli._app import app, err
+from localllm.cli._app import app, complete_model, complete_profile, err
 from localllm.cli.run import GPU_LAYERS_HELP
 
 
@@ -16,10 +16,18 @@ from localllm.cli.run import GPU_LAYERS_HELP
 def serve(
     model: Annotated[
         str | None,
-        typer.Option("--model", "-m", help="Default model: a .gguf path or an installed model."),
+        typer.Option(
+            "--model",
+            "-m",
+            help="Default model: a .gguf path or an installed model.",
+            autocompletion=complete_model,
+        ),
     ] = None,
     profile: Annotated[
-        str | None, typer.Option("--profile", "-p", help="The server's profile.")
+        str | None,
+        typer.Option(
+            "--profile", "-p", help="The server's profile.", autocompletion=complete_profile
+        ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8080,

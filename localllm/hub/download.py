@@ -18,7 +18,6 @@ import contextlib
 import errno
 import hashlib
 import json
-import os
 import queue
 import re
 import shutil
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from localllm import paths, refs, store
+from localllm import durable, paths, refs, store
 from localllm.errors import ChecksumError, LocalLLMError, NetworkError, ResourceError
 from localllm.hub import client
 from localllm.hub.client import Transient
@@ -166,7 +165,7 @@ class Partial:
 
     def write_sidecar(self, data: dict[str, Any]) -> None:
         text = json.dumps(data, indent=1) + "\n"
-        store.write_atomic(self.sidecar, text.encode(), durable=False)
+        durable.write_atomic(self.sidecar, text.encode(), durable=False)
 
     def bytes_done(self) -> int:
         try:
@@ -509,11 +508,6 @@ def _fetch_loop(
     return sink.digests()
 
 
-def _fsync(path: Path) -> None:
-    with path.open("rb") as f:
-        os.fsync(f.fileno())
-
-
 def download_file(
     repo: str,
     filename: str,
@@ -584,7 +578,7 @@ def download_file(
                 f"checksum mismatch for {filename}: expected {want}…, got {got}…, twice",
                 hint="the server or a proxy is corrupting data; try again later or another mirror",
             )
-        _fsync(partial.part)  # a finished download survives a power cut, not just a crash
+        durable.fsync_file(partial.part)  # survives a power cut, not just a crash
         store.place_file(partial.part, dest)
         _write_stamp(partial, dest, expected or digest)
     return dest

@@ -1,0 +1,59 @@
+"""Durable file writes: atomic replacement and directory fsync.
+
+The lowest layer beside :mod:`localllm.paths` and :mod:`localllm.errors`: plain file-system
+calls, no knowledge of models, profiles or conversations, so the pure layer (profiles) and the
+storage layer (store, conversations, the Hub download) can all use it without importing each
+other.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["fsync_dir", "fsync_file", "write_atomic"]
+
+
+def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` so that ``path`` is either the old file or the new one, never half.
+
+    ``durable`` also fsyncs the file and its folder (manifests, profiles); bookkeeping that may
+    be lost in a power cut without harm (download sidecars) skips that.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a finished file's data to disk (it survives a power cut, not just a crash)."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new file in ``folder`` durable (POSIX; a no-op elsewhere)."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
