@@ -5,7 +5,8 @@ new record; the latest one wins), so a crash can cost at most the record being w
 
 * ``{"type": "conversation", "version": 1, "id": ..., "created": ...}``: the first line;
 * ``{"type": "message", "role": "user" | "assistant", "content": ..., "time": ...}``, an
-  assistant message possibly with ``reasoning``, ``stopped`` and ``stats``;
+  assistant message possibly with ``reasoning``, ``stopped``, ``stats`` and ``mode`` (the mode
+  that answer ran in; older files get it from the settings record before it);
 * ``{"type": "settings", "model": ..., "profile": ..., "mode": ..., ...}``: what the next turns
   ran with (a resumed conversation continues with the latest);
 * ``{"type": "title", "title": ...}``: a rename.
@@ -99,6 +100,7 @@ class Conversation:
             raise _storage_error("read", path, exc) from None
         conversation = cls(id=path.name.removesuffix(SUFFIX), path=path)
         created = None
+        mode: Any = None  # the mode in the settings at this point of the file
         for line in raw.decode("utf-8", errors="replace").splitlines():
             if not line.strip():
                 continue
@@ -115,8 +117,12 @@ class Conversation:
                 created = created or record.get("created")
             elif kind == "message" and isinstance(record.get("content"), str):
                 if record.get("role") in ("user", "assistant", "system"):
-                    conversation.messages.append({k: v for k, v in record.items() if k != "type"})
+                    message = {k: v for k, v in record.items() if k != "type"}
+                    if message["role"] == "assistant" and mode and "mode" not in message:
+                        message["mode"] = mode  # a file written before turns recorded it
+                    conversation.messages.append(message)
             elif kind == "settings":
+                mode = record.get("mode", mode)
                 conversation.settings.update(
                     {k: v for k, v in record.items() if k not in ("type", "time")}
                 )
@@ -209,8 +215,11 @@ class Conversation:
             return f.read(1) == b"\n"
 
     def add_message(self, role: str, content: str, **extra: Any) -> dict[str, Any]:
-        """Append one message (written and fsynced before this returns)."""
+        """Append one message (written and fsynced before this returns); an answer records
+        its ``mode`` (by default the one in the settings)."""
         message: dict[str, Any] = {"role": role, "content": content, "time": _now()}
+        if role == "assistant" and extra.get("mode") is None:
+            extra["mode"] = {**self.settings, **(self._pending_settings or {})}.get("mode")
         message.update({k: v for k, v in extra.items() if v is not None})
         self._append([{"type": "message", **message}])
         self.messages.append(message)
@@ -246,7 +255,7 @@ class Conversation:
         """The conversation as a Markdown document."""
         out = [f"# {self.display_title}", ""]
         facts = []
-        for key, label in (("model", "Model"), ("profile", "Profile"), ("mode", "Mode")):
+        for key, label in (("model", "Model"), ("profile", "Profile")):
             if self.settings.get(key):
                 facts.append(f"{label}: {self.settings[key]}")
         facts.append(f"Started: {self.created}")
@@ -255,7 +264,10 @@ class Conversation:
             out += ["## System", "", str(self.settings["system_prompt"]).rstrip(), ""]
         for message in self.messages:
             role = message.get("role")
-            out += ["## You" if role == "user" else f"## {str(role).capitalize()}", ""]
+            heading = "## You" if role == "user" else f"## {str(role).capitalize()}"
+            if role == "assistant" and message.get("mode"):
+                heading += f" · {message['mode']}"  # each answer's own mode
+            out += [heading, ""]
             reasoning = message.get("reasoning")
             if reasoning:
                 out += ["<details><summary>Reasoning</summary>", "", reasoning.rstrip(), ""]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from localllm import fit, modelfile
 from localllm.engine import Engine, LoadOptions, plan_load
-from localllm.errors import ResourceError
+from localllm.errors import ResourceError, UsageError
 from localllm.profiles import Profile
 
 Warn = Callable[[str], None]
@@ -52,6 +52,7 @@ def plan(
 ) -> LoadOptions:
     """Validate ``path`` and decide how to load it; warnings go to ``warn``."""
     info = modelfile.read_info(path)  # validates the file first (InvalidModelError)
+    refuse_encoder(info)
     options = plan_load(profile, info.context_length or None, vocab_only=vocab_only, path=path)
     if vocab_only:
         return options
@@ -65,7 +66,7 @@ def plan(
         from localllm.offload import kv_bytes_per_elem
 
         estimate = fit.estimate_memory(
-            info.file_size,
+            info.file_size + _projector_bytes(path, info),
             info.layers,
             info.embedding_size,
             info.heads,
@@ -86,6 +87,17 @@ def plan(
     return options
 
 
+def refuse_encoder(info: modelfile.ModelFileInfo) -> None:
+    """Encoder-only models (BERT and its kin) turn text into vectors and cannot generate:
+    everything that loads a model to generate text (run, chat, serve) refuses them here."""
+    if info.structure == "encoder-only":
+        raise UsageError(
+            f"{info.name} is an encoder-only model ({info.architecture}): it turns text into "
+            "vectors and cannot generate text",
+            hint=f"use `localllm embed -m {info.path}` to embed text with it",
+        )
+
+
 def open_engine(
     path: str | Path,
     profile: Profile,
@@ -96,6 +108,17 @@ def open_engine(
 ) -> Engine:
     """A loaded engine for ``path`` under ``profile`` (see :func:`plan`)."""
     return Engine(path, plan(path, profile, vocab_only=vocab_only, force=force, warn=warn))
+
+
+def _projector_bytes(path: str | Path, info: modelfile.ModelFileInfo) -> int:
+    """The vision projector's weights: loaded beside the model, so counted with it."""
+    from localllm import store
+
+    projector = store.projector_of(Path(path)) or info.projector
+    try:
+        return projector.stat().st_size if projector is not None else 0
+    except OSError:
+        return 0
 
 
 def _gib(n: int) -> str:

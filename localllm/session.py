@@ -91,6 +91,7 @@ class ChatSession:
     profile: Profile
     messages: list[dict[str, Any]] = field(default_factory=list)
     last_turn: Turn | None = None
+    projector: Any = None  # a vision.Projector when the model reads images
 
     # -- what the model sees ------------------------------------------------------------
 
@@ -152,22 +153,45 @@ class ChatSession:
         *,
         cancel: Callable[[], bool] | None = None,
         grammar: str | None = None,
+        images: Sequence[Any] = (),
     ) -> Iterator[SessionEvent]:
         """Stream one turn as reasoning and answer events, then one :class:`Stats`.
 
         The exchange joins the history when the stream ends (a stopped answer is kept with
         what was produced). ``grammar`` (GBNF) constrains generation; for tests.
+        ``images`` (:class:`localllm.images.Image`) go before the text of the message.
         """
-        plan = self.plan(user_text)
+        content = self._with_images(user_text, images)
+        plan = self.plan(content)
 
         def record(turn: Turn) -> None:
-            self.messages.append({"role": "user", "content": user_text})
+            user: dict[str, Any] = {"role": "user", "content": content}
+            if images:
+                user["images"] = list(images)
+            self.messages.append(user)
             entry: dict[str, Any] = {"role": "assistant", "content": turn.answer}
             if turn.reasoning:
                 entry["reasoning"] = turn.reasoning
             self.messages.append(entry)
 
-        yield from self._turn(plan, self._render_plan(plan), cancel, grammar, record)
+        history = [i for m in self.messages for i in m.get("images", ())]
+        yield from self._turn(
+            plan, self._render_plan(plan), cancel, grammar, record, [*history, *images]
+        )
+
+    def _with_images(self, text: str, images: Sequence[Any]) -> str:
+        """The message text with one image marker per image, before the text."""
+        if not images:
+            return text
+        if self.projector is None:
+            from localllm.errors import UsageError
+
+            raise UsageError(
+                f"{self.engine.info.name} is a text-only model: it cannot read images",
+                hint="use a vision model (one published with an mmproj projector), "
+                "or give its projector with --mmproj FILE",
+            )
+        return "".join(f"{self.projector.marker}\n" for _ in images) + text
 
     def respond(
         self,
@@ -186,10 +210,15 @@ class ChatSession:
         has_system = any(m.get("role") == "system" for m in messages)
         if self.profile.system_prompt and not has_system:
             out.append({"role": "system", "content": self.profile.system_prompt})
-        out.extend({"role": m["role"], "content": m["content"]} for m in messages)
+        images: list[Any] = []
+        for m in messages:
+            pictures = list(m.get("images") or ())
+            images.extend(pictures)
+            content = self._with_images(m["content"], pictures)
+            out.append({"role": m["role"], "content": content})
         effort = getattr(self.profile, "reasoning_effort", None)
         plan = reasoning.plan_prompt(self.adapter, self.mode, out, effort=effort)
-        yield from self._turn(plan, self._render_plan(plan), cancel, grammar, None)
+        yield from self._turn(plan, self._render_plan(plan), cancel, grammar, None, images)
 
     def complete(
         self,
@@ -210,6 +239,7 @@ class ChatSession:
         cancel: Callable[[], bool] | None,
         grammar: str | None,
         record: Callable[[Turn], None] | None,
+        images: Sequence[Any] = (),
     ) -> Iterator[SessionEvent]:
         profile = self.profile
         budget = reasoning.budget_for(plan.mode, profile.reasoning_budget, profile.max_tokens)
@@ -238,9 +268,25 @@ class ChatSession:
 
         turn = Turn(mode=plan.mode, adapter=plan.adapter)
         stats: Stats | None = None
+        request: str | list[int] = prompt
+        if self.projector is not None and not images:
+            from localllm import vision
+
+            vision.forget_images(self.engine)
+        if images and getattr(settings, "speculative", "off") != "off":
+            settings = settings.replace(speculative="off")  # drafts cannot see images
+        if images:  # the projector evaluates the prompt with its images; the engine goes on
+            tokens = self.projector.prefill(
+                prompt, images, cancel=lambda: cancel is not None and cancel()
+            )
+            if tokens is None:
+                self._finish(turn, stream, record)
+                yield Stats(0, 0, 0, 0.0, 0.0, "cancelled")
+                return
+            request = tokens
         try:
             for event in self.engine.generate(
-                prompt,
+                request,
                 settings,
                 cancel=stop,
                 grammar=grammar,
@@ -261,6 +307,9 @@ class ChatSession:
             raise
         if stats is not None and stats.stop_reason == "cancelled" and not user_stopped:
             stats = replace(stats, stop_reason="length")  # the answer reached max_tokens
+        if stats is not None and images:  # the prefill is part of the prompt's time
+            pre = self.projector.stats
+            stats = replace(stats, cached_tokens=pre.cached, ttft_s=stats.ttft_s + pre.prefill_s)
         turn.stats = stats
         self._finish(turn, stream, record)
         if stats is not None:

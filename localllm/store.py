@@ -530,9 +530,11 @@ def import_model(
     name: str | None = None,
     copy: bool = False,
     progress: Progress | None = None,
+    mmproj: Path | None = None,
 ) -> Manifest:
     """Validate a local GGUF (every part of a split one) and add it to the store: a hard link
-    when possible (same file system), else a symlink, or a copy with ``copy=True``."""
+    when possible (same file system), else a symlink, or a copy with ``copy=True``.
+    ``mmproj``: the model's vision projector, stored beside it and recorded."""
     from localllm import refs
 
     path = refs.expand_path(str(path)).absolute()
@@ -540,7 +542,15 @@ def import_model(
         raise ModelNotFoundError(f"no such file: {path}")
     validate_file(path)
     info = read_gguf_info(path)
+    if info.get("architecture") == "clip":
+        raise UsageError(
+            f"{path.name} is a vision projector, not a model",
+            hint="import the model and give this file with --mmproj",
+        )
     parts = [Path(p) for p in info.get("parts") or [path]]
+    if mmproj is not None:
+        check_projector(mmproj)
+        parts.append(mmproj)
     stem = refs.split_base(path.name)
     stem = re.sub(r"\.gguf$", "", stem, flags=re.IGNORECASE)
     name = (name or stem).strip()
@@ -558,6 +568,7 @@ def import_model(
         architecture=info.get("architecture"),
         parameters=info.get("parameters"),
         context_length=info.get("context_length"),
+        mmproj=mmproj.name if mmproj is not None else None,
     )
     folder = manifest.folder
     if folder.exists() and load_manifest(folder) is None:
@@ -579,6 +590,33 @@ def import_model(
     manifest.size = total
     save_manifest(manifest)
     return manifest
+
+
+def check_projector(path: Path) -> None:
+    """A vision projector: a valid GGUF of the ``clip`` architecture."""
+    if not path.is_file():
+        raise ModelNotFoundError(f"no such projector file: {path}")
+    from localllm import modelfile
+
+    gf = modelfile.parse_gguf(path)
+    if gf.get_str("general.architecture") != "clip":
+        raise UsageError(
+            f"{path.name} is not a vision projector (architecture "
+            f"{gf.get_str('general.architecture')!r})",
+            hint="--mmproj takes the model's mmproj-*.gguf file",
+        )
+
+
+def projector_of(model: Path) -> Path | None:
+    """The projector recorded for the installed model whose file is ``model``."""
+    try:
+        target = model.resolve()
+        for manifest in all_manifests():
+            if manifest.mmproj and manifest.primary.resolve() == target:
+                return manifest.files_dir / manifest.mmproj
+    except OSError:
+        return None
+    return None
 
 
 def _link_or_copy(src: Path, dest: Path, *, copy: bool) -> None:

@@ -3,6 +3,9 @@
 
     python scripts/bench_tui.py [--model PATH] [--rounds 3] [--tokens 200] [--turns 10]
 
+(--turns 0 measures the decode speed only; --undrawn adds TUI rounds whose streamed text is not
+drawn, which tells the cost of drawing apart from everything else.)
+
 1. Decode speed: the same prompt and settings (temperature 0, fixed seed, so the same answer)
    answered by `localllm run --json` (a subprocess) and by the TUI driven headless with Pilot,
    interleaved; prints the median tokens/s of each and the ratio (goal: TUI / run >= 0.9).
@@ -91,31 +94,48 @@ def bench_run(model: Path, tokens: int, threads: int | None) -> dict[str, Any]:
     return json.loads(out.stdout)["stats"]
 
 
-async def _tui_session(model: Path, profile: Any, prompts: list[str]) -> list[dict[str, Any]]:
+async def _tui_session(
+    model: Path, profile: Any, prompts: list[str], *, draw: bool = True
+) -> list[dict[str, Any]]:
     from localllm.tui.app import ChatApp
+    from localllm.tui.widgets.messages import AssistantMessage
 
-    app = ChatApp(model, profile)
+    drawing = AssistantMessage.on_assistant_message_delta
+    if not draw:  # the streamed text reaches the answer widget, which does not draw it
+
+        async def undrawn(self: Any, event: Any) -> None:
+            event.stop()
+
+        AssistantMessage.on_assistant_message_delta = undrawn  # type: ignore[method-assign]
+    try:
+        return await _tui_answers(ChatApp(model, profile), prompts)
+    finally:
+        AssistantMessage.on_assistant_message_delta = drawing  # type: ignore[method-assign]
+
+
+async def _tui_answers(app: Any, prompts: list[str]) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     async with app.run_test(size=(100, 30)) as pilot:
-        while app.model_path is None or app.loading:
+        while app.state.model_path is None or app.state.loading:
             await pilot.pause(0.05)
         for prompt in prompts:
             app.prompt.load_text(prompt)
-            before = len(app.conversation.messages)
+            before = len(app.state.conversation.messages)
             started = time.perf_counter()
             await pilot.press("enter")
-            while len(app.conversation.messages) < before + 2:  # the question and its answer
+            while len(app.state.conversation.messages) < before + 2:  # the question and its answer
                 await asyncio.sleep(0.02)  # not pilot.pause: that forces extra screen updates
             wall = time.perf_counter() - started
-            stats = dict(app.conversation.messages[-1]["stats"])
+            stats = dict(app.state.conversation.messages[-1]["stats"])
             stats["wall_s"] = wall
+            stats["threads"] = app.session.engine.options.n_threads
             results.append(stats)
     app.close_engine()
     return results
 
 
-def bench_tui(model: Path, tokens: int, threads: int | None) -> dict[str, Any]:
-    return asyncio.run(_tui_session(model, settings(tokens, threads), [PROMPT]))[0]
+def bench_tui(model: Path, tokens: int, threads: int | None, draw: bool = True) -> dict[str, Any]:
+    return asyncio.run(_tui_session(model, settings(tokens, threads), [PROMPT], draw=draw))[0]
 
 
 def cold_ttft(model: Path, profile: Any, history: list[dict[str, Any]], question: str) -> Any:
@@ -142,6 +162,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--threads", type=int)
+    parser.add_argument(
+        "--undrawn",
+        action="store_true",
+        help="also time the TUI with the streamed text not drawn (what drawing costs)",
+    )
     args = parser.parse_args()
     os.environ["LOCALLLM_HOME"] = tempfile.mkdtemp(prefix="localllm-bench-tui-")
     model = args.model or starter_path()
@@ -150,24 +175,39 @@ def main() -> None:
     # 1. decode speed, interleaved
     run_tps: list[float] = []
     tui_tps: list[float] = []
+    undrawn_tps: list[float] = []
     for i in range(args.rounds):
         a = bench_run(model, args.tokens, args.threads)
         b = bench_tui(model, args.tokens, args.threads)
         run_tps.append(a["tokens_per_s"])
         tui_tps.append(b["tokens_per_s"])
-        print(
+        line = (
             f"round {i + 1}: run {a['tokens_per_s']:.1f} tok/s ({a['generated_tokens']} tok) · "
             f"TUI {b['tokens_per_s']:.1f} tok/s ({b['generated_tokens']} tok, "
-            f"{b['generated_tokens'] / b['wall_s']:.1f} tok/s end to end)"
+            f"{b['generated_tokens'] / b['wall_s']:.1f} tok/s end to end, "
+            f"{b['threads']} threads)"
         )
+        if args.undrawn:
+            c = bench_tui(model, args.tokens, args.threads, draw=False)
+            undrawn_tps.append(c["tokens_per_s"])
+            line += f" · TUI undrawn {c['tokens_per_s']:.1f} tok/s"
+        print(line)
     run_med, tui_med = statistics.median(run_tps), statistics.median(tui_tps)
     ratio = tui_med / run_med if run_med else float("nan")
     print(
         f"decode: localllm run {run_med:.1f} tok/s · TUI {tui_med:.1f} tok/s · "
         f"ratio {ratio:.2f} (goal >= 0.9)"
     )
+    if undrawn_tps:
+        undrawn = statistics.median(undrawn_tps)
+        print(
+            f"undrawn TUI {undrawn:.1f} tok/s: ratio {undrawn / run_med:.2f} to run; "
+            f"drawing keeps {tui_med / undrawn:.2f} of it"
+        )
 
     # 2. multi-turn KV reuse
+    if args.turns < 1:
+        return
     questions = (QUESTIONS * ((args.turns // len(QUESTIONS)) + 1))[: args.turns]
     profile = settings(args.tokens, args.threads)
     turns = asyncio.run(_tui_session(model, profile, questions))

@@ -89,8 +89,8 @@ step "build llama-cpp-python $VERSION with CUDA on $(nproc) cores"
 SRC=/tmp/gpu-check-src
 rm -rf "$SRC" && mkdir -p "$SRC"
 tar -xJf "$CARRY/llama-cpp-python-src.tar.xz" -C "$SRC"
-# LLAVA_BUILD=OFF: the multimodal library is loaded lazily and localllm does not use it
-export CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAVA_BUILD=OFF ${EXTRA_CMAKE_ARGS:-}"
+# the multimodal library (mtmd) is built too: `run --image` uses it
+export CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 ${EXTRA_CMAKE_ARGS:-}"
 export CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --upgrade --target "$SITE" \
     "$SRC/llama_cpp_python-$VERSION"
@@ -127,6 +127,24 @@ step "bench, CPU only, for scale"
 
 step "run --stats with auto offload"
 "$PY" -m localllm run -m "$MODEL" "hello" -n 16 --temperature 0 --stats > /dev/null
+
+step "image prompt: a random-weight projector (224 px, 14 px patches: 256 image tokens)"
+"$PY" - "$MODEL" /tmp/gpu-check-mmproj.gguf /tmp/gpu-check-512.png <<'PYEOF'
+import sys
+sys.path.insert(0, "tests")
+from imagegen import png_bytes
+from mmprojgen import write_tiny_mmproj
+from localllm.modelfile import read_info
+width = read_info(sys.argv[1]).embedding_size
+write_tiny_mmproj(sys.argv[2], n_embd_text=width, n_embd=256, n_head=4, n_ff=1024, n_layer=4,
+                  image_size=224, patch_size=14)
+open(sys.argv[3], "wb").write(png_bytes(512, 512))
+PYEOF
+for layers in 999 0; do
+    "$PY" -m localllm run -m "$MODEL" --mmproj /tmp/gpu-check-mmproj.gguf \
+        --image /tmp/gpu-check-512.png "Describe this" -n 16 --temperature 0 --stats \
+        --gpu-layers $layers > /dev/null
+done
 
 step "test suite (not the tests that fetch the starter model: no network there)"
 status=0

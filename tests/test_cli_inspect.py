@@ -107,7 +107,7 @@ def test_show_encoder_and_multimodal(runner: CliRunner, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stdout
     assert "encoder-only" in result.stdout
     assert "WordPiece" in result.stdout
-    assert "multimodal (projector mmproj-bert.gguf)" in result.stdout
+    assert "text + image (projector mmproj-bert.gguf" in result.stdout
 
 
 def test_show_by_store_name(runner: CliRunner, tmp_path: Path) -> None:

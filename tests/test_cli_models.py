@@ -54,9 +54,13 @@ def test_pull_auto_picks_and_installs(repo: str, quants: dict[str, Path]) -> Non
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"{repo}:Q4_K_M\t")
     assert "picked Q4_K_M" in result.stderr and "fits" in result.stderr
-    assert "multimodal projector" in result.stderr
+    assert "with its vision projector mmproj-Tiny-f16.gguf" in result.stderr
+    # ... which is no projector (a llama model): dropped, the model kept
+    assert "mmproj-Tiny-f16.gguf is not a usable vision projector" in result.stderr
     m = store.get(f"{repo}:Q4_K_M")
     assert m is not None and m.primary.read_bytes() == quants["Q4_K_M"].read_bytes()
+    assert m.mmproj is None and m.files == ["Tiny-Q4_K_M.gguf"]
+    assert not (m.folder / "mmproj-Tiny-f16.gguf").exists()
 
 
 def test_pull_list_shows_fit_marks_and_downloads_nothing(repo: str, fake_hub: FakeHub) -> None:

@@ -122,10 +122,27 @@ def test_export_markdown(tmp_path: Path) -> None:
     text = target.read_text()
     assert text.startswith("# What is 2+2?\n")
     assert "Model: tiny" in text and "## System\n\nBe brief." in text
-    assert "## You\n\nWhat is 2+2?" in text and "## Assistant\n\n4" in text
+    assert "## You\n\nWhat is 2+2?" in text and "## Assistant · instant\n\n4" in text
     assert "<summary>Reasoning</summary>" in text and "*(stopped)*" in text
     named = conversations.export_markdown(conversation, tmp_path / "out" / "chat.md")
     assert named.read_text() == text
+
+
+def test_the_export_names_each_answers_mode(tmp_path: Path) -> None:
+    conversation = Conversation.new({"model": "tiny", "mode": "instant"})
+    conversation.add_message("user", "first")
+    with open(conversation.path, "a") as f:  # as written before answers recorded their mode
+        f.write('{"type": "message", "role": "assistant", "content": "quick"}\n')
+    conversation.set_settings(mode="reasoning")
+    conversation.add_message("user", "second")
+    conversation.add_message("assistant", "slow", reasoning="hmm", mode="reasoning")
+    conversation.set_settings(mode="instant")  # the mode now is not the mode then
+    text = conversations.load(conversation.id).to_markdown()
+    header = text.split("## You", 1)[0]
+    assert "Mode:" not in header and "instant" not in header
+    assert "## Assistant · instant\n\nquick" in text
+    assert "## Assistant · reasoning\n\n<details>" in text
+    assert text.count("## Assistant") == 2
 
 
 def test_long_first_question_makes_a_short_title() -> None:

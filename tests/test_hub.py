@@ -124,7 +124,7 @@ def test_missing_repo_file_and_revision(fake_hub: FakeHub, files: dict[str, Path
 
 def test_pull_by_quant(fake_hub: FakeHub, files: dict[str, Path]) -> None:
     repo = quant_repo(fake_hub, files)
-    plan = hub.plan_pull(f"{repo}:q8_0", budget=ROOMY)
+    plan = hub.plan_pull(f"{repo}:q8_0", budget=ROOMY, mmproj="none")  # the model alone
     assert plan.reason is None and plan.name == f"{repo}:Q8_0"
     events: list[tuple[int, int | None]] = []
     m = hub.pull(plan, progress=lambda d, t: events.append((d, t)))
@@ -143,7 +143,7 @@ def test_pull_by_quant(fake_hub: FakeHub, files: dict[str, Path]) -> None:
     assert sidecar is not None and sidecar["complete"]["dest"] == str(m.primary)
     # A second pull finds it installed and sends nothing.
     fake_hub.reset_counters()
-    again = hub.pull(hub.plan_pull(f"{repo}:Q8_0", budget=ROOMY))
+    again = hub.pull(hub.plan_pull(f"{repo}:Q8_0", budget=ROOMY, mmproj="none"))
     assert again.name == m.name and fake_hub.sent("Tiny-Q8_0.gguf") == 0
 
 
@@ -1002,7 +1002,7 @@ def test_pull_reuses_the_hf_cache(fake_hub: FakeHub, files: dict[str, Path]) -> 
     snap = cache / "snapshots" / commit
     snap.mkdir(parents=True)
     (snap / "Tiny-Q4_K_M.gguf").symlink_to(f"../../blobs/{f.sha256}")
-    m = hub.pull(hub.plan_pull(f"{repo}:Q4_K_M", budget=ROOMY))
+    m = hub.pull(hub.plan_pull(f"{repo}:Q4_K_M", budget=ROOMY, mmproj="none"))
     assert m.source == "hf-cache" and m.primary == snap / "Tiny-Q4_K_M.gguf"
     assert fake_hub.sent("Tiny-Q4_K_M.gguf") == 0
 

@@ -1,12 +1,15 @@
 """The chat app driven headless with Pilot, on the tiny generated model.
 
-The engine is wrapped so tests can see what each request was sent with, and can slow the token
-stream down (a stop must land in the middle of an answer, whatever the machine's speed).
+The engine is wrapped so tests can see what each request was sent with, and can hold the token
+stream (a stop must land in the middle of an answer, whatever the machine's speed or load).
+Tests wait for events (a widget's text, a state change), never for a fixed time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -14,7 +17,7 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import Input, Markdown
+from textual.widgets import Input, Markdown, Static
 
 from localllm import conversations
 from localllm.engine import Engine, plan_load
@@ -31,11 +34,16 @@ QUICK = Profile(temperature=0.0, max_tokens=12, gpu_layers=0, seed=1)
 
 
 class RecordingEngine:
-    """An Engine that records the settings of each request and can pace its output."""
+    """An Engine that records the settings of each request and can hold its output.
 
-    def __init__(self, engine: Engine, delay: float = 0.0) -> None:
+    With ``hold``, each request stops after its second piece of text until the test calls
+    :meth:`Factory.release`: a stop then lands in the middle of an answer whatever the
+    machine's speed, without racing a timer.
+    """
+
+    def __init__(self, engine: Engine, factory: Factory) -> None:
         self.engine = engine
-        self.delay = delay
+        self.factory = factory
         self.requests: list[tuple[Any, Profile]] = []
 
     def __getattr__(self, name: str) -> Any:
@@ -43,23 +51,35 @@ class RecordingEngine:
 
     def generate(self, prompt: Any, settings: Profile, **kwargs: Any) -> Iterator[Any]:
         self.requests.append((prompt, settings))
+        texts = 0
         for event in self.engine.generate(prompt, settings, **kwargs):
-            if self.delay:
-                time.sleep(self.delay)
             yield event
+            if not getattr(event, "text", ""):
+                continue
+            texts += 1
+            if self.factory.hold and texts == 2:
+                self.factory.held.set()
+                assert self.factory.released.wait(60), "the test never released the engine"
+                self.factory.released.clear()
 
 
 class Factory:
     """Makes RecordingEngines and remembers them."""
 
-    def __init__(self, delay: float = 0.0) -> None:
-        self.delay = delay
+    def __init__(self, hold: bool = False) -> None:
+        self.hold = hold
+        self.held = threading.Event()  # a request is holding its output
+        self.released = threading.Event()
         self.engines: list[RecordingEngine] = []
 
     def __call__(self, path: Path, profile: Profile) -> RecordingEngine:
-        engine = RecordingEngine(Engine(path, plan_load(profile)), self.delay)
+        engine = RecordingEngine(Engine(path, plan_load(profile)), self)
         self.engines.append(engine)
         return engine
+
+    def release(self) -> None:
+        self.held.clear()
+        self.released.set()
 
     @property
     def requests(self) -> list[tuple[Any, Profile]]:
@@ -79,7 +99,9 @@ async def wait_for(
 async def loaded(pilot: Pilot[Any]) -> None:
     app = pilot.app
     assert isinstance(app, ChatApp)
-    await wait_for(pilot, lambda: app.model_path is not None and not app.loading, what="load")
+    await wait_for(
+        pilot, lambda: app.state.model_path is not None and not app.state.loading, what="load"
+    )
 
 
 async def ask(pilot: Pilot[Any], text: str, *, wait: bool = True) -> AssistantMessage:
@@ -90,7 +112,7 @@ async def ask(pilot: Pilot[Any], text: str, *, wait: bool = True) -> AssistantMe
     app.prompt.focus()
     app.prompt.load_text(text)
     await pilot.press("enter")
-    await wait_for(pilot, lambda: len(app.screen.query(AssistantMessage)) > before, 10, "send")
+    await wait_for(pilot, lambda: len(app.screen.query(AssistantMessage)) > before, what="send")
     widget = app.screen.query(AssistantMessage).last()
     if wait:
         await idle(pilot)
@@ -100,7 +122,9 @@ async def ask(pilot: Pilot[Any], text: str, *, wait: bool = True) -> AssistantMe
 async def idle(pilot: Pilot[Any], timeout: float = 60.0) -> None:
     app = pilot.app
     assert isinstance(app, ChatApp)
-    await wait_for(pilot, lambda: app.turn is None and not app._turns, timeout, "the answer")
+    await wait_for(
+        pilot, lambda: app.state.turn is None and not app.state.turns, timeout, "the answer"
+    )
     await wait_for(
         pilot,
         lambda: not app.screen.query(".-streaming"),
@@ -108,6 +132,22 @@ async def idle(pilot: Pilot[Any], timeout: float = 60.0) -> None:
         "the answer to be drawn",
     )
     await pilot.pause()
+
+
+async def stop_mid_answer(
+    pilot: Pilot[Any], widget: AssistantMessage, factory: Factory, key: str
+) -> None:
+    """Press ``key`` while the answer is held mid-stream, then let the engine go on (it
+    finds the stop at its next token)."""
+    app = pilot.app
+    assert isinstance(app, ChatApp)
+    await wait_for(pilot, lambda: factory.held.is_set(), what="the engine to hold")
+    await wait_for(pilot, lambda: bool(widget.answer), what="the first words")
+    turn = app.state.turn
+    assert turn is not None
+    await pilot.press(key)
+    await wait_for(pilot, turn.stop.is_set, what="the stop")
+    factory.release()
 
 
 def status(app: ChatApp) -> Any:
@@ -157,14 +197,14 @@ def test_a_prompt_streams_an_answer_and_is_saved(tiny_model: Path) -> None:
         assert "".join(deltas) == widget.answer
         assert widget.query_one(".answer", Markdown).source == widget.answer
         assert [m.text for m in app.screen.query(UserMessage)] == ["Hello there"]
-        assert app.history == [
+        assert app.state.history == [
             {"role": "user", "content": "Hello there"},
             {"role": "assistant", "content": widget.answer},
         ]
         bar = status(app)
         assert bar.ctx_used and bar.ctx_used > 0 and bar.ctx_total == 4096
         assert bar.ttft_s is not None
-        saved = conversations.load(app.conversation.id)
+        saved = conversations.load(app.state.conversation.id)
         assert [m["role"] for m in saved.messages] == ["user", "assistant"]
         assert saved.messages[1]["content"] == widget.answer
         assert saved.settings["profile"] == "default" and saved.settings["mode"] == "instant"
@@ -175,21 +215,20 @@ def test_a_prompt_streams_an_answer_and_is_saved(tiny_model: Path) -> None:
 
 
 def test_stop_keeps_the_partial_answer_and_the_next_prompt_works(tiny_model: Path) -> None:
-    factory = Factory(delay=0.02)
+    factory = Factory(hold=True)
     app = chat_app(tiny_model, QUICK.replace(max_tokens=400), engine_factory=factory)
 
     async def body(pilot: Pilot[Any]) -> None:
         await loaded(pilot)
         widget = await ask(pilot, "Tell me a long story", wait=False)
-        await wait_for(pilot, lambda: len(widget.answer) > 0, what="the first tokens")
-        await pilot.press("escape")
+        await stop_mid_answer(pilot, widget, factory, "escape")
         await idle(pilot)
-        assert "-stopped" in widget.classes
+        assert "-stopped" in widget.classes, widget.query_one(".note").render()
         assert widget.query_one(".note").render().plain == "stopped"  # type: ignore[attr-defined]
         partial = widget.answer
         assert partial
-        assert app.history[-1] == {"role": "assistant", "content": partial}
-        saved = conversations.load(app.conversation.id).messages[-1]
+        assert app.state.history[-1] == {"role": "assistant", "content": partial}
+        saved = conversations.load(app.state.conversation.id).messages[-1]
         assert saved["stopped"] is True and saved["content"] == partial
         assert saved["stats"]["stop_reason"] == "cancelled"
         assert saved["stats"]["generated_tokens"] < 400
@@ -197,19 +236,19 @@ def test_stop_keeps_the_partial_answer_and_the_next_prompt_works(tiny_model: Pat
         # The model stays loaded and the next prompt answers at once; Ctrl+C stops too.
         engine = app.session.engine
         second = await ask(pilot, "Another one", wait=False)
-        await wait_for(pilot, lambda: len(second.answer) > 0, what="the second answer")
-        await pilot.press("ctrl+c")
+        await stop_mid_answer(pilot, second, factory, "ctrl+c")
         await idle(pilot)
         assert "-stopped" in second.classes and second.answer
         assert app.session.engine is engine
-        assert len(app.history) == 4
+        assert len(app.state.history) == 4
 
         # Not answering: Esc does nothing harmful, and a short answer completes.
         await pilot.press("escape")
+        factory.hold = False
         app.apply_profile(app.profile.replace(max_tokens=3))
         third = await ask(pilot, "Short")
         assert "-stopped" not in third.classes
-        assert len(app.history) == 6
+        assert len(app.state.history) == 6
 
     run(app, body)
     assert len(factory.engines) == 1
@@ -250,7 +289,7 @@ def test_switching_profile_and_mode_applies_to_the_next_request(tiny_model: Path
         assert factory.requests[-1][1].temperature == 1.3
         assert app.session.profile.max_tokens == 3
         assert app.session.last_turn.mode == "instant"
-        saved = conversations.load(app.conversation.id)
+        saved = conversations.load(app.state.conversation.id)
         assert saved.settings["profile"] == "hot" and saved.settings["mode"] == "instant"
 
     run(app, body)
@@ -293,7 +332,7 @@ def test_resume_a_saved_conversation_with_its_model_and_profile(tiny_model: Path
 
     async def body(pilot: Pilot[Any]) -> None:
         await loaded(pilot)
-        assert app.model_path == tiny_model
+        assert app.state.model_path == tiny_model
         assert app.profile.name == "saved" and app.profile.mode == "reasoning"
         assert app.profile.system_prompt == "You are terse." and app.profile.top_k == 7
         answers = list(app.screen.query(AssistantMessage))
@@ -334,10 +373,10 @@ def test_resume_from_the_conversation_list(tiny_model: Path) -> None:
         assert set(ids) == {saved.id, other.id}
         listing.query_one("OptionList").highlighted = ids.index(saved.id)
         await pilot.press("enter")
-        await wait_for(pilot, lambda: app.conversation.id == saved.id)
+        await wait_for(pilot, lambda: app.state.conversation.id == saved.id)
         await wait_for(pilot, lambda: len(app.screen.query(AssistantMessage)) == 2)
         assert app.profile.name == "saved"
-        assert app.model_path == tiny_model  # same model: not reloaded
+        assert app.state.model_path == tiny_model  # same model: not reloaded
 
         # A conversation whose model and profile are gone keeps the current ones.
         await pilot.press("ctrl+l")
@@ -345,9 +384,9 @@ def test_resume_from_the_conversation_list(tiny_model: Path) -> None:
         ids = [s.id for s in listing.summaries]  # type: ignore[attr-defined]
         listing.query_one("OptionList").highlighted = ids.index(other.id)
         await pilot.press("enter")
-        await wait_for(pilot, lambda: app.conversation.id == other.id)
+        await wait_for(pilot, lambda: app.state.conversation.id == other.id)
         await pilot.pause()
-        assert app.model_path == tiny_model and app.profile.name == "saved"
+        assert app.state.model_path == tiny_model and app.profile.name == "saved"
         await ask(pilot, "still works?")
 
         # Rename and delete from the list.
@@ -423,11 +462,11 @@ def test_a_model_that_fails_to_load_shows_a_dialog(tmp_path: Path, tiny_model: P
         )
         assert "broken" in str(app.screen.query_one(".dialog-title").render())
         await pilot.press("escape")
-        assert app.model_path is None and status(app).model is None
+        assert app.state.model_path is None and status(app).model is None
         app.prompt.load_text("hello?")
         await pilot.press("enter")
         await pilot.pause()
-        assert app.turn is None and app.prompt.text == "hello?"  # kept for later
+        assert app.state.turn is None and app.prompt.text == "hello?"  # kept for later
         await ask_command(pilot, f"/model {tiny_model}")
         await loaded(pilot)
         await ask(pilot, "now?")
@@ -468,6 +507,9 @@ def test_slash_commands_help_system_new_export_and_quit(tiny_model: Path, tmp_pa
         await ask_command(pilot, "/help")
         assert isinstance(app.screen, HelpScreen)
         await pilot.press("escape")
+        await ask_command(pilot, "/?")  # an alias the help screen lists too
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
         await ask_command(pilot, "/system Answer in French.")
         assert app.profile.system_prompt == "Answer in French."
         await ask(pilot, "Bonjour")
@@ -476,13 +518,17 @@ def test_slash_commands_help_system_new_export_and_quit(tiny_model: Path, tmp_pa
         text = (tmp_path / "chat.md").read_text()
         assert "Bonjour" in text and "Answer in French." in text
         await ask_command(pilot, "/rename French lesson")
-        assert conversations.load(app.conversation.id).title == "French lesson"
-        first = app.conversation.id
+        assert conversations.load(app.state.conversation.id).title == "French lesson"
+        first = app.state.conversation.id
         await ask_command(pilot, "/new")
-        assert app.conversation.id != first and app.history == []
+        assert app.state.conversation.id != first and app.state.history == []
         assert not app.screen.query(UserMessage)
+        await ask(pilot, "again")
+        second = app.state.conversation.id
+        await ask_command(pilot, "/CLEAR")  # an alias, any case
+        assert app.state.conversation.id != second and not app.screen.query(UserMessage)
         await ask_command(pilot, "/bogus")
-        assert app.turn is None
+        assert app.state.turn is None
         await ask_command(pilot, "/quit")
         await pilot.pause()
 
@@ -491,18 +537,19 @@ def test_slash_commands_help_system_new_export_and_quit(tiny_model: Path, tmp_pa
 
 
 def test_ctrl_q_quits_even_while_answering(tiny_model: Path) -> None:
-    app = chat_app(tiny_model, QUICK.replace(max_tokens=400), engine_factory=Factory(delay=0.02))
+    factory = Factory(hold=True)
+    app = chat_app(tiny_model, QUICK.replace(max_tokens=400), engine_factory=factory)
 
     async def body(pilot: Pilot[Any]) -> None:
         await loaded(pilot)
         widget = await ask(pilot, "long", wait=False)
-        await wait_for(pilot, lambda: len(widget.answer) > 0)
+        await wait_for(pilot, lambda: factory.held.is_set() and bool(widget.answer))
         await pilot.press("ctrl+q")
+        assert app.state.turn is not None and app.state.turn.stop.is_set()
+        factory.release()
 
-    started = time.monotonic()
     run(app, body)
     assert app.return_code == 0
-    assert time.monotonic() - started < 30
 
 
 @pytest.mark.parametrize("mode", ["reasoning", "instant"])
@@ -553,8 +600,7 @@ def test_pull_a_model_by_reference_with_progress(
 
     def pull(plan: str, *, progress: Any = None, say: Any = None) -> store.Manifest:
         progress(0, 100)
-        time.sleep(0.3)  # the app shows at most five progress updates a second
-        progress(40, 100)
+        progress(40, 100)  # however soon after: the bar ends up showing the latest figures
         assert release.wait(30)
         manifest = store.Manifest(name="someone/tiny:F32", files=[tiny_model.name], quant="F32")
         manifest.folder.mkdir(parents=True, exist_ok=True)
@@ -580,34 +626,39 @@ def test_pull_a_model_by_reference_with_progress(
         # The chat stays usable while the download runs.
         await ask(pilot, "meanwhile")
         release.set()
-        await wait_for(pilot, lambda: app.model_name == "someone/tiny:F32", what="the new model")
+        await wait_for(
+            pilot, lambda: app.state.model_name == "someone/tiny:F32", what="the new model"
+        )
         await loaded(pilot)
         assert not app._chat_screen().query_one("#download").display
         assert status(app).quant == "F32"
         await ask(pilot, "with the new model")
         # A failed pull is a notification, not a crash.
         await ask_command(pilot, "/pull nobody/nothing")
-        await wait_for(pilot, lambda: app.downloading is None, what="the failure")
+        await wait_for(pilot, lambda: app.download_bar.ref is None, what="the failure")
         assert any("could not be reached" in n.message for n in app._notifications)
 
     run(app, body)
 
 
 def test_new_chat_while_answering_saves_the_stopped_turn(tiny_model: Path) -> None:
-    app = chat_app(tiny_model, QUICK.replace(max_tokens=400), engine_factory=Factory(delay=0.02))
+    factory = Factory(hold=True)
+    app = chat_app(tiny_model, QUICK.replace(max_tokens=400), engine_factory=factory)
 
     async def body(pilot: Pilot[Any]) -> None:
         await loaded(pilot)
         widget = await ask(pilot, "long", wait=False)
-        old = app.conversation
-        await wait_for(pilot, lambda: len(widget.answer) > 0)
-        await pilot.press("ctrl+n")
-        await wait_for(pilot, lambda: not app._turns, what="the old turn to end")
-        assert app.turn is None and app.conversation is not old and app.history == []
+        old = app.state.conversation
+        await stop_mid_answer(pilot, widget, factory, "ctrl+n")
+        factory.hold = False
+        await wait_for(pilot, lambda: not app.state.turns, what="the old turn to end")
+        assert (
+            app.state.turn is None and app.state.conversation is not old and app.state.history == []
+        )
         saved = conversations.load(old.id).messages
         assert [m["role"] for m in saved] == ["user", "assistant"] and saved[1]["stopped"]
         await ask(pilot, "fresh start")
-        assert len(app.history) == 2
+        assert len(app.state.history) == 2
 
     run(app, body)
 
@@ -632,9 +683,102 @@ def test_older_answers_are_archived_to_keep_streaming_cheap(tiny_model: Path) ->
         assert answers[2].query_one(".answer.archived") is not None
         assert answers[2].reasoning == "thought 2"
         # The archived copy still holds the text for the next request's history.
-        assert [m["content"] for m in app.history if m["role"] == "assistant"][:2] == [
+        assert [m["content"] for m in app.state.history if m["role"] == "assistant"][:2] == [
             "**answer 0**",
             "**answer 1**",
         ]
+
+    run(app, body)
+
+
+def test_every_slash_command_has_a_handler_and_a_help_line() -> None:
+    from rich.console import Console
+
+    from localllm.tui import commands
+    from localllm.tui.screens.help import help_renderable
+
+    console = Console(width=200, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(help_renderable())
+    shown = console.export_text()
+    for command in commands.COMMANDS:
+        assert callable(getattr(ChatApp, command.handler)), command.name
+        for spelling in command.spellings:
+            assert f"/{spelling}" in shown, spelling
+            assert commands.parse(f"/{spelling.upper()}  arg ")[0] is command
+    assert commands.parse("/nope x") == (None, "/nope", "x")
+    assert not commands.is_command("//not a command") and commands.is_command(" /new")
+
+
+def test_pasted_text_with_invalid_characters_is_sent_with_replacements(tiny_model: Path) -> None:
+    """A lone surrogate (half an emoji, or a byte smuggled in by surrogateescape) would not
+    encode for the tokenizer; it becomes U+FFFD, as invalid bytes do in ``localllm run``."""
+    from textual import events
+
+    factory = Factory()
+    app = chat_app(tiny_model, engine_factory=factory)
+
+    async def body(pilot: Pilot[Any]) -> None:
+        await loaded(pilot)
+        app.prompt.focus()
+        app.post_message(events.Paste("half \ud83d and \udcff"))  # as the terminal driver does
+        await wait_for(pilot, lambda: "half" in app.prompt.text, what="the paste")
+        await pilot.pause()
+        assert app.prompt.text == "half \ud83d and \udcff"  # pasted once, as it came
+        await pilot.press("enter")
+        await idle(pilot)
+        [shown] = app.screen.query(UserMessage)
+        assert shown.text == "half \ufffd and \ufffd"
+        assert any("not valid UTF-8" in n.message for n in app._notifications)  # as run warns
+        assert app.state.history[0]["content"] == "half \ufffd and \ufffd"
+        widget = app.screen.query(AssistantMessage).last()
+        assert "-error" not in widget.classes and widget.answer
+        saved = conversations.load(app.state.conversation.id).messages
+        assert saved[0]["content"] == "half \ufffd and \ufffd"
+        await ask_command(pilot, "/system be \udcff brief")
+        assert app.profile.system_prompt == "be \ufffd brief"
+        await ask(pilot, "ok?")
+        assert "be \ufffd brief" in factory.requests[-1][0]
+
+    run(app, body)
+
+
+def test_the_terminal_driver_reads_invalid_bytes_as_replacement_characters() -> None:
+    from textual.drivers import linux_driver
+
+    from localllm.tui.terminal import tolerate_invalid_input
+
+    tolerate_invalid_input()
+    tolerate_invalid_input()  # twice is harmless
+    decode = linux_driver.getincrementaldecoder("utf-8")().decode
+    assert decode(b"ab\xff") + decode(b"\xe2\x82", final=True) == "ab\ufffd\ufffd"
+    assert decode(b"\xe2\x82") + decode(b"\xac") == "€"  # split characters still join
+
+
+def test_a_long_streamed_answer_draws_its_settled_head_once() -> None:
+    """While streaming, blocks that more text cannot change are drawn once (``.head``) and
+    only the rest is redrawn; the finished answer is one Markdown widget with the whole text."""
+    from localllm.streaming import TurnResult
+
+    paragraph = "A line of a long story, told one token at a time. " * 8
+    parts = [f"{paragraph}\n\n" for _ in range(12)] + ["```\ncode\n\n\nkept\n```\n\nend."]
+    app = chat_app(None)
+
+    async def body(pilot: Pilot[Any]) -> None:
+        widget = AssistantMessage(streaming=True)
+        await app.chat_log.mount(widget)
+        for part in parts:
+            widget.post_message(AssistantMessage.Delta(part))
+        await wait_for(pilot, lambda: widget.answer == "".join(parts), what="the text")
+        heads = list(widget.query(".head"))
+        assert len(heads) >= 2
+        live = widget.query_one(".answer.live", Static)
+        tail = live.content.markup  # type: ignore[attr-defined]
+        assert tail == "end."
+        drawn = [h.content.markup for h in heads]  # type: ignore[attr-defined]
+        assert "".join(drawn) + tail == widget.answer
+        assert any("```\ncode\n\n\nkept\n```" in h for h in drawn)  # the fence kept whole
+        widget.post_message(AssistantMessage.Finished(TurnResult(answer=widget.answer)))
+        await wait_for(pilot, lambda: not widget.query(".live"), what="the final answer")
+        assert widget.query_one(".answer", Markdown).source == "".join(parts)
 
     run(app, body)

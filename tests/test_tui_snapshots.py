@@ -20,6 +20,7 @@ from textual.widgets import Input, TextArea
 from localllm import conversations, store
 from localllm.profiles import Profile, load_profile, save_user_profile
 from localllm.tui.app import ChatApp
+from localllm.tui.widgets.messages import AssistantMessage
 from localllm.tui.widgets.status import StatusBar
 
 SIZE = (100, 30)
@@ -56,7 +57,7 @@ async def _ready(pilot: Pilot[Any]) -> None:
     assert isinstance(app, ChatApp)
     deadline = time.monotonic() + 60
     bar = app._chat_screen().query_one(StatusBar)
-    while app.model_path is None or app.loading or bar.status.ctx_used is None:
+    while app.state.model_path is None or app.state.loading or bar.status.ctx_used is None:
         assert time.monotonic() < deadline, "the model did not load"
         await pilot.pause(0.05)
     await pilot.pause()
@@ -134,5 +135,53 @@ def test_profile_editor_with_a_refused_value(snap_compare: Any, installed_tiny: 
 
     try:
         assert snap_compare(app, terminal_size=SIZE, run_before=before)
+    finally:
+        app.close_engine()
+
+
+POEM = """Here is a haiku:
+
+An old silent pond
+A frog jumps into the pond
+Splash! Silence again.
+
+| line | syllables |
+|------|-----------|
+| 1    | 5         |
+
+- one list item
+  continued on a new line
+- two
+
+```
+code keeps
+  its lines
+```"""
+
+
+def test_single_newlines_are_line_breaks(snap_compare: Any, installed_tiny: Path) -> None:
+    """A poem keeps its lines, in the live answer and in an archived one, while the table, the
+    list and the code block look as before."""
+    conversation = conversations.Conversation.new(
+        {"model": "tiny-chat", "model_path": str(installed_tiny), "profile": "snap"}
+    )
+    answers = {
+        "A haiku, please.": POEM,
+        "A couplet?": "Roses are red,\nviolets are blue.",
+        "Once more.": POEM,
+    }
+    for question, answer in answers.items():
+        conversation.add_message("user", question)
+        conversation.add_message("assistant", answer)
+    app = ChatApp(None, _profile(), resume=conversation.id, timings=False)
+
+    async def before(pilot: Pilot[Any]) -> None:
+        await _ready(pilot)
+        _still(pilot)
+        # The first answer is archived (pre-rendered), the others live: all keep their lines.
+        assert [a.archived for a in app.screen.query(AssistantMessage)] == [True, False, False]
+
+    try:
+        assert snap_compare(app, terminal_size=(100, 76), run_before=before)
     finally:
         app.close_engine()

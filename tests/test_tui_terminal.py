@@ -146,8 +146,12 @@ def test_chat_in_a_real_terminal(tmux: Tmux, starter_model: Path, tmp_path: Path
     )
     assert _answer_after(tmux.screen(), "Roman Empire.")  # the partial answer is still there
 
-    # The next prompt works at once.
-    tmux.keys("Say hello.", literal=True)
+    # The next prompt works at once, even with bytes that are not UTF-8 in it (a paste from a
+    # Latin-1 terminal): they show as U+FFFD, as `localllm run` reads them, instead of ending
+    # the app with a traceback.
+    tmux.run("send-keys", "-t", tmux.name, "-H", "ff", "fe")
+    tmux.keys(" Say hello.", literal=True)
+    tmux.wait(lambda s: "\ufffd\ufffd Say hello." in s, 30, "the typed prompt")
     tmux.keys("Enter")
     tmux.wait(lambda s: "answering" in _status_line(s), 30, "the next answer to start")
     tmux.wait(lambda s: "answering" not in _status_line(s), 120, "the next answer to end")
@@ -163,3 +167,4 @@ def test_chat_in_a_real_terminal(tmux: Tmux, starter_model: Path, tmp_path: Path
     assert len(saved) == 1
     transcript = saved[0].read_text()
     assert "Paris" in transcript and '"stopped": true' in transcript
+    assert "\ufffd\ufffd Say hello." in transcript

@@ -64,9 +64,14 @@ def anatomy_rows(info: ModelFileInfo) -> list[tuple[str, str]]:
     if info.special_tokens:
         rows.append(("special", "  ".join(f"{k}={v}" for k, v in info.special_tokens.items())))
     modality = info.modality
-    if info.projector is not None:
-        modality += f" (projector {info.projector.name})"
+    projector = _projector(info)
+    if projector is not None:
+        size = human_bytes(projector.stat().st_size) if projector.is_file() else "missing"
+        modality = f"text + image (projector {projector.name}, {size})"
     rows.append(("modality", modality))
+    embedding = embedding_facts(info)
+    if embedding is not None:
+        rows.append(("embeddings", embedding["text"]))
     tuning = info.tuning
     tuning += " (has a chat template)" if info.chat_template else " (no chat template)"
     rows.append(("tuning", tuning))
@@ -75,6 +80,15 @@ def anatomy_rows(info: ModelFileInfo) -> list[tuple[str, str]]:
     if len(info.split) > 1:
         rows.append(("split", f"{len(info.split)} parts"))
     return rows
+
+
+def _projector(info: Any) -> Any:
+    """The model's vision projector: recorded in the store, else published beside it."""
+    from pathlib import Path
+
+    from localllm import store
+
+    return store.projector_of(Path(info.path)) or info.projector
 
 
 @app.command()
@@ -109,7 +123,11 @@ def show(
         return
 
     if as_json:
-        print_json(info.as_dict())
+        payload = info.as_dict()
+        embedding = embedding_facts(info)
+        if embedding is not None:
+            payload["embedding"] = {k: v for k, v in embedding.items() if k != "text"}
+        print_json(payload)
         return
     from rich.table import Table
 
@@ -261,3 +279,22 @@ def reasoning_row(info: ModelFileInfo) -> tuple[str, str]:
     from localllm.reasoning import choose_adapter, describe_adapter
 
     return ("reasoning", describe_adapter(choose_adapter(info.chat_template)))
+
+
+def embedding_facts(info: ModelFileInfo) -> dict[str, Any] | None:
+    """Dimension and pooling of an embedding model (one that declares a pooling, or any
+    encoder-only model), for ``show``; None for other models."""
+    from localllm.embeddings import file_pooling
+
+    pooling = file_pooling(info.metadata)
+    if pooling is None and info.structure != "encoder-only":
+        return None
+    dim = info.metadata.get(f"{info.architecture}.embedding_length_out") or info.embedding_size
+    text = f"{dim} dimensions, {pooling or 'no'} pooling"
+    if pooling in (None, "none"):
+        fallback = "mean" if info.structure == "encoder-only" else "last-token"
+        text += f" (not trained for similarity; `localllm embed` uses {fallback} pooling)"
+    elif pooling == "rank":
+        text += " (a reranker: scores text pairs)"
+    text += "; no KV cache for generation" if info.structure == "encoder-only" else ""
+    return {"dimension": dim, "pooling": pooling, "text": text}

@@ -236,6 +236,15 @@ def pull(
         str | None, typer.Option("--name", help="Store the model under this name.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+    mmproj: Annotated[
+        str | None,
+        typer.Option(
+            "--mmproj",
+            help="The vision projector to fetch with the model: a quant (F16 by default), "
+            "a file name, or none.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Download a GGUF model from the Hugging Face Hub into the local store.
 
@@ -250,7 +259,7 @@ def pull(
         _print_listing(hub.list_repo(repo, revision=revision, n_ctx=ctx), as_json)
         return
     _gpu_fit_marks()
-    plan = hub.plan_pull(ref, n_ctx=ctx, name=name)
+    plan = hub.plan_pull(ref, n_ctx=ctx, name=name, mmproj=mmproj)
     if plan.reason:
         _say(f"picked {plan.reason}")
     parts = f" in {len(plan.files)} parts" if len(plan.files) > 1 else ""
@@ -263,8 +272,11 @@ def pull(
                 f"more than the {_bytes(plan.listing.budget.ram)} of RAM available",
                 style="yellow",
             )
-    for p in plan.listing.projectors if plan.listing else []:
-        _say(f"note: the repo also has a multimodal projector, {p.name} (not downloaded)")
+    if plan.projector is not None:
+        _say(f"with its vision projector {plan.projector.name} ({_bytes(plan.projector.size)})")
+    elif plan.listing is not None and plan.listing.projectors:
+        names = ", ".join(p.name for p in plan.listing.projectors)
+        _say(f"note: the repo has vision projectors ({names}); not fetched (--mmproj none)")
     try:
         with _Bar(plan.name, plan.size) as bar:
             manifest = hub.pull(plan, progress=bar.update, say=_say)
@@ -344,6 +356,8 @@ def _model_row(m: store.Manifest) -> dict[str, Any]:
         "revision": m.revision,
         "files": m.files,
         "path": str(m.primary),
+        "mmproj": m.mmproj,
+        "modality": "text+image" if m.mmproj else "text",
         "added": m.added,
     }
 
@@ -449,7 +463,7 @@ def list_models(
         table.add_column(col, justify=justify, overflow=overflow)  # type: ignore[arg-type]
     for r in rows:
         table.add_row(
-            r["name"],
+            r["name"] + (" (vision)" if r.get("mmproj") else ""),
             r["quant"] or "-",
             _bytes(r["size"]),
             _count(r["parameters"]),
@@ -528,6 +542,12 @@ def import_model(
     path: Annotated[str, typer.Argument(help="A .gguf file (the first part of a split model).")],
     name: Annotated[str | None, typer.Option("--name", help="The name in the store.")] = None,
     copy: Annotated[bool, typer.Option("--copy", help="Copy instead of linking.")] = False,
+    mmproj: Annotated[
+        str | None,
+        typer.Option(
+            "--mmproj", help="The model's vision projector (mmproj .gguf).", show_default=False
+        ),
+    ] = None,
 ) -> None:
     """Validate a local GGUF and add it to the store (hard link or symlink, or --copy).
 
@@ -539,8 +559,11 @@ def import_model(
         _import_foreign(path, name=name, copy=copy)
         return
     src = refs.expand_path(path)
+    projector = refs.expand_path(mmproj) if mmproj else None
     with _Bar(f"importing {src.name}", src.stat().st_size if src.is_file() else None) as bar:
-        manifest = store.import_model(src, name=name, copy=copy, progress=bar.update)
+        manifest = store.import_model(
+            src, name=name, copy=copy, progress=bar.update, mmproj=projector
+        )
     how = "copied" if copy else "linked"
     print(f"{manifest.name}\t{_bytes(manifest.size)}\t{manifest.primary}")
     _say(f'{how} into the store; run it: localllm run -m {manifest.name} "your prompt"')

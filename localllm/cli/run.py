@@ -36,17 +36,22 @@ def read_stdin(inputs: TextInputs) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")  # as text-mode stdin reads it
 
 
-def read_prompt(prompt: str | None, inputs: TextInputs | None = None) -> str:
+def read_prompt(
+    prompt: str | None, inputs: TextInputs | None = None, *, stdin_taken: bool = False
+) -> str:
     """The prompt from the argument and/or stdin.
 
-    PROMPT omitted or ``-``: stdin is the prompt. Both given: stdin is attached as context.
+    PROMPT omitted or ``-``: stdin is the prompt. Both given: stdin is attached as context
+    (unless an image was read from it: ``stdin_taken``).
     """
     from localllm.errors import UsageError
     from localllm.textin import TextInputs
 
     inputs = inputs if inputs is not None else TextInputs()
     stdin_text = ""
-    if prompt in (None, "-"):
+    if stdin_taken:
+        text = inputs.text(prompt or "", "the prompt argument")
+    elif prompt in (None, "-"):
         if sys.stdin is None or sys.stdin.isatty():
             raise UsageError(
                 "no prompt given", hint='pass one: localllm run "your question", or pipe text in'
@@ -61,6 +66,46 @@ def read_prompt(prompt: str | None, inputs: TextInputs | None = None) -> str:
     if not text.strip():
         raise UsageError("the prompt is empty", hint="give a prompt or pipe text on stdin")
     return text
+
+
+def read_images(refs: list[str] | None, prompt: str | None, allow_remote: bool) -> list[Any]:
+    """The ``--image`` files; ``-`` reads one image's bytes from stdin (the prompt must then
+    be an argument)."""
+    from localllm import images
+    from localllm.errors import UsageError
+
+    if not refs:
+        return []
+    stdin_bytes = None
+    if "-" in refs:
+        if refs.count("-") > 1:
+            raise UsageError("only one --image can read stdin")
+        if prompt in (None, "-"):
+            raise UsageError(
+                "--image - reads the image from stdin, so the prompt must be an argument",
+                hint='localllm run --image - "Describe this" < picture.png',
+            )
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError("--image - needs the image piped in", hint="... < picture.png")
+        stdin_bytes = sys.stdin.buffer.read()
+    return [images.read_image(r, stdin=stdin_bytes, allow_remote=allow_remote) for r in refs]
+
+
+def open_projector(engine: Any, mmproj: str | None, path: Path, verbose: bool) -> Any:
+    """The projector for a vision request: ``--mmproj FILE``, else the one beside the model;
+    a text-only model is refused by name."""
+    from localllm import vision
+    from localllm.errors import UsageError
+
+    found = Path(mmproj).expanduser() if mmproj else vision.find_projector(path)
+    if found is None:
+        raise UsageError(
+            f"{path.name} is a text-only model: it cannot read images (no mmproj projector "
+            "beside it)",
+            hint="use a vision model (e.g. one published with an mmproj-*.gguf), "
+            "or give its projector with --mmproj FILE",
+        )
+    return vision.Projector(engine, found, verbose=verbose)
 
 
 def read_template_file(path: Path | None, inputs: TextInputs | None = None) -> str | None:
@@ -191,6 +236,26 @@ def run(
     verbose: Annotated[
         bool | None, typer.Option("--verbose", "-v", help="Show llama.cpp's logs.")
     ] = None,
+    image: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--image",
+            "-i",
+            help="An image for a vision model (PNG, JPEG, GIF, BMP; repeatable; - reads stdin).",
+            show_default=False,
+        ),
+    ] = None,
+    mmproj: Annotated[
+        str | None,
+        typer.Option(
+            "--mmproj",
+            help="The vision projector (mmproj .gguf); default: the one beside the model.",
+            show_default=False,
+        ),
+    ] = None,
+    allow_remote: Annotated[
+        bool, typer.Option("--allow-remote", help="Allow http(s) URLs as --image.")
+    ] = False,
 ) -> None:
     """Answer one prompt, streaming the answer to stdout."""
     from localllm import profiles
@@ -225,7 +290,8 @@ def run(
     }
     settings = profiles.resolve(profile, overrides)
     settings = clean_profile_text(settings, inputs)
-    text = read_prompt(prompt, inputs)
+    pictures = read_images(image, prompt, allow_remote)
+    text = read_prompt(prompt, inputs, stdin_taken="-" in (image or ()))
     if (warning := inputs.warning()) is not None:
         err(warning)
     interactive = sys.stderr.isatty()
@@ -234,11 +300,19 @@ def run(
         err(message, style="dim")
 
     path = resolve_model_path(model or settings.model, say)
+    if pictures and mmproj is None:
+        from localllm import vision
+
+        if vision.find_projector(path) is None:  # refuse before loading the model
+            open_projector(None, None, path, False)
     if interactive and not as_json:
         say(f"loading {path.name}…")
     engine = open_engine(path, settings, vocab_only=show_prompt, force=force, warn=err)
+    projector = None
     try:
-        session = ChatSession(engine, settings)
+        if pictures and not show_prompt:
+            projector = open_projector(engine, mmproj, path, bool(settings.verbose))
+        session = ChatSession(engine, settings, projector=projector)
         if not session.is_chat and not as_json:
             err(
                 "note: this is a base model (no chat template): completing the prompt as plain text"
@@ -252,8 +326,10 @@ def run(
                 f"reasoning adapter: {session.adapter}"
             )
             return
-        _stream(session, text, as_json=as_json, show_stats=stats, path=path)
+        _stream(session, text, as_json=as_json, show_stats=stats, path=path, images=pictures)
     finally:
+        if projector is not None:
+            projector.close()
         engine.close()
 
 
@@ -268,7 +344,15 @@ def clean_profile_text(settings: Any, inputs: TextInputs) -> Any:
     return settings.replace(system_prompt=system, stop=stop)
 
 
-def _stream(session: Any, text: str, *, as_json: bool, show_stats: bool, path: Path) -> None:
+def _stream(
+    session: Any,
+    text: str,
+    *,
+    as_json: bool,
+    show_stats: bool,
+    path: Path,
+    images: list[Any] | None = None,
+) -> None:
     from dataclasses import asdict
 
     from localllm.errors import EXIT_INTERRUPTED
@@ -279,7 +363,7 @@ def _stream(session: Any, text: str, *, as_json: bool, show_stats: bool, path: P
     show_reasoning = settings.show_reasoning and not as_json
     reasoning_shown = False  # reasoning is on stderr and not yet ended by a newline
     try:
-        for event in session.send(text):
+        for event in session.send(text, images=images or ()):
             if isinstance(event, AnswerText):
                 if reasoning_shown:
                     sys.stderr.write("\n")
@@ -308,6 +392,7 @@ def _stream(session: Any, text: str, *, as_json: bool, show_stats: bool, path: P
         settings_dict["stop"] = list(settings.stop)
         payload = {
             "model": str(path),
+            **_image_fields(session, images),
             "text": turn.answer,
             "answer": turn.answer,
             "reasoning": turn.reasoning,
@@ -335,12 +420,38 @@ def _stream(session: Any, text: str, *, as_json: bool, show_stats: bool, path: P
             f"TTFT {final.ttft_s * 1000:.0f} ms · "
             f"{final.tokens_per_s:.1f} tok/s · stop: {final.stop_reason}"
         )
+        if images:
+            pre = session.projector.stats
+            err(
+                f"images {pre.images} · {pre.image_tokens} image tok in the prompt "
+                f"({pre.text_tokens} text tok) · encoded {pre.encoded} in "
+                f"{pre.encode_s * 1000:.0f} ms"
+            )
         opts = session.engine.options
         err(
             f"{opts.offload_summary} · {opts.n_threads} threads · ctx {opts.n_ctx} · "
             f"KV {opts.kv_cache_type} · flash attention "
             f"{'auto' if opts.flash_attn is None else 'on' if opts.flash_attn else 'off'}"
         )
+
+
+def _image_fields(session: Any, images: list[Any] | None) -> dict[str, Any]:
+    if not images:
+        return {}
+    pre = session.projector.stats
+    return {
+        "images": [
+            {"name": i.name, "sha256": i.sha256, "width": i.width, "height": i.height}
+            for i in images
+        ],
+        "image_stats": {
+            "image_tokens": pre.image_tokens,
+            "text_tokens": pre.text_tokens,
+            "encoded": pre.encoded,
+            "encode_s": round(pre.encode_s, 4),
+            "projector": str(session.projector.path),
+        },
+    }
 
 
 def reasoning_notes(turn: Any) -> list[str]:

@@ -62,6 +62,10 @@ def serve(
     verbose: Annotated[
         bool | None, typer.Option("--verbose", "-v", help="Show llama.cpp's logs.")
     ] = None,
+    allow_remote: Annotated[
+        bool,
+        typer.Option("--allow-remote", help="Fetch http(s) image URLs sent in requests."),
+    ] = False,
 ) -> None:
     """Serve models over HTTP to OpenAI and Ollama clients (editors, agents, scripts)."""
     from localllm import profiles
@@ -132,7 +136,7 @@ def serve(
         f"OPENAI_BASE_URL={url}/v1 (Ollama clients: OLLAMA_HOST={url}) · Ctrl-C stops"
     )
     pool.worker(default)  # start loading the default model now; /health says 503 until done
-    state = ServerState(pool=pool, profile=settings, log=stderr_log)
+    state = ServerState(pool=pool, profile=settings, log=stderr_log, allow_remote=allow_remote)
     code = serve(state, sock, api_key=key, cors_origins=list(cors_origin or []), loopback=loopback)
     if code:
         raise typer.Exit(code)

@@ -27,17 +27,24 @@ class PullPlan:
     reason: str | None = None  # why this quant, when it was picked automatically
     listing: Listing | None = None
     expected: dict[str, str] = field(default_factory=dict)  # file path -> sha256 override
+    projector: refs.GGUFEntry | None = None  # the vision projector fetched with the model
 
     @property
     def size(self) -> int:
-        return self.entry.size
+        return self.entry.size + (self.projector.size if self.projector else 0)
 
     @property
     def files(self) -> list[refs.RepoFile]:
-        return self.entry.files
+        """The model's files, then its projector's (the manifest keeps this order)."""
+        return self.entry.files + (self.projector.files if self.projector else [])
+
+    @property
+    def mmproj(self) -> str | None:
+        """The projector's file name in the store."""
+        return Path(self.projector.files[0].path).name if self.projector else None
 
     def store_names(self) -> list[str]:
-        return [Path(f.path).name for f in self.entry.files]
+        return [Path(f.path).name for f in self.files]
 
 
 def model_name(repo: str, entry: refs.GGUFEntry, unique_quant: bool = True) -> str:
@@ -52,12 +59,48 @@ def _unique_quant(entries: list[refs.GGUFEntry], entry: refs.GGUFEntry) -> bool:
     return sum(1 for e in entries if not e.mmproj and e.quant == entry.quant) == 1
 
 
+PROJECTOR_PREFERENCE = ("F16", "BF16", "F32", "Q8_0")
+
+
+def pick_projector(
+    entries: list[refs.GGUFEntry], choice: str | None, model: refs.GGUFEntry
+) -> refs.GGUFEntry | None:
+    """The projector to fetch with ``model``: ``choice`` is None (F16, else the closest to
+    it), ``none``, a quant (``Q8_0``) or a file name of the repo."""
+    projectors = [e for e in entries if e.mmproj and e.complete]
+    if choice is not None and choice.lower() == "none":
+        return None
+    if choice is not None:
+        for e in projectors:
+            if e.name == choice or Path(e.name).name == choice:
+                return e
+        wanted = [e for e in projectors if (e.quant or "").upper() == choice.upper()]
+        if not wanted:
+            have = ", ".join(Path(e.name).name for e in projectors) or "none"
+            raise UsageError(
+                f"no projector '{choice}' in this repository (projectors: {have})",
+                hint="pass --mmproj QUANT, a file name, or none",
+            )
+        return wanted[0]
+    if not projectors:
+        return None
+    # Prefer a projector beside the model (repos with one folder per quant), then by type.
+    folder = str(Path(model.name).parent)
+    near = [e for e in projectors if str(Path(e.name).parent) == folder] or projectors
+    for quant in PROJECTOR_PREFERENCE:
+        for e in near:
+            if (e.quant or "").upper() == quant:
+                return e
+    return near[0]
+
+
 def plan_pull(
     ref: str | refs.ModelRef,
     *,
     n_ctx: int = 4096,
     name: str | None = None,
     budget: fit.MemoryBudget | None = None,
+    mmproj: str | None = None,
 ) -> PullPlan:
     """Resolve a reference against the Hub: list the repo, choose the file(s), say why."""
     from localllm import catalog
@@ -118,6 +161,7 @@ def plan_pull(
         reason=reason,
         listing=found,
         expected=expected,
+        projector=pick_projector(entries, mmproj, entry),
     )
 
 
@@ -158,6 +202,7 @@ def _from_hf_cache(plan: PullPlan) -> store.Manifest | None:
         revision=plan.commit,
         quant=plan.entry.quant,
         source="hf-cache",
+        mmproj=plan.mmproj,
         location=str(snapshot / first_dir),
     )
     store.fill_info(manifest)
@@ -233,6 +278,7 @@ def pull(
         revision=commit,
         quant=plan.entry.quant,
         source="hub",
+        mmproj=plan.mmproj,
     )
     try:
         store.validate_file(manifest.primary)
@@ -244,5 +290,30 @@ def pull(
             f"{exc.message}",
             hint="the file was deleted; report it to the repo's owner",
         ) from None
+    if plan.mmproj is not None:
+        _keep_projector_if_usable(manifest, staged, say)
     store.fill_info(manifest)
     return store.add_model(manifest, staged)
+
+
+def _keep_projector_if_usable(
+    manifest: store.Manifest, staged: dict[str, Path], say: Say | None
+) -> None:
+    """Drop a downloaded projector that is not one (the model is kept, text only)."""
+    from localllm.errors import LocalLLMError
+
+    name = manifest.mmproj
+    assert name is not None
+    try:
+        store.check_projector(staged[name])
+    except LocalLLMError as exc:
+        staged.pop(name).unlink(missing_ok=True)
+        manifest.files.remove(name)
+        manifest.sha256.pop(name, None)
+        manifest.size -= manifest.sizes.pop(name, 0)
+        manifest.mmproj = None
+        if say:
+            say(
+                f"warning: {name} is not a usable vision projector ({exc.message}); "
+                "the model is installed without it"
+            )

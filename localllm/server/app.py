@@ -36,7 +36,7 @@ MAX_BODY = 8 << 20  # 8 MiB
 TOO_LARGE = f"the request body is over {MAX_BODY >> 20} MiB"
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 # Modules that add routes: each has ``routes(state: ServerState) -> list[Route]``.
-ROUTE_MODULES: tuple[str, ...] = ()
+ROUTE_MODULES: tuple[str, ...] = ("localllm.server.embeddings",)
 PARAM_NAMES = {"mode": "reasoning_effort"}
 
 Log = Callable[[str], None]
@@ -50,6 +50,7 @@ class ServerState:
     profile: Profile
     log: Log
     grammar: str | None = None  # a GBNF grammar forced on every generation (None: free)
+    allow_remote: bool = False  # fetch http(s) image URLs (off: offline by default)
     in_flight: int = 0  # requests being handled now (the event loop's count, /health shows it)
     started: float = field(default_factory=time.monotonic)
 
@@ -269,6 +270,7 @@ def routes(state: ServerState) -> list[Any]:
     async def openai_generate(request: Any, *, completion: bool) -> Response:
         body = await read_json(request)
         parsed = openai.parse_completion(body) if completion else openai.parse_chat(body)
+        await _images(state, parsed)
         run = text_run(parsed.prompt or "") if completion else chat_run(parsed.messages or [])
         running = start(state, request, parsed, run)
         name = parsed.model if parsed.model and parsed.model != "default" else running.entry.name
@@ -342,6 +344,7 @@ def routes(state: ServerState) -> list[Any]:
     async def ollama_generate(request: Any, *, chat: bool) -> Response:
         body = await read_json(request)
         parsed = ollama.parse_chat(body) if chat else ollama.parse_generate(body)
+        await _images(state, parsed)
         if parsed.extra.get("empty"):  # Ollama loads the model and answers done at once
             entry = state.pool.lookup(parsed.model)
             worker = state.pool.worker(entry)
@@ -449,6 +452,16 @@ def routes(state: ServerState) -> list[Any]:
     return table
 
 
+async def _images(state: ServerState, parsed: openai.Request) -> None:
+    """Decode and check the request's images (a remote fetch runs off the event loop)."""
+    messages = parsed.messages
+    if not messages or not any("image_urls" in m or "image_b64" in m for m in messages):
+        return
+    await asyncio.get_running_loop().run_in_executor(
+        None, lambda: openai.resolve_images(messages, allow_remote=state.allow_remote)
+    )
+
+
 async def merged(running: Running, first: Any) -> AsyncIterator[Any]:
     """The job's items from ``first`` on, with text events already waiting joined into one
     (when the loop falls behind the token loop, one chunk goes out instead of several)."""
@@ -503,6 +516,10 @@ def _template_info(entry: ModelEntry) -> tuple[str | None, list[str]]:
     capabilities = ["completion"]
     if template and reasoning.choose_adapter(template) != "instruction":
         capabilities.append("thinking")
+    from localllm import store
+
+    if store.projector_of(entry.path) or info.projector is not None:
+        capabilities.append("vision")  # a projector beside it: images are accepted
     return template, capabilities
 
 

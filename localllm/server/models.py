@@ -100,6 +100,7 @@ class Worker:
         self.state = "loading"  # loading | ready | failed | closing | closed
         self.error: LocalLLMError | None = None
         self.engine: Any = None
+        self.projector: Any = None  # a vision.Projector when the model has one beside it
         self.waiting = 0  # jobs submitted and not yet taken
         self.busy = False
         self.seq = 0
@@ -162,6 +163,7 @@ class Worker:
         except Exception as exc:  # llama.cpp may raise anything on a load
             self._fail(InferenceError(f"could not load {self.entry.name}: {exc}"))
             return
+        self._load_projector()
         if self.state == "loading":
             self.state = "ready"
         self.loaded.set()
@@ -178,11 +180,29 @@ class Worker:
                     continue
                 self._serve(job)
         finally:
+            if self.projector is not None:
+                with contextlib.suppress(Exception):
+                    self.projector.close()
             with contextlib.suppress(Exception):
                 self.engine.close()
             self.engine = None
             self.state = "closed"
             self.log(f"unloaded {self.entry.name}")
+
+    def _load_projector(self) -> None:
+        """Load the vision projector beside the model, if any; a bad one leaves the model
+        text-only (logged)."""
+        from localllm import vision
+
+        found = vision.find_projector(self.entry.path)
+        if found is None:
+            return
+        try:
+            self.projector = vision.Projector(self.engine, found)
+        except LocalLLMError as exc:
+            self.log(f"warning: {self.entry.name} answers text only: {exc.message}")
+        else:
+            self.log(f"loaded the projector {found.name} for {self.entry.name}")
 
     def _fail(self, exc: LocalLLMError) -> None:
         self.error = exc
@@ -205,7 +225,7 @@ class Worker:
         self.busy = True
         self.current = job
         job.emit(Started(self.seq))
-        session = ChatSession(self.engine, job.profile)
+        session = ChatSession(self.engine, job.profile, projector=self.projector)
 
         def cancel() -> bool:  # asked once per generated token
             self.generated += 1

@@ -55,8 +55,6 @@ def overrides(body: Mapping[str, Any]) -> dict[str, Any]:
         raise unsupported("format", "structured output is not available yet")
     if body.get("tools"):
         raise unsupported("tools", "tool calling is not available yet")
-    if body.get("images"):
-        raise unsupported("images", "images are not available yet")
     think = body.get("think")
     if think is not None:
         out.update(openai.common_overrides({"think": think}))
@@ -67,16 +65,24 @@ def parse_chat(body: Mapping[str, Any]) -> openai.Request:
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise bad_request("'messages' must be a non-empty list")
-    for message in raw:
-        if isinstance(message, Mapping) and message.get("images"):
-            raise unsupported("images", "images are not available yet")
+    messages = openai.parse_messages(raw)
+    for message, source in zip(messages, raw, strict=True):
+        pictures = source.get("images") if isinstance(source, Mapping) else None
+        if pictures:
+            message["image_b64"] = _image_list(pictures)
     return openai.Request(
         model=openai._optional_str(body, "model"),
         profile=openai._optional_str(body, "profile"),
         overrides=overrides(body),
-        messages=openai.parse_messages(raw),
+        messages=messages,
         stream=_stream(body),
     )
+
+
+def _image_list(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise bad_request("'images' must be a list of base64 strings", "images")
+    return value
 
 
 def parse_generate(body: Mapping[str, Any]) -> openai.Request:
@@ -96,11 +102,17 @@ def parse_generate(body: Mapping[str, Any]) -> openai.Request:
         overrides=over,
         stream=_stream(body),
     )
+    pictures = body.get("images")
     if raw:
+        if pictures:
+            raise unsupported("images", "images need the chat template: leave 'raw' off")
         request.prompt = prompt
     else:
-        messages = [{"role": "system", "content": system}] if system else []
-        request.messages = [*messages, {"role": "user", "content": prompt}]
+        messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+        user: dict[str, Any] = {"role": "user", "content": prompt}
+        if pictures:
+            user["image_b64"] = _image_list(pictures)
+        request.messages = [*messages, user]
     request.extra["empty"] = not prompt  # Ollama: an empty prompt just loads the model
     return request
 

@@ -152,12 +152,21 @@ def _stream_options(body: Mapping[str, Any], stream: bool) -> bool:
 
 def content_text(content: Any, where: str) -> str:
     """A message's content as text: a string, or a list of text parts."""
+    text, urls = content_parts(content, where)
+    if urls:
+        raise unsupported("messages", f"image content is not accepted in {where}")
+    return text
+
+
+def content_parts(content: Any, where: str) -> tuple[str, list[str]]:
+    """A message's text and its images' URLs (``image_url`` parts, in order)."""
     if content is None:
-        return ""
+        return "", []
     if isinstance(content, str):
-        return content
+        return content, []
     if isinstance(content, list):
         texts = []
+        urls: list[str] = []
         for j, part in enumerate(content):
             if isinstance(part, str):
                 texts.append(part)
@@ -170,11 +179,19 @@ def content_text(content: Any, where: str) -> str:
                 if not isinstance(text, str):
                     raise bad_request(f"'{where}.content[{j}].text' must be a string", "messages")
                 texts.append(text)
-            elif kind in ("image_url", "input_image", "image", "input_audio", "file"):
+            elif kind in ("image_url", "input_image"):
+                url = part.get("image_url")
+                url = url.get("url") if isinstance(url, Mapping) else url
+                if not isinstance(url, str) or not url:
+                    raise bad_request(
+                        f"'{where}.content[{j}].image_url.url' must be a string", "messages"
+                    )
+                urls.append(url)
+            elif kind in ("image", "input_audio", "file"):
                 raise unsupported("messages", f"{kind} content is not available yet")
             else:
                 raise bad_request(f"unknown content part type {kind!r} in {where}", "messages")
-        return "".join(texts)
+        return "".join(texts), urls
     raise bad_request(f"'{where}.content' must be a string or a list of parts", "messages")
 
 
@@ -197,8 +214,43 @@ def parse_messages(value: Any) -> list[dict[str, str]]:
                 f"'{where}.role' must be system, developer, user or assistant, not {role!r}",
                 "messages",
             )
-        out.append({"role": ROLES[role], "content": content_text(message.get("content"), where)})
+        text, urls = content_parts(message.get("content"), where)
+        entry: dict[str, Any] = {"role": ROLES[role], "content": text}
+        if urls:
+            entry["image_urls"] = urls
+        out.append(entry)
     return out
+
+
+def resolve_images(messages: list[dict[str, Any]], *, allow_remote: bool) -> None:
+    """Turn each message's ``image_urls`` (data URLs; http(s) only with ``allow_remote``) and
+    ``image_b64`` (Ollama) into decoded, checked ``images``; a bad one is a 400."""
+    from localllm import images
+    from localllm.errors import UsageError
+
+    for i, message in enumerate(messages):
+        urls = message.pop("image_urls", None) or []
+        raw = message.pop("image_b64", None) or []
+        if not urls and not raw:
+            continue
+        found = []
+        try:
+            for url in urls:
+                if images.is_remote(url) and not allow_remote:
+                    raise bad_request(
+                        f"image URLs are not fetched: {url[:60]} (send a data: URL, or start "
+                        "the server with --allow-remote)",
+                        "messages",
+                    )
+                found.append(images.from_data_url(url, allow_remote=allow_remote))
+            for j, payload in enumerate(raw):
+                if not isinstance(payload, str):
+                    raise bad_request(f"messages[{i}].images[{j}] must be a base64 string")
+                found.append(images.from_base64(payload, f"messages[{i}].images[{j}]"))
+        except UsageError as exc:
+            hint = f" ({exc.hint})" if exc.hint else ""
+            raise bad_request(exc.message + hint, "messages") from None
+        message["images"] = found
 
 
 def parse_chat(body: Mapping[str, Any]) -> Request:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from textual.app import ComposeResult
-from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Footer, Label, ProgressBar
+from textual.widgets import Footer
 
+from localllm.tui.widgets.download import DownloadBar
 from localllm.tui.widgets.messages import ChatLog
 from localllm.tui.widgets.prompt import PromptInput
 from localllm.tui.widgets.status import StatusBar
@@ -21,9 +21,7 @@ class ChatScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield ChatLog(id="log")
-        with Horizontal(id="download"):
-            yield Label("", id="download-label")
-            yield ProgressBar(id="download-bar", show_eta=False)
+        yield DownloadBar(id="download")
         yield PromptInput(
             id="prompt",
             placeholder="Ask something · Enter sends · Shift+Enter or Ctrl+J: new line · /help",
@@ -32,5 +30,4 @@ class ChatScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#download").display = False
         self.query_one(PromptInput).focus()

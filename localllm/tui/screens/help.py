@@ -13,6 +13,8 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
+from localllm.tui.commands import COMMANDS
+
 KEYS: tuple[tuple[str, str], ...] = (
     ("Enter", "send the prompt"),
     ("Shift+Enter, Ctrl+J, Alt+Enter", "new line in the prompt"),
@@ -27,21 +29,6 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("Ctrl+L", "saved conversations (resume, rename, delete, export)"),
     ("F1", "this help"),
     ("Ctrl+Q", "quit"),
-)
-
-COMMANDS: tuple[tuple[str, str], ...] = (
-    ("/model [NAME]", "load a model (no name: the picker)"),
-    ("/pull REF", "download a model from the Hub, then load it"),
-    ("/profile [NAME]", "switch profile (no name: the picker)"),
-    ("/sampling", "edit the sampling values"),
-    ("/mode [reasoning|instant]", "set the mode (no argument: toggle)"),
-    ("/system [TEXT]", "set the system prompt (no text: the editor)"),
-    ("/new", "start a new chat"),
-    ("/chats", "saved conversations"),
-    ("/rename TITLE", "rename this conversation"),
-    ("/export [PATH]", "write this conversation as Markdown"),
-    ("/help", "this help"),
-    ("/quit", "quit"),
 )
 
 CONVERSATION_KEYS: tuple[tuple[str, str], ...] = (
@@ -74,11 +61,15 @@ def help_renderable() -> Group:
     return Group(
         _table("Keys", KEYS),
         Text(""),
-        _table("Slash commands", COMMANDS),
+        _table("Slash commands", tuple((c.help_key(), c.help) for c in COMMANDS)),
         Text(""),
         _table("In the conversation list", CONVERSATION_KEYS),
         Text(""),
-        Text("Conversations are saved as they happen; Ctrl+L lists them.", style="dim"),
+        Text(
+            "Conversations are saved as they happen; Ctrl+L lists them. "
+            "Start a prompt with // to send a leading /.",
+            style="dim",
+        ),
     )
 
 

@@ -19,20 +19,8 @@ from textual.widgets.option_list import Option
 
 from localllm.errors import ProfileError
 from localllm.profiles import Profile, ProfileSource
+from localllm.tui.state import SAMPLING_FIELDS
 
-SAMPLING_FIELDS: tuple[str, ...] = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "max_tokens",
-    "repeat_penalty",
-    "frequency_penalty",
-    "presence_penalty",
-    "seed",
-    "stop",
-    "reasoning_budget",
-)
 SOURCE = "sampling editor"
 
 

@@ -1,0 +1,171 @@
+"""The one owner of the model: the chat session and the lock around it.
+
+Loading, counting the context, generating and closing run in the app's thread workers
+(``group="engine"`` for load and generate, exclusive: a new one cancels the old one), one at a
+time under :attr:`EngineHost.lock` (llama.cpp contexts are not thread-safe, and a cancelled
+worker may still be finishing its last token). The workers never touch widgets: they post the
+messages of :mod:`localllm.tui.messages` to the app, which is thread-safe.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from textual.app import App
+from textual.worker import get_current_worker
+
+from localllm.errors import InferenceError, LocalLLMError
+from localllm.profiles import Profile
+from localllm.streaming import Delta, TurnResult, stream_turn
+from localllm.textin import clean_text
+from localllm.tui.messages import ContextCounted, ModelFailed, ModelLoaded, TurnFinished
+from localllm.tui.state import Turn
+
+EngineFactory = Callable[[Path, Profile], Any]
+FLUSH_S = 0.3  # streamed text is batched: ~3 screen updates a second (each costs a frame)
+
+
+def default_engine(path: Path, profile: Profile) -> Any:
+    """Load ``path`` as :class:`localllm.engine.Engine` with the profile's load settings."""
+    from localllm.loading import open_engine
+
+    return open_engine(path, profile)
+
+
+def backend_of(engine: Any) -> str:
+    try:
+        from localllm.engine import backend_name
+
+        return backend_name(getattr(getattr(engine, "options", None), "n_gpu_layers", None))
+    except Exception:  # a stand-in engine, or a build without the helper
+        return "CPU"
+
+
+def as_error(exc: BaseException, what: str) -> LocalLLMError:
+    if isinstance(exc, LocalLLMError):
+        return exc
+    return InferenceError(f"{what}: {exc}")
+
+
+class EngineHost:
+    """Runs the engine work of ``app`` in its thread workers, one job at a time."""
+
+    def __init__(self, app: App[Any], factory: EngineFactory | None = None) -> None:
+        self.app = app
+        self.factory = factory or default_engine
+        self.session: Any = None  # a ChatSession; touched only under the lock
+        self.lock = threading.Lock()
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def load(self, path: Path, name: str, profile: Profile, *, threads: int | None = None) -> None:
+        """Load ``path`` (freeing the model loaded before); posts ModelLoaded or ModelFailed.
+
+        ``threads`` overrides the profile's (unset) thread count for this load only; the
+        ModelLoaded message carries ``profile`` as given.
+        """
+        self.app.run_worker(
+            partial(self._load, Path(path), name, profile, threads),
+            name="load",
+            group="engine",
+            exclusive=True,
+            thread=True,
+            exit_on_error=False,
+        )
+
+    def count(self, history: list[dict[str, Any]], profile: Profile, conversation_id: str) -> None:
+        """Count the tokens ``history`` fills; posts ContextCounted (nothing on failure)."""
+        self.app.run_worker(
+            partial(self._count, list(history), profile, conversation_id),
+            name="count",
+            group="count",
+            thread=True,
+            exit_on_error=False,
+        )
+
+    def generate(self, turn: Turn, emit: Callable[[Delta], None]) -> None:
+        """Answer ``turn``, passing batched text to ``emit`` (from the worker thread: it must
+        only post messages); posts TurnFinished at the end, whatever happened."""
+        self.app.run_worker(
+            partial(self._generate, turn, emit),
+            name="generate",
+            group="engine",
+            exclusive=True,
+            thread=True,
+            exit_on_error=False,
+        )
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Free the model (after the app has exited and the workers have stopped)."""
+        if self.lock.acquire(timeout=timeout):
+            try:
+                if self.session is not None:
+                    self.session.engine.close()
+                    self.session = None
+            finally:
+                self.lock.release()
+
+    # -- worker bodies (thread) ------------------------------------------------------------
+
+    def _load(self, path: Path, name: str, profile: Profile, threads: int | None) -> None:
+        from localllm.session import ChatSession
+
+        worker = get_current_worker()
+        with self.lock:
+            if worker.is_cancelled:
+                return
+            old, self.session = self.session, None
+            if old is not None:
+                old.engine.close()
+            try:
+                load_profile = profile
+                if threads and not profile.threads:
+                    load_profile = profile.replace(threads=threads)
+                engine = self.factory(path, load_profile)
+            except Exception as exc:
+                self.app.post_message(ModelFailed(path, name, as_error(exc, "loading failed")))
+                return
+            self.session = ChatSession(engine, profile)
+            backend = backend_of(engine)
+            if worker.is_cancelled:
+                return  # another load is waiting for the lock: it reports instead
+        self.app.post_message(ModelLoaded(path, name, engine, backend, profile))
+
+    def _count(self, history: list[dict[str, Any]], profile: Profile, ident: str) -> None:
+        from localllm.session import ChatSession
+
+        with self.lock:
+            session = self.session
+            if session is None:
+                return
+            try:
+                probe = ChatSession(session.engine, profile, messages=history)
+                tokens = len(session.engine.tokenize(probe.render()))
+            except Exception:  # only a display figure: never worth an error
+                return
+        self.app.post_message(ContextCounted(tokens, ident))
+
+    def _generate(self, turn: Turn, emit: Callable[[Delta], None]) -> None:
+        worker = get_current_worker()
+
+        def cancel() -> bool:
+            return worker.is_cancelled or turn.stop.is_set()
+
+        with self.lock:
+            session = self.session
+            if session is None:
+                result = TurnResult(
+                    error=InferenceError("no model is loaded", hint="Ctrl+O picks one")
+                )
+            else:
+                session.messages = [dict(m) for m in turn.history]
+                profile = turn.profile
+                if profile.system_prompt:
+                    profile = profile.replace(system_prompt=clean_text(profile.system_prompt)[0])
+                session.profile = profile
+                result = stream_turn(session, turn.text, emit=emit, cancel=cancel, interval=FLUSH_S)
+        self.app.post_message(TurnFinished(turn, result))
