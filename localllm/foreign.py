@@ -886,6 +886,20 @@ def suggest(name: str) -> ForeignModel | None:
     return hits[0] if len(hits) == 1 else None
 
 
+def projector_for(model_file: Path) -> Path | None:
+    """The projector another tool's store records for the model in ``model_file`` (Ollama's
+    projector layer, llama.cpp's ``mmprojFile``, an ``mmproj`` file beside it), else None."""
+    try:
+        target = os.path.realpath(model_file)
+        for result in scan():
+            for m in result.usable():
+                if m.projector is not None and os.path.realpath(m.primary) == target:
+                    return m.projector
+    except OSError:
+        return None
+    return None
+
+
 # -- copying into our store ---------------------------------------------------------------
 
 Progress = Callable[[int, "int | None"], None]

@@ -616,7 +616,9 @@ def projector_of(model: Path) -> Path | None:
                 return manifest.files_dir / manifest.mmproj
     except OSError:
         return None
-    return None
+    from localllm import foreign  # Ollama's projector layer, llama.cpp's manifest mmprojFile
+
+    return foreign.projector_for(target)
 
 
 def _link_or_copy(src: Path, dest: Path, *, copy: bool) -> None:

@@ -357,6 +357,16 @@ def test_show_says_where_it_lives_and_that_it_is_read_only(stores: dict[str, Any
     assert data["architecture"] == "llama"
 
 
+def test_vision_finds_the_projector_the_store_records(stores: dict[str, Any]) -> None:
+    from localllm import vision
+
+    ollama = foreign.lookup("ollama", "llama3.2:3b")
+    assert ollama.projector is not None and ollama.projector.name.startswith("sha256-")
+    assert vision.find_projector(stores["blob"]) == ollama.projector
+    lms = foreign.lookup("lmstudio", "acme/Tiny-GGUF:Q4_K_M")
+    assert vision.find_projector(lms.primary) == lms.projector
+
+
 def test_run_uses_the_blob_in_place_and_writes_nothing(stores: dict[str, Any], home: Path) -> None:
     before = _tree(home)
     for ref in ("ollama:llama3.2:3b", "lmstudio:acme/Tiny-GGUF:q4_k_m", "llamacpp:acme/Old-GGUF"):
