@@ -870,7 +870,7 @@ class Engine:
         sample = sampler.sample
         decode_one = self._decode_one
         drafter: _NgramDrafter | _ModelDrafter | None = None
-        if self.draft is not None and speculative != "off":
+        if self.draft is not None:  # a draft model is attached only when the profile names one
             drafter = _ModelDrafter(self.draft, tokens)
         elif speculative == "ngram":
             drafter = _NgramDrafter(tokens)

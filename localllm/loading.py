@@ -231,7 +231,7 @@ def open_engine(
     engine = Engine(path, options)
     engine.load_phases.insert(0, ("read header + plan", planned))
     draft_ref = getattr(profile, "draft_model", None)
-    if draft_ref and not vocab_only and getattr(profile, "speculative", "auto") != "off":
+    if draft_ref and not vocab_only:  # naming a draft model turns draft-model speculation on
         try:
             _attach_draft(engine, str(draft_ref), profile, options)
         except BaseException:

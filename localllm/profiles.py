@@ -73,7 +73,7 @@ class Profile:
     flash_attn: bool | Literal["auto"] = "auto"
     chat_template: str | None = None
     verbose: bool = False
-    speculative: str = "auto"  # off | ngram | auto (n-gram drafting for long prompts)
+    speculative: str = "off"  # off | ngram | auto (n-gram drafting for long prompts)
     draft_model: str | None = None  # a small model with the same vocabulary that drafts
     json_schema: dict[str, Any] | None = None
     grammar: str | None = None
