@@ -75,6 +75,8 @@ class Profile:
     verbose: bool = False
     speculative: str = "off"  # off | ngram | auto (n-gram drafting for long prompts)
     draft_model: str | None = None  # a small model with the same vocabulary that drafts
+    json_schema: dict[str, Any] | None = None
+    grammar: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def replace(self, **changes: Any) -> Profile:
@@ -229,6 +231,40 @@ def _stop(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _json_schema(value: Any) -> dict[str, Any] | None:
+    """A JSON schema the answer must match: a mapping in YAML, or its JSON text."""
+    from localllm import structured
+    from localllm.errors import UsageError
+
+    if value is None:
+        return None
+    try:
+        if isinstance(value, str):
+            value = structured.parse_schema_text(value, "the schema")
+        if not isinstance(value, dict):
+            raise _Invalid(f"must be a JSON schema (a mapping), got {_describe(value)}")
+        structured.check_schema(value, "the schema")
+    except UsageError as exc:
+        raise _Invalid(exc.message.removeprefix("the schema").lstrip(": ")) from None
+    return value
+
+
+def _grammar(value: Any) -> str | None:
+    """GBNF text the answer must match, checked as llama.cpp would parse it."""
+    from localllm import structured
+    from localllm.errors import UsageError
+
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _Invalid(f"must be GBNF text, got {_describe(value)}")
+    try:
+        structured.check_gbnf(value, "the grammar")
+    except UsageError as exc:
+        raise _Invalid(exc.message.removeprefix("the grammar: ")) from None
+    return value
+
+
 def _gpu_layers(value: Any) -> int | str:
     if value == "auto" and isinstance(value, str):
         return "auto"
@@ -281,6 +317,8 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "verbose": _boolean,
     "speculative": _choice(SPECULATIVE),
     "draft_model": _string(nullable=True),
+    "json_schema": _json_schema,
+    "grammar": _grammar,
 }
 assert set(_CHECKS) == set(field_names())
 
@@ -560,6 +598,11 @@ def _make(name: str, values: Mapping[str, Any]) -> Profile:
 
 def check_consistency(profile: Profile) -> None:
     """Rules that involve more than one field."""
+    if profile.json_schema is not None and profile.grammar is not None:
+        raise ProfileError(
+            f"profile {profile.name!r}: json_schema and grammar cannot both be set",
+            hint="a schema already constrains the answer; keep one of them",
+        )
     if profile.kv_cache_type != "f16" and profile.flash_attn is False:
         raise ProfileError(
             f"profile {profile.name!r}: kv_cache_type {profile.kv_cache_type} needs flash "

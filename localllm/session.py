@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from localllm import reasoning
+from localllm import reasoning, structured
+from localllm import tools as tool_calls
 from localllm.engine import Engine, Stats, Steering, TextEvent
 from localllm.profiles import Profile
 
@@ -60,6 +61,8 @@ class Turn:
     answer_s: float = 0.0
     mode: str = "instant"
     adapter: str = "none"
+    tool_calls: list[Any] = field(default_factory=list)
+    finish_reason: str | None = None  # "tool_calls" when the answer ended in calls
 
     @property
     def stopped(self) -> bool:
@@ -153,12 +156,15 @@ class ChatSession:
         *,
         cancel: Callable[[], bool] | None = None,
         grammar: str | None = None,
+        constraint: structured.Constraint | None = None,
         images: Sequence[Any] = (),
     ) -> Iterator[SessionEvent]:
         """Stream one turn as reasoning and answer events, then one :class:`Stats`.
 
         The exchange joins the history when the stream ends (a stopped answer is kept with
-        what was produced). ``grammar`` (GBNF) constrains generation; for tests.
+        what was produced). ``grammar`` (GBNF) constrains all of the generation; for tests.
+        ``constraint`` (:mod:`localllm.structured`) constrains the answer only: in reasoning
+        mode the model thinks freely first and the grammar applies after the reasoning closes.
         ``images`` (:class:`localllm.images.Image`) go before the text of the message.
         """
         content = self._with_images(user_text, images)
@@ -176,7 +182,13 @@ class ChatSession:
 
         history = [i for m in self.messages for i in m.get("images", ())]
         yield from self._turn(
-            plan, self._render_plan(plan), cancel, grammar, record, [*history, *images]
+            plan,
+            self._render_plan(plan),
+            cancel,
+            grammar,
+            record,
+            [*history, *images],
+            constraint=constraint,
         )
 
     def _with_images(self, text: str, images: Sequence[Any]) -> str:
@@ -199,26 +211,58 @@ class ChatSession:
         *,
         cancel: Callable[[], bool] | None = None,
         grammar: str | None = None,
+        constraint: structured.Constraint | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: tool_calls.ToolChoice | None = None,
     ) -> Iterator[SessionEvent]:
         """One turn from a whole conversation (an HTTP request's ``messages``), the same
         events as :meth:`send`; the session's own history is left alone.
 
-        Each message needs ``role`` and ``content`` (text); the profile's system prompt is
-        put first unless the messages bring their own.
+        Each message needs ``role`` and ``content`` (text); assistant ``tool_calls`` and
+        ``tool`` results pass through to the template. The profile's system prompt is put
+        first unless the messages bring their own. ``tools`` (checked by
+        :func:`localllm.tools.check_tools`) are rendered by the model's template; the answer's
+        calls come as :class:`~localllm.tools.ToolCallDelta` events and in
+        :attr:`Turn.tool_calls`, never in its text. ``tool_choice`` required or named forces a
+        call through a grammar built from the function's parameters.
         """
         out: list[dict[str, Any]] = []
         has_system = any(m.get("role") == "system" for m in messages)
         if self.profile.system_prompt and not has_system:
             out.append({"role": "system", "content": self.profile.system_prompt})
         images: list[Any] = []
-        for m in messages:
-            pictures = list(m.get("images") or ())
+        for m in tool_calls.template_messages(messages):
+            pictures = list(m.pop("images", None) or ())
             images.extend(pictures)
-            content = self._with_images(m["content"], pictures)
-            out.append({"role": m["role"], "content": content})
+            m["content"] = self._with_images(m["content"], pictures)
+            out.append(m)
         effort = getattr(self.profile, "reasoning_effort", None)
         plan = reasoning.plan_prompt(self.adapter, self.mode, out, effort=effort)
-        yield from self._turn(plan, self._render_plan(plan), cancel, grammar, None, images)
+        choice = tool_choice or tool_calls.parse_tool_choice(None, tools)
+        parser: tool_calls.ToolCallParser | None = None
+        prompt: str | None = None
+        if tools:
+            fmt = tool_calls.require_format(self.chat_template)
+            plan.variables["tools"] = list(tools)
+            if choice.mode != "none":
+                parser = tool_calls.ToolCallParser(fmt)
+            if choice.forced:
+                constraint = structured.grammar_constraint(
+                    tool_calls.tool_call_grammar(fmt, tools, schema_grammar, name=choice.name),
+                    "the tool call grammar",
+                )
+                if fmt == "harmony":  # the call is a new message: no pre-filled channel
+                    prompt = self.engine.render(
+                        plan.messages, variables=plan.variables, chat_template=self.chat_template
+                    )
+                    plan = replace(plan, mode="instant")
+        if prompt is None:
+            prompt = self._render_plan(plan)
+        if parser is not None:
+            parser.prime(prompt)
+        yield from self._turn(
+            plan, prompt, cancel, grammar, None, images, constraint=constraint, parser=parser
+        )
 
     def complete(
         self,
@@ -240,8 +284,20 @@ class ChatSession:
         grammar: str | None,
         record: Callable[[Turn], None] | None,
         images: Sequence[Any] = (),
+        *,
+        constraint: structured.Constraint | None = None,
+        parser: tool_calls.ToolCallParser | None = None,
     ) -> Iterator[SessionEvent]:
         profile = self.profile
+        lazy: dict[str, Any] = {}
+        if constraint is not None:
+            hook = structured.reasoning_hook(plan.adapter, plan.mode, prompt)
+            prompt += hook.prefill
+            grammar = constraint.grammar
+            if hook.lazy_after is not None:
+                grammar = structured.answer_grammar(grammar, plan.adapter)
+                lazy["grammar_lazy_after"] = hook.lazy_after
+                _check_lazy_grammar(self.engine)
         budget = reasoning.budget_for(plan.mode, profile.reasoning_budget, profile.max_tokens)
         bridge = getattr(profile, "reasoning_bridge", None)
         stream = reasoning.ReasoningStream(
@@ -292,18 +348,27 @@ class ChatSession:
                 grammar=grammar,
                 steering=steering,
                 special=plan.special,
+                **lazy,
             ):
                 if isinstance(event, TextEvent):
                     tokens = 0 if event.injected else event.tokens
-                    yield from _events(stream.feed(event.text, tokens))
+                    parts = stream.feed(event.text, tokens)
+                    if parser is None:
+                        yield from _events(parts)
+                    else:
+                        yield from _tool_events(parser, parts, event.text)
                     extra = stream.injection()
                     if extra:
                         steering.inject(extra)
                 else:
                     stats = event
-            yield from _events(stream.finish())
+            if parser is None:
+                yield from _events(stream.finish())
+            else:
+                yield from _tool_events(parser, stream.finish(), "")
+                yield from _tool_events(parser, [], None)
         except GeneratorExit:  # the consumer stopped reading: keep what was produced
-            self._finish(turn, stream, record)
+            self._finish(turn, stream, record, parser)
             raise
         if stats is not None and stats.stop_reason == "cancelled" and not user_stopped:
             stats = replace(stats, stop_reason="length")  # the answer reached max_tokens
@@ -311,7 +376,7 @@ class ChatSession:
             pre = self.projector.stats
             stats = replace(stats, cached_tokens=pre.cached, ttft_s=stats.ttft_s + pre.prefill_s)
         turn.stats = stats
-        self._finish(turn, stream, record)
+        self._finish(turn, stream, record, parser)
         if stats is not None:
             yield stats
 
@@ -320,6 +385,7 @@ class ChatSession:
         turn: Turn,
         stream: reasoning.ReasoningStream,
         record: Callable[[Turn], None] | None,
+        parser: tool_calls.ToolCallParser | None = None,
     ) -> None:
         stream.finish()
         splitter = stream.splitter
@@ -334,6 +400,12 @@ class ChatSession:
         turn.reasoning_leaked = turn.mode == "instant" and (
             splitter.saw_reasoning or bool(turn.reasoning)
         )
+        if parser is not None:
+            parser.finish()
+            turn.answer = parser.content
+            turn.tool_calls = parser.tool_calls
+            if turn.tool_calls and turn.stats is not None and turn.stats.stop_reason == "stop":
+                turn.finish_reason = "tool_calls"
         if record is not None:
             record(turn)
         self.last_turn = turn
@@ -350,9 +422,106 @@ def _choose_adapter(template: str | None, reasoning_format: str | None) -> str:
     return reasoning.choose_adapter(template, reasoning_format)
 
 
+def _tool_events(
+    parser: tool_calls.ToolCallParser, parts: list[reasoning.Part], raw: str | None
+) -> Iterator[Any]:
+    """Reasoning as usual; the answer through the tool-call parser (harmony: the raw text,
+    whose headers say who a message is for). ``raw`` None: the end of the answer."""
+    for part in parts:
+        if part.kind == "reasoning":
+            yield ReasoningText(part.text)
+    if parser.fmt == "harmony":
+        events = parser.feed(raw) if raw else parser.finish() if raw is None else []
+    else:
+        text = "".join(p.text for p in parts if p.kind == "answer")
+        events = parser.feed(text) if text else parser.finish() if raw is None else []
+    for e in events:
+        if isinstance(e, tool_calls.ContentDelta):
+            yield AnswerText(e.text)
+        elif isinstance(e, tool_calls.ToolCallDelta):
+            yield e
+
+
 def _events(parts: list[reasoning.Part]) -> Iterator[AnswerText | ReasoningText]:
     for part in parts:
         if part.kind == "reasoning":
             yield ReasoningText(part.text)
         else:
             yield AnswerText(part.text)
+
+
+# -- structured output: the one step that needs llama-cpp-python ------------------------------
+
+
+def _check_lazy_grammar(engine: Engine) -> None:
+    """A clear error, not a TypeError, from an engine that cannot wait for the reasoning to
+    close before applying a grammar."""
+    import inspect
+
+    if "grammar_lazy_after" not in inspect.signature(engine.generate).parameters:
+        from localllm.errors import UsageError
+
+        raise UsageError(
+            "this build cannot constrain only the answer after reasoning",
+            hint="use --mode instant with a schema or grammar",
+        )
+
+
+def schema_grammar(schema: Any) -> str:
+    """GBNF for a JSON schema, by llama-cpp-python's converter (pure Python, but shipped inside
+    ``llama_cpp``, so it is called from this engine-layer module). Check the schema with
+    :func:`localllm.structured.check_schema` first; a pattern the converter cannot translate
+    is a :class:`~localllm.errors.UsageError`."""
+    import json
+
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    from localllm.errors import UsageError
+
+    try:
+        gbnf = json_schema_to_gbnf(json.dumps(structured.normalize_schema(schema)))
+    except (ValueError, AssertionError, KeyError, TypeError, IndexError, RecursionError) as exc:
+        raise UsageError(
+            f"the JSON schema cannot become a grammar: {exc}", hint=structured.SCHEMA_HINT
+        ) from None
+    gbnf = structured.fix_converted(gbnf)
+    try:
+        structured.check_gbnf(gbnf, "the grammar converted from the JSON schema")
+    except structured.GrammarSyntaxError as exc:
+        raise UsageError(
+            f"the JSON schema cannot become a grammar ({exc.message}); a 'pattern' is the "
+            "usual cause",
+            hint=structured.SCHEMA_HINT,
+        ) from None
+    return gbnf
+
+
+def make_constraint(
+    *,
+    json_schema: Any = None,
+    json_format: bool = False,
+    grammar: str | None = None,
+    source: str = "",
+) -> structured.Constraint | None:
+    """The answer's constraint from a schema, ``--format json`` or raw GBNF (at most one)."""
+    from localllm.errors import UsageError
+
+    given = [x for x in (json_schema is not None, json_format, grammar is not None) if x]
+    if len(given) > 1:
+        raise UsageError(
+            "use only one of a JSON schema, --format json and a grammar",
+            hint="a schema already makes the answer JSON",
+        )
+    if json_schema is not None:
+        structured.check_schema(json_schema, source or "the JSON schema")
+        return structured.Constraint(
+            "json_schema",
+            schema_grammar(json_schema),
+            schema=json_schema if isinstance(json_schema, dict) else {},
+            source=source,
+        )
+    if json_format:
+        return structured.json_object_constraint()
+    if grammar is not None:
+        return structured.grammar_constraint(grammar, source or "the grammar")
+    return None

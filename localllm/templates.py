@@ -31,6 +31,23 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
+    """``tojson`` as Hugging Face chat templates expect it: plain JSON text in the given key
+    order. Jinja's own filter sorts keys and returns markup, so ``"text" + x|tojson`` in a
+    template (gpt-oss, Mistral tool messages) HTML-escaped the text around it."""
+    import json
+
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
+
+
 @functools.lru_cache(maxsize=1)
 def _environment_class() -> Any:
     from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
@@ -77,6 +94,7 @@ def _compile(source: str) -> Any:
     )
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
+    env.filters["tojson"] = _tojson
     try:
         return env.from_string(source)
     except jinja2.TemplateError as exc:

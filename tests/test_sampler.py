@@ -180,3 +180,43 @@ def test_a_cached_answer_that_diverges_inside_a_character(engine: Engine) -> Non
     assert engine.detokenize(tokens, special=True) == follow
     _, stats = run(engine, follow, GREEDY)
     assert stats.prompt_tokens == len(tokens)
+
+
+CHOICE = 'root ::= ("yes" | "no" | "maybe") (", " ("yes" | "no" | "maybe"))* "."'
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        Profile(temperature=0.0, max_tokens=40),
+        Profile(temperature=0.9, seed=5, max_tokens=40),
+        Profile(temperature=0.9, seed=5, max_tokens=40, repeat_penalty=1.3),
+        Profile(temperature=0.0, max_tokens=40, speculative="ngram"),
+    ],
+    ids=["greedy", "seeded", "penalties", "speculative"],
+)
+def test_the_grammar_holds_on_every_sampling_path(engine: Engine, settings: Profile) -> None:
+    """The grammar checks the drawn token and redraws only on a rejection (or sits in the
+    chain when penalties keep a history): either way every answer matches it. The random
+    model left alone says none of these words, so a path that skips the check fails here."""
+    import re
+
+    prompt = "yes, no, maybe, yes, no. " * 12  # long enough for n-gram drafts to be tried
+    text, _ = run(engine, prompt, settings, grammar=CHOICE)
+    assert re.fullmatch(r"(yes|no|maybe)(, (yes|no|maybe))*\.?", text), text
+    free, _ = run(engine, prompt, settings)
+    assert not re.fullmatch(r"(yes|no|maybe)(, (yes|no|maybe))*\.?", free)
+
+
+def test_greedy_under_a_grammar_is_the_best_allowed_token(engine: Engine) -> None:
+    """Check-then-redraw picks the same greedy tokens as the grammar in the chain (the path
+    repetition penalties take): a penalty of 1.0 is neutral, so both paths must agree."""
+    prompt = "Say something."
+    fast, _ = run(engine, prompt, Profile(temperature=0.0, max_tokens=30), grammar=CHOICE)
+    inline, _ = run(
+        engine,
+        prompt,
+        Profile(temperature=0.0, max_tokens=30, frequency_penalty=1e-9),
+        grammar=CHOICE,
+    )
+    assert fast == inline

@@ -305,7 +305,7 @@ def test_unknown_model_is_404(sentence_server: ServerProcess, tiny_model: Path) 
         ({"n": 2}, "n"),
         ({"logprobs": True}, "logprobs"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format"),
         ({"temperature": "hot"}, "temperature"),
         ({"temperature": 9}, "temperature"),
         ({"max_tokens": 0}, "max_tokens"),

@@ -92,7 +92,7 @@ def test_errors_have_the_ollama_shape(server: ServerProcess) -> None:
     assert info.value.status_code == 404
     status, body = server.post("/api/chat", {"model": "qwen3", "messages": "hi"})
     assert status == 400 and isinstance(body["error"], str)
-    status, body = server.post("/api/chat", {"messages": HI, "format": "json"})
+    status, body = server.post("/api/chat", {"messages": HI, "format": "yaml"})
     assert status == 400 and "format" in body["error"]
     status, _, raw = server.request("POST", "/api/chat", raw=b"{oops")
     assert status == 400 and isinstance(json.loads(raw)["error"], str)

@@ -225,6 +225,24 @@ def run(
             show_default=False,
         ),
     ] = None,
+    json_schema: Annotated[
+        str | None,
+        typer.Option(
+            "--json-schema",
+            help="Make the answer JSON valid against this schema (a file or inline JSON).",
+            show_default=False,
+        ),
+    ] = None,
+    output_format: Annotated[
+        str | None,
+        typer.Option("--format", help="json: make the answer a JSON object.", show_default=False),
+    ] = None,
+    grammar_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--grammar", help="Constrain the answer with a GBNF grammar file.", show_default=False
+        ),
+    ] = None,
     speculative: Annotated[
         str | None,
         typer.Option(
@@ -307,6 +325,7 @@ def run(
     }
     settings = profiles.resolve(profile, overrides)
     settings = clean_profile_text(settings, inputs)
+    constraint_args = constraint_options(json_schema, output_format, grammar_file, settings)
     pictures = read_images(image, prompt, allow_remote)
     text = read_prompt(prompt, inputs, stdin_taken="-" in (image or ()))
     if (warning := inputs.warning()) is not None:
@@ -347,7 +366,18 @@ def run(
                 f"reasoning adapter: {session.adapter}"
             )
             return
-        _stream(session, text, as_json=as_json, show_stats=stats, path=path, images=pictures)
+        from localllm.session import make_constraint
+
+        constraint = make_constraint(**constraint_args) if constraint_args else None
+        _stream(
+            session,
+            text,
+            as_json=as_json,
+            show_stats=stats,
+            path=path,
+            images=pictures,
+            constraint=constraint,
+        )
     finally:
         if projector is not None:
             projector.close()
@@ -365,6 +395,47 @@ def clean_profile_text(settings: Any, inputs: TextInputs) -> Any:
     return settings.replace(system_prompt=system, stop=stop)
 
 
+def constraint_options(
+    json_schema: str | None, output_format: str | None, grammar_file: Path | None, settings: Any
+) -> dict[str, Any]:
+    """What constrains the answer, checked before the model loads: the flags, else the
+    profile's ``json_schema`` or ``grammar``. Arguments for ``session.make_constraint``."""
+    from localllm import structured
+    from localllm.errors import UsageError
+
+    if output_format is not None and output_format != "json":
+        raise UsageError(f"--format must be 'json', not {output_format!r}")
+    flags = [
+        f
+        for f, v in (
+            ("--json-schema", json_schema),
+            ("--format", output_format),
+            ("--grammar", grammar_file),
+        )
+        if v is not None
+    ]
+    if len(flags) > 1:
+        raise UsageError(
+            f"{' and '.join(flags)} cannot be used together",
+            hint="a schema already makes the answer JSON; a grammar replaces both",
+        )
+    if json_schema is not None:
+        schema, source = structured.read_schema_arg(json_schema)
+        return {"json_schema": schema, "source": source}
+    if output_format == "json":
+        return {"json_format": True}
+    if grammar_file is not None:
+        return {
+            "grammar": structured.read_grammar_file(str(grammar_file)),
+            "source": str(grammar_file),
+        }
+    if settings.json_schema is not None:
+        return {"json_schema": settings.json_schema, "source": f"profile {settings.name}"}
+    if settings.grammar is not None:
+        return {"grammar": settings.grammar, "source": f"profile {settings.name}"}
+    return {}
+
+
 def _stream(
     session: Any,
     text: str,
@@ -373,6 +444,7 @@ def _stream(
     show_stats: bool,
     path: Path,
     images: list[Any] | None = None,
+    constraint: Any = None,
 ) -> None:
     from dataclasses import asdict
 
@@ -384,7 +456,7 @@ def _stream(
     show_reasoning = settings.show_reasoning and not as_json
     reasoning_shown = False  # reasoning is on stderr and not yet ended by a newline
     try:
-        for event in session.send(text, images=images or ()):
+        for event in session.send(text, images=images or (), constraint=constraint):
             if isinstance(event, AnswerText):
                 if reasoning_shown:
                     sys.stderr.write("\n")
@@ -408,6 +480,7 @@ def _stream(
         sys.stderr.flush()
     turn = session.last_turn
     final = turn.stats
+    parsed, problem = _check_constrained(turn, constraint, settings.max_tokens)
     if as_json:
         settings_dict = {k: v for k, v in asdict(settings).items() if k != "extra"}
         settings_dict["stop"] = list(settings.stop)
@@ -418,6 +491,7 @@ def _stream(
             "answer": turn.answer,
             "reasoning": turn.reasoning,
             **turn.parts_dict(),
+            **({"parsed": parsed} if constraint is not None and constraint.is_json else {}),
             "settings": settings_dict,
             "stats": final.as_dict() if final else None,
         }
@@ -462,6 +536,41 @@ def _stream(
         if settings.verbose:
             phases = getattr(session.engine, "load_phases", [])
             err("load: " + " · ".join(f"{name} {s * 1000:.0f} ms" for name, s in phases))
+    if problem is not None:
+        from localllm.errors import InferenceError
+
+        raise problem if isinstance(problem, InferenceError) else InferenceError(str(problem))
+
+
+def _check_constrained(turn: Any, constraint: Any, max_tokens: int) -> tuple[Any, Any]:
+    """(parsed answer, error to raise after the output) for a constrained turn. A grammar that
+    never lets the answer end stops at max_tokens: said on stderr, and for JSON an error (the
+    answer is not usable)."""
+    from localllm.errors import InferenceError
+    from localllm.structured import AnswerError
+
+    if constraint is None or turn.stopped:
+        return None, None
+    cut = turn.stats is not None and turn.stats.stop_reason in ("length", "context")
+    if not constraint.is_json:
+        if cut:
+            err(
+                f"note: the answer reached the token limit ({max_tokens}) before the grammar let "
+                "it end, so it may be incomplete (raise --max-tokens, or check that the grammar "
+                "can finish)"
+            )
+        return None, None
+    try:
+        return constraint.parse(turn.answer), None
+    except AnswerError as exc:
+        if cut:
+            return None, InferenceError(
+                f"the JSON answer was cut off at the token limit ({max_tokens}) before it was "
+                "complete",
+                hint="raise --max-tokens (or --ctx); in reasoning mode also consider "
+                "--reasoning-budget",
+            )
+        return None, InferenceError(str(exc))
 
 
 def _image_fields(session: Any, images: list[Any] | None) -> dict[str, Any]:

@@ -232,13 +232,28 @@ def routes(state: ServerState) -> list[Any]:
     from starlette.routing import Route
 
     from localllm.session import AnswerText, ReasoningText
+    from localllm.tools import ToolCallDelta
 
-    def chat_run(messages: list[dict[str, str]]) -> Callable[..., Iterator[Any]]:
+    def chat_run(
+        messages: list[dict[str, Any]], parsed: Any = None
+    ) -> Callable[..., Iterator[Any]]:
+        extra: dict[str, Any] = {}
+        if parsed is not None:
+            extra = {
+                "constraint": parsed.constraint,
+                "tools": parsed.tools,
+                "tool_choice": parsed.tool_choice,
+            }
         return lambda session, cancel, grammar: session.respond(
-            messages, cancel=cancel, grammar=grammar
+            messages, cancel=cancel, grammar=grammar, **extra
         )
 
-    def text_run(prompt: str) -> Callable[..., Iterator[Any]]:
+    def text_run(prompt: str, parsed: Any = None) -> Callable[..., Iterator[Any]]:
+        constraint = getattr(parsed, "constraint", None)
+        if constraint is not None:
+            return lambda session, cancel, grammar: session.complete(
+                prompt, cancel=cancel, grammar=constraint.grammar
+            )
         return lambda session, cancel, grammar: session.complete(
             prompt, cancel=cancel, grammar=grammar
         )
@@ -271,7 +286,11 @@ def routes(state: ServerState) -> list[Any]:
         body = await read_json(request)
         parsed = openai.parse_completion(body) if completion else openai.parse_chat(body)
         await _images(state, parsed)
-        run = text_run(parsed.prompt or "") if completion else chat_run(parsed.messages or [])
+        run = (
+            text_run(parsed.prompt or "", parsed)
+            if completion
+            else chat_run(parsed.messages or [], parsed)
+        )
         running = start(state, request, parsed, run)
         name = parsed.model if parsed.model and parsed.model != "default" else running.entry.name
         try:
@@ -316,6 +335,8 @@ def routes(state: ServerState) -> list[Any]:
                         yield chunks.answer(item.text)
                     elif isinstance(item, ReasoningText):
                         yield chunks.reasoning(item.text)
+                    elif isinstance(item, ToolCallDelta):
+                        yield chunks.tool_call(item)
                     elif isinstance(item, Done):
                         running.turn = item.turn
                         if item.turn.stopped and running.job.cancel.is_set():
@@ -355,9 +376,9 @@ def routes(state: ServerState) -> list[Any]:
                 {**ollama.piece(entry.name, chat=False), "done": True, "done_reason": "load"}
             )
         if parsed.prompt is not None:
-            run = text_run(parsed.prompt)
+            run = text_run(parsed.prompt, parsed)
         else:
-            run = chat_run(parsed.messages or [])
+            run = chat_run(parsed.messages or [], parsed)
         running = start(state, request, parsed, run)
         name = parsed.model or running.entry.name
         try:

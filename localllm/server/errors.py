@@ -89,6 +89,8 @@ def from_core(exc: LocalLLMError) -> HTTPError:
         return HTTPError(404, message, param="model", code="model_not_found")
     if isinstance(exc, UsageError) and "context holds" in exc.message:
         return HTTPError(400, message, param="messages", code="context_length_exceeded")
+    if isinstance(exc, UsageError) and "no tool support" in exc.message:
+        return HTTPError(400, message, param="tools", code="tools_unsupported")
     if isinstance(exc, (UsageError, ProfileError, TemplateError)):
         return HTTPError(400, message)
     if isinstance(exc, ResourceError):

@@ -2,10 +2,10 @@
 events to NDJSON lines. Translation only, like :mod:`localllm.server.openai`.
 
 Not covered: pulling, pushing, creating, copying and deleting models (``localllm pull`` /
-``rm`` do that), ``/api/embed`` (issue #12), images, tools and ``format`` (structured output,
-issue #11), ``keep_alive`` (models stay loaded until ``--max-loaded`` pushes them out), and
-``options`` that change how a model is loaded (``num_ctx``, ``num_gpu``, ``num_thread``: set
-them on ``localllm serve``). Other unknown options are ignored, as Ollama does.
+``rm`` do that), ``/api/embed`` (issue #12), images, ``keep_alive`` (models stay loaded
+until ``--max-loaded`` pushes them out), and ``options`` that change how a model is loaded
+(``num_ctx``, ``num_gpu``, ``num_thread``: set them on ``localllm serve``). Other unknown
+options are ignored, as Ollama does.
 """
 
 from __future__ import annotations
@@ -50,22 +50,42 @@ def overrides(body: Mapping[str, Any]) -> dict[str, Any]:
             out["max_tokens"] = predict
     if isinstance(out.get("stop"), str):
         out["stop"] = [out["stop"]]
-    fmt = body.get("format")
-    if fmt not in (None, ""):
-        raise unsupported("format", "structured output is not available yet")
-    if body.get("tools"):
-        raise unsupported("tools", "tool calling is not available yet")
     think = body.get("think")
     if think is not None:
         out.update(openai.common_overrides({"think": think}))
     return out
 
 
+def parse_format(body: Mapping[str, Any]) -> Any:
+    """``format``: ``"json"`` (any JSON value... an object, as Ollama's models answer) or a
+    JSON schema; a bad one is a 400 naming ``format``."""
+    fmt = body.get("format")
+    if fmt in (None, ""):
+        return None
+    if fmt == "json":
+        return openai.parse_response_format({"type": "json_object"}, "format")
+    if isinstance(fmt, Mapping):
+        return openai.parse_response_format(
+            {"type": "json_schema", "json_schema": {"schema": fmt}}, "format"
+        )
+    raise bad_request("'format' must be \"json\" or a JSON schema", "format")
+
+
 def parse_chat(body: Mapping[str, Any]) -> openai.Request:
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise bad_request("'messages' must be a non-empty list")
-    messages = openai.parse_messages(raw)
+    tools, choice = openai.parse_tools({"tools": body.get("tools")})
+    prepared = [
+        {**m, "tool_calls": _openai_calls(m["tool_calls"])}
+        if isinstance(m, Mapping) and m.get("tool_calls")
+        else m
+        for m in raw
+    ]
+    for m in prepared:  # Ollama's tool results carry no call id
+        if isinstance(m, Mapping) and m.get("role") == "tool":
+            m.setdefault("tool_call_id", "")  # type: ignore[union-attr]
+    messages = openai.parse_messages(prepared)
     for message, source in zip(messages, raw, strict=True):
         pictures = source.get("images") if isinstance(source, Mapping) else None
         if pictures:
@@ -76,7 +96,33 @@ def parse_chat(body: Mapping[str, Any]) -> openai.Request:
         overrides=overrides(body),
         messages=messages,
         stream=_stream(body),
+        constraint=parse_format(body),
+        tools=tools,
+        tool_choice=choice,
     )
+
+
+def _openai_calls(calls: Any) -> Any:
+    """Ollama's tool calls (arguments as objects) in OpenAI's form (arguments as JSON text)."""
+    if not isinstance(calls, list):
+        return calls
+    out = []
+    for call in calls:
+        fn = call.get("function") if isinstance(call, Mapping) else None
+        if isinstance(fn, Mapping) and isinstance(fn.get("arguments"), Mapping):
+            fn = {**fn, "arguments": json.dumps(fn["arguments"], ensure_ascii=False)}
+            call = {**call, "function": fn}
+        out.append(call)
+    return out
+
+
+def tool_calls(turn: Any) -> list[dict[str, Any]]:
+    """A turn's calls as Ollama writes them: arguments decoded."""
+    out = []
+    for call in getattr(turn, "tool_calls", None) or ():
+        args = call.parsed_arguments()
+        out.append({"function": {"name": call.name, "arguments": args if args is not None else {}}})
+    return out
 
 
 def _image_list(value: Any) -> list[str]:
@@ -101,6 +147,7 @@ def parse_generate(body: Mapping[str, Any]) -> openai.Request:
         profile=openai._optional_str(body, "profile"),
         overrides=over,
         stream=_stream(body),
+        constraint=parse_format(body),
     )
     pictures = body.get("images")
     if raw:
@@ -157,6 +204,9 @@ def final(
     answer = turn.answer if whole and turn is not None else ""
     thinking = turn.reasoning if whole and turn is not None else ""
     out = piece(model, chat=chat, answer=answer, thinking=thinking)
+    calls = tool_calls(turn) if chat and turn is not None else []
+    if calls:
+        out["message"]["tool_calls"] = calls
     reason = "stop"
     if stats is not None and stats.stop_reason in ("length", "context"):
         reason = "length"

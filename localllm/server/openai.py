@@ -45,6 +45,9 @@ class Request:
     stream: bool = False
     include_usage: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    constraint: Any = None  # localllm.structured.Constraint (response_format)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None  # localllm.tools.ToolChoice
 
 
 # -- requests ---------------------------------------------------------------------------------
@@ -122,15 +125,10 @@ def _refuse_unsupported(body: Mapping[str, Any]) -> None:
         raise unsupported("logprobs")
     if body.get("top_logprobs") not in (None, 0):
         raise unsupported("top_logprobs")
-    for key in ("tools", "functions"):
-        if body.get(key):
-            raise unsupported(key, "tool calling is not available yet")
-    for key in ("tool_choice", "function_call"):
-        if body.get(key) not in (None, "none", "auto"):
-            raise unsupported(key, "tool calling is not available yet")
-    fmt = body.get("response_format")
-    if fmt is not None and not (isinstance(fmt, Mapping) and fmt.get("type") == "text"):
-        raise unsupported("response_format", "structured output is not available yet")
+    if body.get("functions"):
+        raise unsupported("functions", "use 'tools'")
+    if body.get("function_call") not in (None, "none", "auto"):
+        raise unsupported("function_call", "use 'tool_choice'")
     if body.get("logit_bias"):
         raise unsupported("logit_bias")
     modalities = body.get("modalities")
@@ -195,7 +193,81 @@ def content_parts(content: Any, where: str) -> tuple[str, list[str]]:
     raise bad_request(f"'{where}.content' must be a string or a list of parts", "messages")
 
 
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+}
+
+
+def _tool_calls(value: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise bad_request(f"'{where}.tool_calls' must be a list", "messages")
+    out = []
+    for j, call in enumerate(value):
+        fn = call.get("function") if isinstance(call, Mapping) else None
+        if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
+            raise bad_request(f"'{where}.tool_calls[{j}].function.name' is missing", "messages")
+        args = fn.get("arguments", "{}")
+        if not isinstance(args, (str, Mapping)):
+            raise bad_request(
+                f"'{where}.tool_calls[{j}].function.arguments' must be a JSON string", "messages"
+            )
+        out.append(
+            {
+                "id": str(call.get("id") or ""),
+                "type": "function",
+                "function": {"name": fn["name"], "arguments": args},
+            }
+        )
+    return out
+
+
+def parse_response_format(value: Any, param: str = "response_format") -> Any:
+    """``response_format`` → a :class:`~localllm.structured.Constraint` (or None for text);
+    a bad schema is a 400 naming ``param``."""
+    from localllm.errors import UsageError
+    from localllm.session import make_constraint
+
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise bad_request(f"'{param}' must be an object", param)
+    kind = value.get("type")
+    try:
+        if kind == "text":
+            return None
+        if kind == "json_object":
+            return make_constraint(json_format=True)
+        if kind == "json_schema":
+            spec = value.get("json_schema")
+            if not isinstance(spec, Mapping) or "schema" not in spec:
+                raise bad_request(f"'{param}.json_schema' must be an object with a 'schema'", param)
+            return make_constraint(json_schema=spec["schema"], source=f"{param} schema")
+    except UsageError as exc:
+        raise bad_request(exc.message + (f" ({exc.hint})" if exc.hint else ""), param) from None
+    raise bad_request(f"'{param}.type' must be text, json_object or json_schema", param)
+
+
+def parse_tools(body: Mapping[str, Any]) -> tuple[list[dict[str, Any]] | None, Any]:
+    """``tools`` and ``tool_choice``, checked (400 naming the field)."""
+    from localllm import tools as tool_calls
+    from localllm.errors import UsageError
+
+    raw = body.get("tools")
+    tools = None
+    if raw:
+        try:
+            tools = tool_calls.check_tools(raw)
+        except UsageError as exc:
+            raise bad_request(exc.message, "tools") from None
+    try:
+        choice = tool_calls.parse_tool_choice(body.get("tool_choice"), tools)
+    except UsageError as exc:
+        raise bad_request(exc.message, "tool_choice") from None
+    return tools, choice
 
 
 def parse_messages(value: Any) -> list[dict[str, str]]:
@@ -207,17 +279,24 @@ def parse_messages(value: Any) -> list[dict[str, str]]:
         if not isinstance(message, Mapping):
             raise bad_request(f"'{where}' must be an object", "messages")
         role = message.get("role")
-        if role in ("tool", "function") or message.get("tool_calls"):
-            raise unsupported("tools", "tool calling is not available yet")
         if role not in ROLES:
             raise bad_request(
-                f"'{where}.role' must be system, developer, user or assistant, not {role!r}",
+                f"'{where}.role' must be system, developer, user, assistant or tool, not {role!r}",
                 "messages",
             )
         text, urls = content_parts(message.get("content"), where)
         entry: dict[str, Any] = {"role": ROLES[role], "content": text}
         if urls:
             entry["image_urls"] = urls
+        if role == "assistant" and message.get("tool_calls"):
+            entry["tool_calls"] = _tool_calls(message["tool_calls"], where)
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str):
+                raise bad_request(f"'{where}.tool_call_id' must be a string", "messages")
+            entry["tool_call_id"] = call_id
+            if isinstance(message.get("name"), str):
+                entry["name"] = message["name"]
         out.append(entry)
     return out
 
@@ -256,6 +335,7 @@ def resolve_images(messages: list[dict[str, Any]], *, allow_remote: bool) -> Non
 def parse_chat(body: Mapping[str, Any]) -> Request:
     _refuse_unsupported(body)
     stream = _flag(body, "stream")
+    tools, choice = parse_tools(body)
     return Request(
         model=_optional_str(body, "model"),
         profile=_optional_str(body, "profile"),
@@ -263,6 +343,9 @@ def parse_chat(body: Mapping[str, Any]) -> Request:
         messages=parse_messages(body.get("messages")),
         stream=stream,
         include_usage=_stream_options(body, stream),
+        constraint=parse_response_format(body.get("response_format")),
+        tools=tools,
+        tool_choice=choice,
     )
 
 
@@ -281,6 +364,8 @@ def parse_completion(body: Mapping[str, Any]) -> Request:
         raise unsupported("prompt", "one prompt string per request")
     if not isinstance(prompt, str) or not prompt:
         raise bad_request("'prompt' must be a non-empty string", "prompt")
+    if body.get("tools"):
+        raise unsupported("tools", "use /v1/chat/completions")
     stream = _flag(body, "stream")
     overrides = common_overrides(body)
     overrides.setdefault("max_tokens", 16)  # the OpenAI default for completions
@@ -291,6 +376,7 @@ def parse_completion(body: Mapping[str, Any]) -> Request:
         prompt=prompt,
         stream=stream,
         include_usage=_stream_options(body, stream),
+        constraint=parse_response_format(body.get("response_format")),
     )
 
 
@@ -301,10 +387,16 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 
 
-def finish_reason(stats: Any) -> str | None:
+def finish_reason(stats: Any, turn: Any = None) -> str | None:
+    if turn is not None and getattr(turn, "finish_reason", None):
+        return turn.finish_reason
     if stats is None:
         return None
     return {"stop": "stop", "length": "length", "context": "length"}.get(stats.stop_reason)
+
+
+def tool_calls_json(turn: Any) -> list[dict[str, Any]]:
+    return [call.as_openai() for call in getattr(turn, "tool_calls", None) or ()]
 
 
 def usage(turn: Any) -> dict[str, Any]:
@@ -330,6 +422,10 @@ def extension(turn: Any) -> dict[str, Any]:
 
 def chat_response(rid: str, created: int, model: str, turn: Any) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": turn.answer}
+    calls = tool_calls_json(turn)
+    if calls:
+        message["tool_calls"] = calls
+        message["content"] = turn.answer or None
     if turn.reasoning:
         message["reasoning_content"] = turn.reasoning
     return {
@@ -343,7 +439,7 @@ def chat_response(rid: str, created: int, model: str, turn: Any) -> dict[str, An
                 "index": 0,
                 "message": message,
                 "logprobs": None,
-                "finish_reason": finish_reason(turn.stats),
+                "finish_reason": finish_reason(turn.stats, turn),
             }
         ],
         "usage": usage(turn),
@@ -418,6 +514,19 @@ class ChatChunks:
     def answer(self, text: str) -> bytes:
         return self._chunk([self._choice({"content": text})])
 
+    def tool_call(self, delta: Any) -> bytes:
+        """A ``delta.tool_calls`` chunk: the first of a call has its id and name."""
+        call: dict[str, Any] = {"index": delta.index}
+        if delta.name is not None:
+            call.update(
+                id=delta.id,
+                type="function",
+                function={"name": delta.name, "arguments": delta.arguments},
+            )
+        else:
+            call["function"] = {"arguments": delta.arguments}
+        return self._chunk([self._choice({"tool_calls": [call]})])
+
     def reasoning(self, text: str) -> bytes:
         if self.completion:
             return b""
@@ -425,7 +534,8 @@ class ChatChunks:
 
     def end(self, turn: Any) -> bytes:
         out = self._chunk(
-            [self._choice({}, finish_reason(turn.stats) or "stop")], localllm=extension(turn)
+            [self._choice({}, finish_reason(turn.stats, turn) or "stop")],
+            localllm=extension(turn),
         )
         if self.include_usage:
             payload = {
