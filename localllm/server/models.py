@@ -75,6 +75,7 @@ class ModelEntry:
     parameters: int | None = None
     context_length: int | None = None
     modified: str | None = None
+    owned_by: str = "localllm"  # or the tool whose store holds it: ollama, lmstudio, llama.cpp
 
 
 class Worker:
@@ -279,8 +280,10 @@ class ModelPool:
 
     # -- names ---------------------------------------------------------------------------
 
-    def installed(self) -> list[ModelEntry]:
-        """Every model a request may name: the default, then the store's models."""
+    def installed(self, *, foreign: bool = True) -> list[ModelEntry]:
+        """Every model a request may name: the default, then the store's models, then (with
+        ``foreign``) the models in Ollama's, LM Studio's and llama.cpp's stores, named by
+        their references (``ollama:llama3.2:3b``) and used in place."""
         from localllm import store
 
         entries = {self.default.path.resolve(): self.default}
@@ -294,6 +297,9 @@ class ModelPool:
                 entry = ModelEntry(**{**entry.__dict__, "name": manifest.name})
                 self.default = entry
             entries[key] = entry
+        if foreign:
+            for entry in foreign_entries():
+                entries.setdefault(entry.path.resolve(), entry)
         return list(entries.values())
 
     def listed(self) -> list[ModelEntry]:
@@ -306,21 +312,36 @@ class ModelPool:
 
     def lookup(self, name: str | None) -> ModelEntry:
         """The model a request names: missing or ``default`` is the server's default, an
-        alias its target, else an installed model's name; anything else is a 404."""
+        alias its target, an installed model's name, or a reference to another tool's store
+        (``ollama:llama3.2:3b``, loaded in place); anything else is a 404."""
         if name is None or name == "" or name == "default":
             return self.default
         target = self.aliases.get(name, name)
-        entries = self.installed()
+        entries = self.installed(foreign=False)
         wanted = target.lower()
         for entry in entries:
             if entry.name.lower() == wanted:
                 return entry
         if self.default.name.lower() == wanted or target == str(self.default.path):
             return self.default
+        from localllm import foreign, refs
+
+        parts = refs.foreign_ref(target)
+        if parts is not None:  # its own 404 names what that store holds
+            found = foreign.lookup(*parts)
+            key = found.primary.resolve()
+            if key == self.default.path.resolve():
+                return self.default
+            return _foreign_entry(found, foreign.describe([found]).get(found.ref, {}))
         names = ", ".join(e.name for e in entries)
-        raise ModelNotFoundError(
-            f"the model '{name}' does not exist", hint=f"installed: {names}" if names else None
-        )
+        hint = f"installed: {names}" if names else None
+        try:
+            other = foreign.suggest(target)
+        except Exception:  # a hint must never turn a clear 404 into a 500
+            other = None
+        if other is not None:
+            hint = f"{other.label} has it: use {other.ref}"
+        raise ModelNotFoundError(f"the model '{name}' does not exist", hint=hint)
 
     # -- workers -------------------------------------------------------------------------
 
@@ -412,15 +433,50 @@ def _entry(manifest: Any) -> ModelEntry:
     )
 
 
+def foreign_entries() -> list[ModelEntry]:
+    """The usable models of the enabled foreign stores (none when switched off)."""
+    from localllm import foreign
+
+    if not foreign.enabled_stores():
+        return []
+    models = [m for scan in foreign.scan() for m in scan.usable()]
+    facts = foreign.describe(models)
+    return [_foreign_entry(m, facts.get(m.ref, {})) for m in models]
+
+
+def _foreign_entry(model: Any, info: dict[str, Any]) -> ModelEntry:
+    from datetime import datetime, timezone
+
+    try:
+        stamp = model.primary.stat().st_mtime
+        modified: str | None = datetime.fromtimestamp(stamp, timezone.utc).isoformat()
+    except OSError:
+        modified = None
+    return ModelEntry(
+        name=model.ref,
+        path=model.primary,
+        size=model.size,
+        architecture=info.get("architecture"),
+        quant=model.quant or info.get("quant"),
+        parameters=info.get("parameters"),
+        context_length=info.get("context_length"),
+        modified=modified,
+        owned_by=model.store,
+    )
+
+
 def entry_for_path(path: Path) -> ModelEntry:
-    """A model given by file (``serve -m FILE``): named by its store name when installed,
-    else by the file's stem."""
+    """A model given by file (``serve -m FILE``): named by its store name when installed, by
+    its reference when another tool's store holds it, else by the file's stem."""
     from localllm import store
 
     resolved = path.resolve()
     for manifest in store.installed():
         if manifest.primary.resolve() == resolved:
             return _entry(manifest)
+    for entry in foreign_entries():  # serve -m ollama:llama3.2:3b: named by its reference
+        if entry.path.resolve() == resolved:
+            return entry
     try:
         size = path.stat().st_size
     except OSError:

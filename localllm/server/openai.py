@@ -562,7 +562,7 @@ def models_list(entries: list[Any], loaded: set[str]) -> dict[str, Any]:
                 "id": e.name,
                 "object": "model",
                 "created": _created(e.modified),
-                "owned_by": "localllm",
+                "owned_by": getattr(e, "owned_by", "localllm"),
                 "loaded": e.name in loaded,
             }
             for e in entries

@@ -487,11 +487,30 @@ class ChatApp(App[None]):
         entries = [
             ModelEntry(m.name, m.primary, m.size or None, m.quant) for m in store.installed()
         ]
+        entries += self._foreign_entries({e.path.resolve() for e in entries})
         current = self.state.model_path
         if current is not None and all(e.path.resolve() != current.resolve() for e in entries):
             size = current.stat().st_size if current.is_file() else None
             entries.insert(0, ModelEntry(str(current), current, size, self._quant(current)))
         self.push_screen(ModelPicker(entries, current, can_pull=can_pull()), self._picked)
+
+    @staticmethod
+    def _foreign_entries(seen: set[Path]) -> list[Any]:
+        """Rows for the models in Ollama's, LM Studio's and llama.cpp's stores (loaded in
+        place), named by their references; files already listed as installed are left out."""
+        from localllm import foreign
+        from localllm.tui.screens.models import ModelEntry
+
+        models = [m for scan in foreign.scan() for m in scan.usable()]
+        facts = foreign.describe(models)  # header facts, cached by file version
+        rows = []
+        for m in models:
+            if m.primary.resolve() in seen:
+                continue
+            seen.add(m.primary.resolve())
+            quant = m.quant or facts.get(m.ref, {}).get("quant")
+            rows.append(ModelEntry(m.ref, m.primary, m.size or None, quant, m.label))
+        return rows
 
     async def _picked(self, choice: Any) -> None:
         if choice is None:
@@ -732,14 +751,15 @@ class ChatApp(App[None]):
         if not arg:
             self.action_models()
             return
-        from localllm import store
+        from localllm import refs, store
 
         try:
             path = store.resolve_model(arg)
         except LocalLLMError as exc:
             self.error(exc, "Model")
             return
-        self.load_model(path)
+        # Another tool's blob has no useful file name: show the reference instead.
+        self.load_model(path, arg if refs.foreign_ref(arg) else None)
 
     async def command_pull(self, arg: str) -> None:
         if arg:

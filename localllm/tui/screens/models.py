@@ -1,4 +1,5 @@
-"""The model picker: installed models with size and quant, or a Hub reference to pull."""
+"""The model picker: installed models and those in other tools' stores (Ollama, LM Studio,
+llama.cpp; used in place) with size, quant and source, or a Hub reference to pull."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class ModelEntry:
     path: Path
     size: int | None = None
     quant: str | None = None
+    source: str | None = None  # the tool whose store holds it ("Ollama"); None: ours
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ class ModelPicker(ModalScreen[ModelChoice | None]):
 
     def _options(self) -> list[Option]:
         if not self._models:
-            return [Option(Text("no installed models", style="italic"), id="-", disabled=True)]
+            return [Option(Text("no models found", style="italic"), id="-", disabled=True)]
         width = max(len(m.name) for m in self._models)
         options = []
         for i, model in enumerate(self._models):
@@ -80,6 +82,8 @@ class ModelPicker(ModalScreen[ModelChoice | None]):
             text.append(model.name.ljust(width), style="bold")
             text.append(f"  {_size(model.size):>9}", style="dim")
             text.append(f"  {model.quant or ''}")
+            if model.source:
+                text.append(f"  {model.source}", style="dim italic")
             options.append(Option(text, id=str(i)))
         return options
 
