@@ -41,7 +41,9 @@ def serve(
     ] = None,
     cors_origin: Annotated[
         list[str] | None,
-        typer.Option("--cors-origin", help="Allow browser pages from ORIGIN (repeatable)."),
+        typer.Option(
+            "--cors-origin", help="Allow browser pages from ORIGIN (repeatable).", metavar="ORIGIN"
+        ),
     ] = None,
     queue: Annotated[
         int, typer.Option("--queue", help="Requests that may wait per model before 503.")
@@ -51,7 +53,11 @@ def serve(
     ] = 1,
     alias: Annotated[
         list[str] | None,
-        typer.Option("--alias", help="NAME=MODEL: answer requests for NAME with MODEL."),
+        typer.Option(
+            "--alias",
+            help="Answer requests for NAME with MODEL (repeatable).",
+            metavar="NAME=MODEL",
+        ),
     ] = None,
     ctx: Annotated[int | None, typer.Option("--ctx", help="Context length in tokens.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads.")] = None,
