@@ -594,6 +594,8 @@ def load_profile(name: str) -> Profile:
 def load_profile_file(path: str | Path) -> Profile:
     """The resolved profile in the YAML file ``path``; its name is the file's stem."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise ProfileError(f"{path}: is a directory, not a profile file", hint="name a .yaml file")
     if not path.is_file():
         raise ProfileError(
             f"{path}: no such profile file", hint="`localllm profile list` shows the profiles"
