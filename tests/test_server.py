@@ -448,6 +448,29 @@ def test_busy_port_is_a_usage_error(tiny_model: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("error: cannot listen on")
     assert "Traceback" not in result.stderr
+    assert "--port" in result.stderr
+
+
+HOST = ("--host", "no-such-host.invalid")
+
+
+def test_unknown_host_hint_names_the_host_not_the_port(tiny_model: Path) -> None:
+    """`serve --host my-laptop.invalid`: the port is fine, so the hint must not send the user
+    to change it."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "localllm", "serve", "-m", str(tiny_model), "--port", "0", *HOST],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: cannot listen on no-such-host.invalid:0"), lines
+    assert "--host" in lines[-1] and "--port" not in lines[-1], lines
 
 
 def test_cors_off_by_default_and_on_for_named_origins(

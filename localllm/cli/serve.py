@@ -123,9 +123,16 @@ def serve(
     try:
         sock = bind(host, port)
     except OSError as exc:
+        import errno
+
+        if exc.errno == errno.EADDRINUSE:
+            hint = "pick another --port (0 picks a free one)"
+        elif exc.errno == errno.EACCES:
+            hint = "ports below 1024 need privileges: pick another --port"
+        else:  # an unknown name or an address this machine does not have
+            hint = "give --host an address of this machine, e.g. 127.0.0.1 or 0.0.0.0"
         raise UsageError(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-            hint="pick another --port (0 picks a free one)",
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}", hint=hint
         ) from None
     loopback = is_loopback(host)
     if not loopback and not key:
