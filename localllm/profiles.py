@@ -642,7 +642,7 @@ def validate_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in overrides.items():
         if value is None:
             continue
-        flag = "--" + str(key).replace("_", "-")
+        flag = "--ctx" if key == "context_length" else "--" + str(key).replace("_", "-")
         if key not in settable:
             raise ProfileError(f"unknown option {flag}", hint=_did_you_mean(str(key), settable))
         if key == "stop" and isinstance(value, (list, tuple)) and not value:
