@@ -207,8 +207,11 @@ def test_ctrl_c_cancels_running_generations_and_exits_0(endless: ServerProcess) 
     endless.wait_until(lambda: endless.worker()["busy"])
     endless.interrupt()
     assert endless.proc.wait(timeout=60) == 0
-    resp.read()  # the stream ends (no hang)
+    body = resp.read()  # the stream ends (no hang)
     conn.close()
+    # ... with an error event, so a client does not take the cut answer for a whole one.
+    events = [line[6:] for line in body.decode().splitlines() if line.startswith("data: {")]
+    assert json.loads(events[-1])["error"]["code"] == "shutting_down", body[-400:]
     assert not any("Traceback" in line for line in endless.lines)
     assert any("unloaded" in line for line in endless.lines)
 

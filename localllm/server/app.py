@@ -320,6 +320,9 @@ def routes(state: ServerState) -> list[Any]:
                         running.turn = item.turn
                         if item.turn.stopped and running.job.cancel.is_set():
                             status = 499
+                            if not running.watcher.done():  # the client is still reading:
+                                status = STOPPING.status  # Ctrl-C on the server, say so
+                                yield chunks.error(STOPPING)
                             return
                         yield chunks.end(item.turn)
                         return
