@@ -402,6 +402,11 @@ def routes(state: ServerState) -> list[Any]:
                         yield ollama.line(ollama.piece(name, chat=chat, thinking=item.text))
                     elif isinstance(item, Done):
                         running.turn = item.turn
+                        cut = item.turn.stopped and running.job.cancel.is_set()
+                        if cut and not running.watcher.done():  # Ctrl-C on the server
+                            status = STOPPING.status
+                            yield ollama.line(STOPPING.ollama_body())
+                            return
                         total = time.perf_counter() - running.t0
                         yield ollama.line(ollama.final(name, item.turn, chat=chat, total_s=total))
                         return
