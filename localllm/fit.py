@@ -83,6 +83,12 @@ def estimate_memory(
 def estimate_for_shape(
     file_size: int, shape: ModelShape, n_ctx: int, kv_bytes_per_elem: float = 2
 ) -> MemoryEstimate:
+    if shape.architecture and _encoder_only(shape.architecture):
+        # An embedding encoder (BERT family) keeps no KV cache: each batch is encoded at once,
+        # at most its trained context long.
+        n_ctx = min(n_ctx, shape.context_length or n_ctx)
+        est = estimate_memory(file_size, shape.n_layer, shape.n_embd, shape.n_head, 1, n_ctx)
+        return MemoryEstimate(est.weights, 0, est.overhead, n_ctx, est.method)
     return estimate_memory(
         file_size,
         shape.n_layer,
@@ -94,6 +100,12 @@ def estimate_for_shape(
         key_length=shape.key_length,
         value_length=shape.value_length,
     )
+
+
+def _encoder_only(architecture: str) -> bool:
+    from localllm.modelfile import structure_of
+
+    return structure_of(architecture) == "encoder-only"
 
 
 def estimate_from_size(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from localllm import fit, modelfile
 from localllm.engine import Engine, LoadOptions, plan_load
-from localllm.errors import ResourceError
+from localllm.errors import ResourceError, UsageError
 from localllm.profiles import Profile
 
 Warn = Callable[[str], None]
@@ -52,6 +52,7 @@ def plan(
 ) -> LoadOptions:
     """Validate ``path`` and decide how to load it; warnings go to ``warn``."""
     info = modelfile.read_info(path)  # validates the file first (InvalidModelError)
+    refuse_encoder(info)
     options = plan_load(profile, info.context_length or None, vocab_only=vocab_only, path=path)
     if vocab_only:
         return options
@@ -84,6 +85,17 @@ def plan(
         if message and warn is not None:
             warn(message)
     return options
+
+
+def refuse_encoder(info: modelfile.ModelFileInfo) -> None:
+    """Encoder-only models (BERT and its kin) turn text into vectors and cannot generate:
+    everything that loads a model to generate text (run, chat, serve) refuses them here."""
+    if info.structure == "encoder-only":
+        raise UsageError(
+            f"{info.name} is an encoder-only model ({info.architecture}): it turns text into "
+            "vectors and cannot generate text",
+            hint=f"use `localllm embed -m {info.path}` to embed text with it",
+        )
 
 
 def open_engine(

@@ -12,7 +12,7 @@ No terminal, no Textual: the TUI's worker is a thin loop over this, and tests dr
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,16 +130,18 @@ def stream_turn(
     cancel: Callable[[], bool] | None = None,
     interval: float = DEFAULT_INTERVAL,
     clock: Callable[[], float] = time.monotonic,
+    images: Sequence[Any] = (),
 ) -> TurnResult:
     """Run one turn of ``session`` (a :class:`~localllm.session.ChatSession`), passing
     coalesced text to ``emit`` as it comes; never raises for a failed generation (the error is
-    in the result, with what was produced before it)."""
+    in the result, with what was produced before it). ``images`` go with the message."""
     from localllm.session import AnswerText, ReasoningText
 
     batch = Coalescer(interval, clock)
     result = TurnResult()
     try:
-        for event in session.send(clean_text(text)[0], cancel=cancel):
+        extra = {"images": list(images)} if images else {}
+        for event in session.send(clean_text(text)[0], cancel=cancel, **extra):
             if isinstance(event, AnswerText):
                 batch.add(answer=event.text)
             elif isinstance(event, ReasoningText):

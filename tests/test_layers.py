@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "localllm.loading": 3,
     "localllm.bench": 3,
     "localllm.streaming": 3,  # one turn batched for a screen (no UI)
+    "localllm.embeddings": 3,  # texts to vectors (loads llama_cpp, like the engine)
     "localllm.vision": 3,  # the projector (mtmd) beside an engine
     # the front ends
     "localllm.cli": 4,
@@ -59,7 +60,7 @@ LAZY_FRONT_END_IMPORTS = {("localllm.cli", "localllm.tui"), ("localllm.cli", "lo
 HEAVY = {"llama_cpp": 3}
 # Who may import each heavy or front-end library at all (DESIGN: "the only modules that ...").
 OWNERS = {
-    "llama_cpp": ("localllm.engine", "localllm.vision"),
+    "llama_cpp": ("localllm.engine", "localllm.embeddings", "localllm.vision"),
     "huggingface_hub": ("localllm.hub",),
     "textual": ("localllm.tui",),
     "typer": ("localllm.cli",),

@@ -185,3 +185,40 @@ def test_single_newlines_are_line_breaks(snap_compare: Any, installed_tiny: Path
         assert snap_compare(app, terminal_size=(100, 76), run_before=before)
     finally:
         app.close_engine()
+
+
+def test_a_message_with_an_image(snap_compare: Any, installed_tiny: Path, tmp_path: Path) -> None:
+    """A sent message lists its images (name, format, size); the next one's wait above the
+    prompt."""
+    import hashlib
+
+    from imagegen import png_bytes
+
+    picture = tmp_path / "red.png"
+    picture.write_bytes(png_bytes(512, 512, (220, 20, 20)))
+    record = {
+        "path": str(picture),
+        "name": "red.png",
+        "size": picture.stat().st_size,
+        "sha256": hashlib.sha256(picture.read_bytes()).hexdigest(),
+        "label": "red.png (PNG 512×512, 2 KiB)",
+    }
+    conversation = conversations.Conversation.new(
+        {"model": "tiny-chat", "model_path": str(installed_tiny), "profile": "snap"}
+    )
+    conversation.add_message("user", "What is in this picture?", images=[record])
+    conversation.add_message("assistant", "A red square.")
+    app = ChatApp(None, _profile(), resume=conversation.id, timings=False)
+
+    async def before(pilot: Pilot[Any]) -> None:
+        await _ready(pilot)
+        _still(pilot)
+        app.attach(str(picture))
+        app.prompt.load_text("And this one?")
+        await pilot.pause()
+        app.clear_notifications()  # the text-only model's warning
+
+    try:
+        assert snap_compare(app, terminal_size=SIZE, run_before=before)
+    finally:
+        app.close_engine()

@@ -53,6 +53,10 @@ def chat(
     path = None
     if model or settings.model or not resume:
         path = resolve_model_path(model or settings.model, lambda m: err(m, style="dim"))
+        from localllm.loading import refuse_encoder
+        from localllm.modelfile import read_info
+
+        refuse_encoder(read_info(path))  # an embedding model cannot chat: say so up front
 
     from localllm.tui.app import run_chat
 

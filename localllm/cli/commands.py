@@ -7,6 +7,7 @@ The order of these imports is the order of ``localllm --help``: the everyday com
 from localllm.cli import run
 from localllm.cli import chat
 from localllm.cli import serve
+from localllm.cli import embed
 from localllm.cli import models
 from localllm.cli import inspect
 from localllm.cli import profile

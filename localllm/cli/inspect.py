@@ -69,6 +69,9 @@ def anatomy_rows(info: ModelFileInfo) -> list[tuple[str, str]]:
         size = human_bytes(projector.stat().st_size) if projector.is_file() else "missing"
         modality = f"text + image (projector {projector.name}, {size})"
     rows.append(("modality", modality))
+    embedding = embedding_facts(info)
+    if embedding is not None:
+        rows.append(("embeddings", embedding["text"]))
     tuning = info.tuning
     tuning += " (has a chat template)" if info.chat_template else " (no chat template)"
     rows.append(("tuning", tuning))
@@ -113,7 +116,11 @@ def show(
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
     if as_json:
-        print_json(info.as_dict())
+        payload = info.as_dict()
+        embedding = embedding_facts(info)
+        if embedding is not None:
+            payload["embedding"] = {k: v for k, v in embedding.items() if k != "text"}
+        print_json(payload)
         return
     from rich.table import Table
 
@@ -238,3 +245,22 @@ def reasoning_row(info: ModelFileInfo) -> tuple[str, str]:
     from localllm.reasoning import choose_adapter, describe_adapter
 
     return ("reasoning", describe_adapter(choose_adapter(info.chat_template)))
+
+
+def embedding_facts(info: ModelFileInfo) -> dict[str, Any] | None:
+    """Dimension and pooling of an embedding model (one that declares a pooling, or any
+    encoder-only model), for ``show``; None for other models."""
+    from localllm.embeddings import file_pooling
+
+    pooling = file_pooling(info.metadata)
+    if pooling is None and info.structure != "encoder-only":
+        return None
+    dim = info.metadata.get(f"{info.architecture}.embedding_length_out") or info.embedding_size
+    text = f"{dim} dimensions, {pooling or 'no'} pooling"
+    if pooling in (None, "none"):
+        fallback = "mean" if info.structure == "encoder-only" else "last-token"
+        text += f" (not trained for similarity; `localllm embed` uses {fallback} pooling)"
+    elif pooling == "rank":
+        text += " (a reranker: scores text pairs)"
+    text += "; no KV cache for generation" if info.structure == "encoder-only" else ""
+    return {"dimension": dim, "pooling": pooling, "text": text}

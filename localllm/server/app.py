@@ -36,7 +36,7 @@ MAX_BODY = 8 << 20  # 8 MiB
 TOO_LARGE = f"the request body is over {MAX_BODY >> 20} MiB"
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 # Modules that add routes: each has ``routes(state: ServerState) -> list[Route]``.
-ROUTE_MODULES: tuple[str, ...] = ()
+ROUTE_MODULES: tuple[str, ...] = ("localllm.server.embeddings",)
 PARAM_NAMES = {"mode": "reasoning_effort"}
 
 Log = Callable[[str], None]

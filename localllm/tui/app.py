@@ -36,10 +36,13 @@ from localllm.tui.engine_host import EngineFactory, EngineHost, as_error
 from localllm.tui.messages import ContextCounted, ModelFailed, ModelLoaded, TurnFinished
 from localllm.tui.screens.chat import ChatScreen
 from localllm.tui.state import (
+    Attachment,
     ChatState,
     Turn,
     model_from_settings,
     profile_from_settings,
+    read_attachment,
+    restore_images,
 )
 from localllm.tui.widgets.download import DownloadBar, can_pull
 from localllm.tui.widgets.messages import AssistantMessage, ChatLog, UserMessage
@@ -67,6 +70,8 @@ class ChatApp(App[None]):
         Binding("ctrl+g", "system_prompt", "System"),
         Binding("ctrl+n", "new_chat", "New"),
         Binding("ctrl+l", "conversations", "Chats"),
+        # Priority: the prompt (a TextArea) would take Ctrl+A as "line start".
+        Binding("ctrl+a", "attach", "Image", show=False, priority=True),
     ]
 
     def __init__(
@@ -149,6 +154,8 @@ class ChatApp(App[None]):
         # is never refreshed for it (a footer refresh rebuilds it: a costly frame).
         if action == "stop":
             return self.state.busy  # otherwise Esc and Ctrl+C keep their usual meaning
+        if action == "attach":
+            return isinstance(self.screen, ChatScreen)  # dialogs keep their own Ctrl+A
         return True
 
     # -- model loading ---------------------------------------------------------------------
@@ -185,6 +192,7 @@ class ChatApp(App[None]):
         state.model_path = message.path
         state.model_name = message.name
         state.loaded_profile = message.profile
+        state.vision = message.vision
         engine = message.engine
         self._update_status(
             model=message.name,
@@ -196,6 +204,13 @@ class ChatApp(App[None]):
         self.count_context()
         if switched:
             self.notify(f"loaded {message.name}", title="Model")
+        if message.projector_error is not None:
+            self.error(message.projector_error, "Images off: text only")
+        elif state.attachments and not message.vision:
+            self.notify(
+                f"{message.name} is a text-only model: the attached images cannot be sent",
+                severity="warning",
+            )
         if not getattr(engine, "is_chat_model", True):
             self.notify(
                 "this is a base model (no chat template): it continues the text",
@@ -208,6 +223,7 @@ class ChatApp(App[None]):
 
         state = self.state
         state.loading = state.model_path = state.model_name = None
+        state.vision = False
         self._update_status(model=None, quant=None, ctx_total=None, ctx_used=None, backend=None)
         self.push_screen(
             ErrorDialog(
@@ -282,25 +298,47 @@ class ChatApp(App[None]):
             refusal = f"{state.loading} is still loading"
         elif state.model_path is None:
             refusal = "no model is loaded: Ctrl+O picks one"
+        elif state.attachments and not state.vision:
+            self.notify(
+                f"{state.model_name} is a text-only model: it cannot read images\n"
+                "use a vision model (one with an mmproj-*.gguf projector beside it), "
+                "or /image clear to send the text alone",
+                title="Text-only model",
+                severity="error",
+                timeout=10,
+            )
+            self.prompt.load_text(text)
+            return False
         if refusal:
             self.notify(refusal, severity="warning")
             self.prompt.load_text(text)
             return False
         text = self._clean(text, "the prompt")
+        attached, state.attachments = state.attachments, []
+        self._show_attachments()
         log = self.chat_log
         widget = AssistantMessage(
             streaming=True,
             show_reasoning=self.profile.show_reasoning,
             expand_reasoning=self.expand_reasoning,
         )
-        await log.mount_all([UserMessage(text), widget])
+        await log.mount_all([UserMessage(text, [a.label() for a in attached]), widget])
         log.scroll_end(animate=False)
         try:
             state.conversation.set_settings(**state.settings_record())
-            state.conversation.add_message("user", text)
+            state.conversation.add_message(
+                "user", text, images=[a.record() for a in attached] or None
+            )
         except LocalLLMError as exc:
             self.error(exc, "Not saved")
-        turn = Turn(text, widget, self.profile, list(state.history), state.conversation)
+        turn = Turn(
+            text,
+            widget,
+            self.profile,
+            list(state.history),
+            state.conversation,
+            images=[a.image for a in attached],
+        )
         state.turn = turn
         state.turns.add(turn)
         self._update_status()
@@ -498,6 +536,46 @@ class ChatApp(App[None]):
 
         self.push_screen(SystemPromptEditor(self.profile.system_prompt or ""), edited)
 
+    def action_attach(self) -> None:
+        from localllm.tui.screens.images import ImagePicker
+
+        def picked(path: Path | None) -> None:
+            if path is not None:
+                self.attach(str(path))
+
+        self.push_screen(ImagePicker(Path.cwd()), picked)
+
+    def attach(self, ref: str) -> Attachment | None:
+        """Attach the image at ``ref`` to the next message (a notification if it cannot be)."""
+        try:
+            attachment = read_attachment(ref)
+        except LocalLLMError as exc:
+            self.error(exc, "Image")
+            return None
+        self.state.attachments.append(attachment)
+        self._show_attachments()
+        if self.state.model_path is not None and not self.state.loading and not self.state.vision:
+            self.notify(
+                f"attached {attachment.label()}, but {self.state.model_name} is a text-only "
+                "model: load a vision model to send it",
+                severity="warning",
+            )
+        return attachment
+
+    def _show_attachments(self) -> None:
+        from rich.text import Text
+        from textual.widgets import Static
+
+        try:
+            bar = self._chat_screen().query_one("#attachments", Static)
+        except (LookupError, NoMatches):
+            return
+        attached = self.state.attachments
+        labels = " · ".join(a.label() for a in attached)
+        text = f"[image] {labels}  (/image clear removes)" if attached else ""
+        bar.update(Text(text))  # plain text: a file name may hold markup brackets
+        bar.set_class(bool(attached), "-shown")
+
     async def action_new_chat(self) -> None:
         await self.new_chat()
 
@@ -505,6 +583,7 @@ class ChatApp(App[None]):
         self.state.new_conversation()
         await self.chat_log.remove_children()
         self._update_status(tokens_per_s=None, ttft_s=None)
+        self._show_attachments()
         self.count_context()
         self.prompt.focus()
 
@@ -540,16 +619,21 @@ class ChatApp(App[None]):
             if fallback is not None and state.model_path is None:
                 self.load_model(*fallback)
             return
+        from localllm.vision import MARKER
+
         state.stop()
         state.conversation = conversation
-        state.history = conversation.history()
+        state.history, gone = restore_images(conversation.history(), MARKER)
+        for warning in gone:
+            self.notify(f"image {warning}", title="Resume", severity="warning", timeout=10)
         log = self.chat_log
         await log.remove_children()
         widgets = []
         answers = sum(1 for m in conversation.messages if m.get("role") == "assistant")
         for message in conversation.messages:
             if message.get("role") == "user":
-                widgets.append(UserMessage(message["content"]))
+                labels = [str(i.get("label") or i.get("name")) for i in message.get("images") or ()]
+                widgets.append(UserMessage(message["content"], labels))
                 self.prompt.remember(message["content"])
             elif message.get("role") == "assistant":
                 widgets.append(
@@ -680,6 +764,18 @@ class ChatApp(App[None]):
             self.set_system_prompt("" if arg in ("-", "none", "off") else arg)
         else:
             self.action_system_prompt()
+
+    def command_image(self, arg: str) -> None:
+        if not arg:
+            self.action_attach()
+        elif arg in ("clear", "-", "none"):
+            self.state.attachments = []
+            self._show_attachments()
+            self.notify("attachments removed", title="Image")
+        else:
+            attachment = self.attach(arg)
+            if attachment is not None:
+                self.notify(f"attached {attachment.label()}", title="Image")
 
     async def command_new(self, arg: str) -> None:
         await self.new_chat()

@@ -37,6 +37,12 @@ COMMANDS: tuple[Command, ...] = (
     Command("sampling", "", "edit the sampling values", aliases=("edit",)),
     Command("mode", "[reasoning|instant]", "set the mode (no argument: toggle)"),
     Command("system", "[TEXT|-]", "set the system prompt (no text: the editor; -: clear it)"),
+    Command(
+        "image",
+        "[PATH|clear]",
+        "attach an image to the next message (no path: the file picker, Ctrl+A)",
+        aliases=("attach",),
+    ),
     Command("new", "", "start a new chat", aliases=("clear",)),
     Command("chats", "", "saved conversations", aliases=("conversations", "history")),
     Command("rename", "TITLE", "rename this conversation"),

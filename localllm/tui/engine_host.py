@@ -104,7 +104,7 @@ class EngineHost:
         if self.lock.acquire(timeout=timeout):
             try:
                 if self.session is not None:
-                    self.session.engine.close()
+                    _free(self.session)
                     self.session = None
             finally:
                 self.lock.release()
@@ -120,7 +120,7 @@ class EngineHost:
                 return
             old, self.session = self.session, None
             if old is not None:
-                old.engine.close()
+                _free(old)
             try:
                 load_profile = profile
                 if threads and not profile.threads:
@@ -129,11 +129,14 @@ class EngineHost:
             except Exception as exc:
                 self.app.post_message(ModelFailed(path, name, as_error(exc, "loading failed")))
                 return
-            self.session = ChatSession(engine, profile)
+            projector, problem = _open_projector(engine, path, bool(load_profile.verbose))
+            self.session = ChatSession(engine, profile, projector=projector)
             backend = backend_of(engine)
             if worker.is_cancelled:
                 return  # another load is waiting for the lock: it reports instead
-        self.app.post_message(ModelLoaded(path, name, engine, backend, profile))
+        self.app.post_message(
+            ModelLoaded(path, name, engine, backend, profile, projector is not None, problem)
+        )
 
     def _count(self, history: list[dict[str, Any]], profile: Profile, ident: str) -> None:
         from localllm.session import ChatSession
@@ -167,5 +170,48 @@ class EngineHost:
                 if profile.system_prompt:
                     profile = profile.replace(system_prompt=clean_text(profile.system_prompt)[0])
                 session.profile = profile
-                result = stream_turn(session, turn.text, emit=emit, cancel=cancel, interval=FLUSH_S)
+                if session.projector is None:
+                    session.messages = [_without_images(m) for m in session.messages]
+                result = stream_turn(
+                    session,
+                    turn.text,
+                    emit=emit,
+                    cancel=cancel,
+                    interval=FLUSH_S,
+                    images=turn.images,
+                )
         self.app.post_message(TurnFinished(turn, result))
+
+
+def _open_projector(engine: Any, path: Path, verbose: bool) -> tuple[Any, LocalLLMError | None]:
+    """The vision projector found beside the model (its store manifest, else an
+    ``mmproj*.gguf`` in its folder), loaded for ``engine``; (None, None) for a text-only
+    model, (None, the error) when the projector is there but cannot be loaded: the model is
+    then used for text only."""
+    from localllm import vision
+
+    found = vision.find_projector(path)
+    if found is None:
+        return None, None
+    try:
+        return vision.Projector(engine, found, verbose=verbose), None
+    except Exception as exc:
+        return None, as_error(exc, f"the projector {found.name} could not be loaded")
+
+
+def _free(session: Any) -> None:
+    if session.projector is not None:
+        session.projector.close()
+        session.projector = None
+    session.engine.close()
+
+
+def _without_images(message: dict[str, Any]) -> dict[str, Any]:
+    """A history message for a text-only model: its images (and their markers) left out."""
+    if not message.get("images"):
+        return message
+    from localllm.vision import MARKER
+
+    out = {k: v for k, v in message.items() if k != "images"}
+    out["content"] = str(out["content"]).replace(f"{MARKER}\n", "")
+    return out

@@ -27,6 +27,8 @@ class ModelLoaded(Message):
     engine: Any
     backend: str
     profile: Any  # the Profile it was loaded with
+    vision: bool = False  # its projector is loaded: it reads images
+    projector_error: LocalLLMError | None = None  # a projector was found but failed to load
 
 
 @dataclass

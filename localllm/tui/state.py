@@ -46,6 +46,75 @@ class Turn:
     history: list[dict[str, Any]]
     conversation: Conversation
     stop: threading.Event = field(default_factory=threading.Event)
+    images: list[Any] = field(default_factory=list)  # localllm.images.Image, before the text
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """An image attached to the next message: where it was read from, and what was read."""
+
+    path: Path
+    image: Any  # localllm.images.Image
+
+    def label(self) -> str:
+        """``red.png (PNG 512×512, 1 KiB)``: what the message shows."""
+        return str(self.image.describe())
+
+    def record(self) -> dict[str, Any]:
+        """What a saved conversation keeps: enough to find the file and tell if it changed."""
+        return {
+            "path": str(self.path),
+            "name": self.image.name,
+            "size": len(self.image.data),
+            "sha256": self.image.sha256,
+            "label": self.label(),
+        }
+
+
+def read_attachment(ref: str) -> Attachment:
+    """The image at ``ref`` (a path; ``~`` expanded), checked by its header; UsageError
+    when it is missing, not an image, or too big."""
+    from localllm import images
+
+    path = Path(ref.strip().strip("'\"")).expanduser()
+    image = images.read_image(str(path))
+    return Attachment(path.resolve(), image)
+
+
+def restore_images(
+    history: list[dict[str, Any]], marker: str | None
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """A saved conversation's history made ready for the model again: each user message's
+    recorded images (``attachments``) are read back from their paths and checked against
+    their sha256. Returns the history and one warning per image that changed or is gone;
+    such an image is left out (the message keeps its text). ``marker`` is the projector's
+    image marker (None: a text-only model, every image is left out without a warning)."""
+    from localllm import images
+    from localllm.errors import LocalLLMError
+
+    out: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    for message in history:
+        records = message.get("attachments")
+        message = {k: v for k, v in message.items() if k != "attachments"}
+        if records and marker is not None:
+            pictures = []
+            for record in records:
+                name = record.get("name") or Path(str(record.get("path"))).name
+                try:
+                    image = images.read_image(str(record.get("path")))
+                except LocalLLMError:
+                    warnings.append(f"{name} is gone ({record.get('path')}): left out")
+                    continue
+                if image.sha256 != record.get("sha256"):
+                    warnings.append(f"{name} changed since it was sent: left out")
+                    continue
+                pictures.append(image)
+            if pictures:
+                message["content"] = "".join(f"{marker}\n" for _ in pictures) + message["content"]
+                message["images"] = pictures
+        out.append(message)
+    return out, warnings
 
 
 @dataclass
@@ -61,6 +130,8 @@ class ChatState:
     conversation: Conversation = field(default_factory=Conversation.new)
     turn: Turn | None = None  # the request shown as in progress
     turns: set[Turn] = field(default_factory=set)  # every request not finished, stopping too
+    attachments: list[Attachment] = field(default_factory=list)  # for the next message
+    vision: bool = False  # the loaded model reads images (its projector is loaded)
 
     @property
     def busy(self) -> bool:
@@ -84,6 +155,7 @@ class ChatState:
         self.stop()
         self.conversation = Conversation.new()
         self.history = []
+        self.attachments = []
 
     def needs_reload(self, profile: Profile) -> bool:
         """Whether ``profile`` loads the model differently (context length, threads ...)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.screen import Screen
-from textual.widgets import Footer
+from textual.widgets import Footer, Static
 
 from localllm.tui.widgets.download import DownloadBar
 from localllm.tui.widgets.messages import ChatLog
@@ -22,6 +22,7 @@ class ChatScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield ChatLog(id="log")
         yield DownloadBar(id="download")
+        yield Static("", id="attachments")
         yield PromptInput(
             id="prompt",
             placeholder="Ask something · Enter sends · Shift+Enter or Ctrl+J: new line · /help",

@@ -27,6 +27,7 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("Ctrl+G", "edit the system prompt"),
     ("Ctrl+N", "new chat"),
     ("Ctrl+L", "saved conversations (resume, rename, delete, export)"),
+    ("Ctrl+A", "attach an image to the next message (file picker; vision models)"),
     ("F1", "this help"),
     ("Ctrl+Q", "quit"),
 )

@@ -25,13 +25,19 @@ from localllm.streaming import TurnResult, settled
 
 
 class UserMessage(Static):
-    """A message the person sent (shown as plain text, never as markup)."""
+    """A message the person sent (shown as plain text, never as markup), with a line per
+    attached image (its file name and size) above the text."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, attachments: list[str] | None = None) -> None:
         from rich.text import Text
 
-        super().__init__(Text(text), classes="message user")
+        shown = Text()
+        for label in attachments or ():
+            shown.append(f"[image] {label}\n", style="dim")
+        shown.append(text)
+        super().__init__(shown, classes="message user")
         self.text = text
+        self.attachments = list(attachments or ())
 
 
 class AssistantMessage(Vertical):
