@@ -493,6 +493,9 @@ def test_other_hosts_warn_without_a_key(tiny_model: Path, tmp_path: Path) -> Non
     ) as server:
         line = server.wait_line("warning: listening on 0.0.0.0")
         assert "--api-key" in line
+        # 0.0.0.0 is where it listens, not an address to connect to: clients get loopback.
+        start = server.wait_line("localllm serving")
+        assert "OPENAI_BASE_URL=http://127.0.0.1:" in start and "=http://0.0.0.0" not in start
         # Not bound to loopback: any Host header is accepted.
         status, _, _ = server.request("GET", "/v1/models", headers={"Host": "myhost.lan"})
         assert status == 200

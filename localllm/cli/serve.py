@@ -144,9 +144,13 @@ def serve(
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{bound}"
+    # A wildcard address is where to listen, not where to connect (Windows refuses 0.0.0.0):
+    # clients on this machine are pointed at loopback.
+    wildcard = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host)
+    client = f"http://{wildcard}:{bound}" if wildcard else url
     err(
         f"localllm serving {default.name} at {url} · point clients at it: "
-        f"OPENAI_BASE_URL={url}/v1 (Ollama clients: OLLAMA_HOST={url}) · Ctrl-C stops"
+        f"OPENAI_BASE_URL={client}/v1 (Ollama clients: OLLAMA_HOST={client}) · Ctrl-C stops"
     )
     pool.worker(default)  # start loading the default model now; /health says 503 until done
     state = ServerState(pool=pool, profile=settings, log=stderr_log, allow_remote=allow_remote)
