@@ -144,6 +144,7 @@ def test_rm_without_a_terminal_needs_yes(tmp_path: Path) -> None:
     store.import_model(write_tiny_gguf(tmp_path / "x.gguf"))
     proc = localllm("rm", "x")
     assert proc.returncode == 2 and "--yes" in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("error: not confirmed"), proc.stderr
     assert store.get("x") is not None
     assert localllm("rm", "x", "--yes").returncode == 0
     assert store.get("x") is None
