@@ -15,20 +15,18 @@ multi-turn chat whose rendered history stays identical only evaluates the new to
 from __future__ import annotations
 
 import codecs
+import ctypes
 import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from localllm import templates
 from localllm.errors import InferenceError, InvalidModelError, UsageError
 from localllm.profiles import Profile
-
-if TYPE_CHECKING:
-    from llama_cpp import Llama
 
 StopReason = Literal["stop", "length", "context", "cancelled"]
 DEFAULT_CONTEXT = 4096
@@ -79,6 +77,8 @@ class Stats:
     ttft_s: float
     generation_s: float
     stop_reason: StopReason
+    drafted_tokens: int = 0  # speculative decoding: tokens proposed by the drafter
+    accepted_tokens: int = 0  # ... and how many of them the model's own sampling confirmed
 
     @property
     def evaluated_prompt_tokens(self) -> int:
@@ -107,6 +107,8 @@ class Stats:
             "tokens_per_s": round(self.tokens_per_s, 2),
             "prompt_tokens_per_s": round(self.prompt_tokens_per_s, 2),
             "stop_reason": self.stop_reason,
+            "drafted_tokens": self.drafted_tokens,
+            "accepted_tokens": self.accepted_tokens,
         }
 
 
@@ -194,11 +196,100 @@ class LoadOptions:
         return f"{self.backend} {layers} layers{why}"
 
 
-def gpu_offload_supported() -> bool:
-    """Whether this llama.cpp build has a GPU backend (CUDA, Metal, Vulkan, ...)."""
-    import llama_cpp
+_gpu_offload: bool | None = None
 
-    return bool(llama_cpp.llama_supports_gpu_offload())
+
+def gpu_offload_supported() -> bool:
+    """Whether this llama.cpp build has a GPU backend (CUDA, Metal, Vulkan, ...); asked of the
+    C API once per process."""
+    global _gpu_offload
+    if _gpu_offload is None:
+        _gpu_offload = bool(_lib().llama_supports_gpu_offload())
+    return _gpu_offload
+
+
+# -- llama.cpp's C API, loaded lazily ------------------------------------------------------
+
+_LIB: Any = None
+_LIB_LOCK = __import__("threading").Lock()
+_backend_ready = False
+
+
+def _lib() -> Any:
+    """llama.cpp's C API: the ``llama_cpp.llama_cpp`` bindings, without the rest of the package.
+
+    ``import llama_cpp`` runs the package's ``__init__``, which imports the high-level ``Llama``
+    class with its chat formats (jinja2), numpy and more: about 0.2 s that the engine never
+    uses. When nothing has imported the package yet, it is registered unexecuted (its path
+    only), the low-level module is imported into it and its names copied over; the first
+    access to any other name (``llama_cpp.Llama``, ``__version__``) runs the real ``__init__``
+    then, so other code sees the complete package.
+    """
+    if _LIB is not None:
+        return _LIB
+    with _LIB_LOCK:  # a TUI worker and the main thread may both get here first
+        return _load_lib()
+
+
+def _load_lib() -> Any:
+    global _LIB
+    if _LIB is not None:
+        return _LIB
+    import importlib
+    import sys
+
+    if "llama_cpp" not in sys.modules:
+        import importlib.util
+
+        spec = importlib.util.find_spec("llama_cpp")
+        if spec is not None and spec.loader is not None and spec.submodule_search_locations:
+            pkg = importlib.util.module_from_spec(spec)
+            state = {"done": False}
+
+            def complete(name: str) -> Any:
+                if state["done"] or (name.startswith("__") and name != "__version__"):
+                    raise AttributeError(name)
+                state["done"] = True
+                spec.loader.exec_module(pkg)  # type: ignore[union-attr]
+                # the package's own logger installs its log callback on import: ours stays
+                if _log_route["callback"] is not None:
+                    low.llama_log_set(_log_route["callback"], ctypes.c_void_p(0))
+                return getattr(pkg, name)
+
+            pkg.__getattr__ = complete  # type: ignore[attr-defined]
+            sys.modules["llama_cpp"] = pkg
+            try:
+                low = importlib.import_module("llama_cpp.llama_cpp")
+            except BaseException:
+                sys.modules.pop("llama_cpp", None)
+                raise
+            for name, value in vars(low).items():
+                if not name.startswith("_"):
+                    setattr(pkg, name, value)
+            _LIB = low
+            return low
+    _LIB = importlib.import_module("llama_cpp.llama_cpp")
+    return _LIB
+
+
+def _backend_init(lib: Any) -> None:
+    global _backend_ready
+    if not _backend_ready:
+        lib.llama_backend_init()
+        _backend_ready = True
+
+
+class _phase_timer:
+    """Records how long each phase of a load took, for ``run --stats -v``."""
+
+    def __init__(self) -> None:
+        self.phases: list[tuple[str, float]] = []
+        self._last = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases.append((name, now - self._last))
+        self._last = now
 
 
 def plan_load(
@@ -209,6 +300,7 @@ def plan_load(
     path: str | Path | None = None,
     gpu_free: int | None = None,
     need_tokens: int | None = None,
+    model_shape: dict[str, Any] | None = None,
 ) -> LoadOptions:
     """Threads, context size, GPU layers, KV cache type and flash attention for ``profile``
     on this machine.
@@ -244,8 +336,8 @@ def plan_load(
             )
         flash_attn = True
 
-    info = None
-    if path is not None and not vocab_only:
+    info = model_shape or None  # {}: known to have no usable shape
+    if model_shape is None and path is not None and not vocab_only:
         info = _model_shape(path)
     if n_ctx_train is None and info is not None:
         n_ctx_train = info.get("context_length")
@@ -343,6 +435,30 @@ def _model_shape(path: str | Path) -> dict[str, Any] | None:
     }
 
 
+_validated: set[tuple[str, int, int, int]] = set()
+
+
+def _file_identity(path: Path) -> tuple[str, int, int, int] | None:
+    try:
+        st = path.stat()
+        return (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    except OSError:
+        return None
+
+
+def mark_validated(path: str | Path) -> None:
+    """Record that this version of ``path`` passed :func:`localllm.modelfile.validate_gguf`
+    (the loader's persistent header cache says so), so the engine need not parse it again."""
+    ident = _file_identity(Path(path))
+    if ident is not None:
+        _validated.add(ident)
+
+
+def _was_validated(path: Path) -> bool:
+    ident = _file_identity(path)
+    return ident is not None and ident in _validated
+
+
 class StopMatcher:
     """Holds back text that might be the start of a stop sequence.
 
@@ -391,38 +507,30 @@ class ModelInfo:
 
 
 class Engine:
-    """A loaded model. Not thread-safe: one thread uses an engine at a time."""
+    """A loaded model. Not thread-safe: one thread uses an engine at a time.
+
+    The model and its context are driven through llama.cpp's C API (``llama_cpp.llama_cpp``):
+    prompt chunks and single tokens go through ``llama_decode`` and every token is sampled by
+    a llama.cpp sampler chain, so no logits cross into Python.
+    """
 
     def __init__(self, path: str | Path, options: LoadOptions) -> None:
-        from llama_cpp import Llama
-
         self.path = Path(path)
         self.options = options
         if not self.path.is_file():
             raise InvalidModelError(f"model file not found: {self.path}")
         from localllm.modelfile import validate_gguf
 
-        validate_gguf(self.path)  # never hand llama.cpp a file our checks refuse
+        timer = _phase_timer()
+        if not _was_validated(self.path):
+            validate_gguf(self.path)  # never hand llama.cpp a file our checks refuse
+        timer("validate")
+        lib = _lib()
+        timer("import llama_cpp")
+        self._lib = lib
         _route_llama_logs(options.verbose)
-        n_batch = min(options.n_batch, options.n_ctx)
-        kv_type = _KV_GGML_TYPES.get(options.kv_cache_type)
         try:
-            with _flash_attn_mode(options.flash_attn):
-                self._llm: Llama = Llama(
-                    model_path=str(self.path),
-                    n_ctx=options.n_ctx,
-                    n_batch=n_batch,
-                    n_ubatch=min(options.n_ubatch, n_batch),
-                    n_threads=options.n_threads,
-                    n_threads_batch=options.n_threads_batch or options.n_threads,
-                    n_gpu_layers=options.n_gpu_layers,
-                    vocab_only=options.vocab_only,
-                    use_mmap=options.use_mmap,
-                    flash_attn=bool(options.flash_attn),
-                    type_k=kv_type,
-                    type_v=kv_type,
-                    verbose=options.verbose,
-                )
+            self._llm = _Native(lib, self.path, options)
         except ValueError as exc:
             if options.kv_cache_type != "f16" and "context" in str(exc):
                 raise InvalidModelError(
@@ -437,28 +545,28 @@ class Engine:
             ) from exc
         except (MemoryError, OSError) as exc:
             raise InferenceError(f"llama.cpp could not load {self.path.name}: {exc}") from exc
-        except Exception as exc:  # e.g. llama-cpp-python compiling a broken chat template
-            raise InvalidModelError(
-                f"llama-cpp-python refused {self.path.name}: {type(exc).__name__}: {exc}",
-                hint="check the file with `localllm show FILE`",
-            ) from exc
-        import llama_cpp
-
-        self._lib = llama_cpp
-        self._vocab = self._llm._model.vocab
+        timer("load weights + context")
+        self._vocab = self._llm.vocab
         self._pieces: dict[int, bytes] = {}
-        self._piece_buf = __import__("ctypes").create_string_buffer(256)
-        meta = dict(self._llm.metadata)
+        self._piece_buf = ctypes.create_string_buffer(256)
+        # The tokens in the KV cache, in order (sequence 0): prompt, generated and injected
+        # tokens alike, so a later prompt that repeats them is not evaluated again.
+        self._kv: list[int] = []
+        self.draft: Engine | None = None  # a draft model for speculative decoding
+        self._greedy: Any = None  # its greedy sampler, when this engine drafts for another
+        meta = self._llm.metadata()
         self.info = ModelInfo(
             path=self.path,
             name=meta.get("general.name") or self.path.stem,
             architecture=meta.get("general.architecture", "unknown"),
             chat_template=meta.get("tokenizer.chat_template") or None,
-            bos_token=self._special_text(self._llm.token_bos()),
-            eos_token=self._special_text(self._llm.token_eos()),
-            n_ctx_train=self._llm._model.n_ctx_train(),
+            bos_token=self._special_text(lib.llama_vocab_bos(self._vocab)),
+            eos_token=self._special_text(lib.llama_vocab_eos(self._vocab)),
+            n_ctx_train=int(lib.llama_model_n_ctx_train(self._llm.model)),
             metadata=meta,
         )
+        timer("metadata")
+        self.load_phases: list[tuple[str, float]] = timer.phases
 
     # -- tokens ---------------------------------------------------------------------------
 
@@ -475,7 +583,7 @@ class Engine:
             buf = self._piece_buf
             n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
             if n < 0:  # pragma: no cover - a piece longer than 256 bytes
-                buf = __import__("ctypes").create_string_buffer(-n)
+                buf = ctypes.create_string_buffer(-n)
                 n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
             cached = buf.raw[:n]
             self._pieces[key] = cached
@@ -485,21 +593,37 @@ class Engine:
         self, text: str, *, special: bool = True, add_bos: bool | None = None
     ) -> list[int]:
         """Tokens of ``text``; BOS is added per the model's metadata, never twice."""
-        llm = self._llm
+        lib = self._lib
         if add_bos is None:
-            add_bos = llm._model.add_bos_token()
-        tokens = llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
-        bos = llm.token_bos()
+            add_bos = bool(lib.llama_vocab_get_add_bos(self._vocab))
+        raw = text.encode("utf-8")
+        size = len(raw) + 2
+        buf = (ctypes.c_int32 * size)()
+        n = lib.llama_tokenize(self._vocab, raw, len(raw), buf, size, add_bos, special)
+        if n < 0:
+            size = -n
+            buf = (ctypes.c_int32 * size)()
+            n = lib.llama_tokenize(self._vocab, raw, len(raw), buf, size, add_bos, special)
+        tokens = buf[:n]
+        bos = lib.llama_vocab_bos(self._vocab)
         if len(tokens) >= 2 and tokens[0] == bos and tokens[1] == bos:
             tokens = tokens[1:]
         return tokens
+
+    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
+        """The text of ``tokens`` (invalid UTF-8 replaced)."""
+        return b"".join(self.piece(t, special) for t in tokens).decode("utf-8", "replace")
 
     def is_end_of_generation(self, token: int) -> bool:
         return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
 
     @property
     def n_ctx(self) -> int:
-        return self._llm.n_ctx()
+        return self._llm.n_ctx
+
+    @property
+    def n_vocab(self) -> int:
+        return int(self._lib.llama_vocab_n_tokens(self._vocab))
 
     # -- prompts --------------------------------------------------------------------------
 
@@ -526,6 +650,138 @@ class Engine:
             variables=variables,
         )
 
+    # -- the KV cache ---------------------------------------------------------------------
+
+    def _prompt_tokens(self, prompt: str) -> list[int]:
+        """The tokens of ``prompt``, reusing the KV cache's own tokens where their text is the
+        prompt's start.
+
+        A chat's next prompt repeats the previous answer as text; tokenizing that text again
+        need not give the ids the model generated ("Hel"+"lo" versus "Hello"), and every token
+        after the first difference would be evaluated again. So the cached tokens are kept as
+        far as their bytes spell the start of the prompt, and only the rest is tokenized, when
+        that rest's tokens spell it back exactly (always true for byte-level vocabularies).
+        """
+        full = self.tokenize(prompt)
+        kv = self._kv
+        if not kv or _common_prefix(kv, full) >= len(kv) - 1:
+            return full
+        raw = prompt.encode("utf-8")
+        lib = self._lib
+        start = 0
+        if lib.llama_vocab_get_add_bos(self._vocab) and kv[0] == lib.llama_vocab_bos(self._vocab):
+            start = 1  # the BOS that tokenize adds is not in the text
+        if full[:start] != kv[:start]:
+            return full
+        pos = 0
+        k = start
+        for token in kv[start:]:
+            piece = self.piece(token, special=True)
+            if not raw.startswith(piece, pos):
+                break
+            pos += len(piece)
+            k += 1
+        if k <= _common_prefix(kv, full) or pos == 0:
+            return full
+        try:  # a match may end inside a character whose first bytes agree
+            rest = raw[pos:].decode("utf-8", errors="strict")
+        except UnicodeDecodeError:
+            return full
+        tail = self.tokenize(rest, add_bos=False) if rest else []
+        if b"".join(self.piece(t, special=True) for t in tail) != raw[pos:]:
+            return full
+        return kv[:k] + tail
+
+    def _forget_after(self, n: int) -> int:
+        """Keep the first ``n`` tokens of the KV cache; returns how many are kept."""
+        if n >= len(self._kv) and n > 0:
+            return len(self._kv)
+        lib = self._lib
+        mem = self._llm.memory
+        if n > 0 and lib.llama_memory_seq_rm(mem, -1, n, -1):
+            del self._kv[n:]
+            return n
+        lib.llama_memory_clear(mem, True)
+        self._kv.clear()
+        return 0
+
+    def reset(self) -> None:
+        """Empty the KV cache (benchmarks: the next prompt is evaluated in full)."""
+        self._forget_after(0)
+
+    @property
+    def n_kv(self) -> int:
+        """Tokens in the KV cache."""
+        return len(self._kv)
+
+    def attach_draft(self, draft: Engine) -> None:
+        """Use ``draft`` (a smaller model) to propose tokens for speculative decoding; its
+        vocabulary must be this model's, token for token, or it is refused."""
+        mine, theirs = self.n_vocab, draft.n_vocab
+        if mine != theirs:
+            raise UsageError(
+                f"the draft model {draft.path.name} has {theirs} tokens in its vocabulary, "
+                f"{self.path.name} has {mine}",
+                hint="a draft model must share the main model's tokenizer "
+                "(e.g. a smaller model of the same family)",
+            )
+        for token in range(mine):
+            if self.piece(token, True) != draft.piece(token, True):
+                raise UsageError(
+                    f"the draft model {draft.path.name} spells token {token} differently from "
+                    f"{self.path.name}",
+                    hint="a draft model must share the main model's tokenizer "
+                    "(e.g. a smaller model of the same family)",
+                )
+        self.draft = draft
+
+    def _decode(self, tokens: Sequence[int], cancel: Callable[[], bool] | None = None) -> bool:
+        """Evaluate ``tokens`` after the KV cache's in chunks of ``n_batch``, logits for the
+        last only. Returns False when ``cancel`` said stop between two chunks."""
+        lib, llm = self._lib, self._llm
+        n_batch = llm.n_batch
+        for i in range(0, len(tokens), n_batch):
+            if i and cancel is not None and cancel():
+                return False
+            chunk = tokens[i : i + n_batch]
+            arr = (ctypes.c_int32 * len(chunk))(*chunk)
+            rc = lib.llama_decode(llm.ctx, lib.llama_batch_get_one(arr, len(chunk)))
+            if rc != 0:
+                self._forget_after(len(self._kv))  # llama.cpp rolled the batch back
+                raise InferenceError(
+                    f"llama_decode failed (code {rc}) after {len(self._kv)} tokens"
+                )
+            self._kv.extend(chunk)
+        return True
+
+    def _decode_one(self, token: int) -> None:
+        """Evaluate one token through the reused single-token batch."""
+        llm = self._llm
+        llm.one[0] = token
+        rc = self._lib.llama_decode(llm.ctx, llm.one_batch)
+        if rc != 0:
+            raise InferenceError(f"llama_decode failed (code {rc}) after {len(self._kv)} tokens")
+        self._kv.append(token)
+
+    def _decode_all(self, tokens: Sequence[int]) -> None:
+        """Evaluate ``tokens`` (a token and its draft) in one batch with logits for every
+        position, to verify the draft."""
+        lib, llm = self._lib, self._llm
+        batch = llm.verify_batch(len(tokens))
+        pos = len(self._kv)
+        for i, token in enumerate(tokens):
+            batch.token[i] = token
+            batch.pos[i] = pos + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = 1
+        batch.n_tokens = len(tokens)
+        rc = lib.llama_decode(llm.ctx, batch)
+        if rc != 0:
+            self._forget_after(0)
+            raise InferenceError(f"llama_decode failed (code {rc}) verifying a draft")
+        self._kv.extend(tokens)
+
     # -- generation -----------------------------------------------------------------------
 
     def generate(
@@ -537,15 +793,20 @@ class Engine:
         grammar: str | None = None,
         steering: Steering | None = None,
         special: bool = False,
+        grammar_lazy_after: str | None = None,
     ) -> Iterator[Event]:
         """Stream the completion of ``prompt``: text events, then one :class:`Stats`.
 
         ``special`` renders control tokens as text (harmony channel markers need it).
-        ``steering`` lets the consumer inject text between tokens.
+        ``steering`` lets the consumer inject text between tokens. ``grammar`` (GBNF)
+        constrains the tokens; with ``grammar_lazy_after`` only those after that text has
+        appeared in the output (generated or injected), e.g. ``"</think>"``. A grammar that
+        does not parse is a :class:`UsageError`.
         """
-        llm = self._llm
-        tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-        n_ctx = llm.n_ctx()
+        if self._llm.ctx is None:
+            raise UsageError("this model was loaded for its vocabulary only")
+        tokens = self._prompt_tokens(prompt) if isinstance(prompt, str) else list(prompt)
+        n_ctx = self.n_ctx
         if not tokens:
             raise UsageError("the prompt is empty", hint="give a prompt or pipe text on stdin")
         if len(tokens) >= n_ctx:
@@ -553,18 +814,47 @@ class Engine:
                 f"the prompt is {len(tokens)} tokens but the context holds {n_ctx}",
                 hint="raise the context with --ctx N, or shorten the prompt",
             )
-        limit = settings.max_tokens
-        cached = _common_prefix(llm._input_ids[: llm.n_tokens], tokens)
+        seed = settings.seed if settings.seed is not None else random.getrandbits(31)
+        sampler = _Sampler(self, settings, seed, grammar, lazy=grammar_lazy_after is not None)
+        try:
+            speculative = str(getattr(settings, "speculative", "off") or "off")
+            yield from self._run(
+                tokens,
+                settings,
+                sampler,
+                cancel,
+                steering,
+                special,
+                grammar_lazy_after,
+                speculative,
+            )
+        except GeneratorExit:  # the consumer stopped reading: the cache is consistent
+            raise
+        except BaseException:  # Ctrl-C may land between a decode and its bookkeeping
+            self._forget_after(0)
+            raise
+        finally:
+            sampler.close()
+
+    def _run(
+        self,
+        tokens: list[int],
+        settings: Profile,
+        sampler: _Sampler,
+        cancel: Callable[[], bool] | None,
+        steering: Steering | None,
+        special: bool,
+        trigger: str | None,
+        speculative: str,
+    ) -> Iterator[Event]:
+        lib = self._lib
+        vocab = self._vocab
+        is_eog = lib.llama_vocab_is_eog
+        cached = _common_prefix(self._kv, tokens)
         if cached == len(tokens):
             cached -= 1  # the last prompt token is evaluated again to get fresh logits
-        seed = settings.seed if settings.seed is not None else random.getrandbits(31)
-        llm.set_seed(seed)
-        llama_grammar = None
-        if grammar is not None:
-            from llama_cpp import LlamaGrammar
-
-            llama_grammar = LlamaGrammar.from_string(grammar, verbose=False)
-
+        cached = self._forget_after(cached)
+        limit = settings.max_tokens
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stopper = StopMatcher(settings.stop)
         start = time.perf_counter()
@@ -574,53 +864,129 @@ class Engine:
         reason: StopReason = "length"
         hit = False
         piece = self.piece
-        sampling = {**sampling_kwargs(settings), "grammar": llama_grammar}
-        context = list(tokens)
-        room = n_ctx - 1
+        context_len = len(tokens)
+        room = self.n_ctx - 1
+        seen = ""  # the end of the output, while waiting for the lazy grammar's trigger
+        sample = sampler.sample
+        decode_one = self._decode_one
+        drafter: _NgramDrafter | _ModelDrafter | None = None
+        if self.draft is not None:  # a draft model is attached only when the profile names one
+            drafter = _ModelDrafter(self.draft, tokens)
+        elif speculative == "ngram":
+            drafter = _NgramDrafter(tokens)
+        elif speculative == "auto" and len(tokens) >= SPECULATIVE_AUTO_MIN_PROMPT:
+            drafter = _NgramDrafter(tokens, size=4, judge_speed=True)
+        # Speculation: after a draft is verified in one batch, ``token`` may already be in the
+        # KV cache (an accepted draft token, at ``batch[vpos]``); the next token is then drawn
+        # from that position's logits, so every token is sampled from exactly the logits, and
+        # in exactly the order, that plain decoding would have used.
+        in_kv = False
+        batch: list[int] = []
+        base = vpos = 0
+        drafted = accepted = 0
         try:
-            # One pass per segment: an injection ends the segment, and the next pass resumes
-            # from the whole context (prompt + generated + injected). Llama.generate reuses
-            # the KV cache for the common prefix, so only the injected tokens are evaluated.
-            segment = True
-            while segment:
-                segment = False
-                for token in llm.generate(context, **sampling):
-                    last = time.perf_counter()
-                    if n == 0:
-                        first = last
-                    if self.is_end_of_generation(token):
-                        reason = "stop"
-                        break
-                    n += 1
-                    since_event += 1
-                    context.append(token)
-                    text, hit = stopper.feed(decoder.decode(piece(token, special)))
+            if not self._decode(tokens[cached:], cancel):
+                reason = "cancelled"
+            token = sample() if reason != "cancelled" else -1
+            while reason != "cancelled":
+                last = time.perf_counter()
+                if n == 0:
+                    first = last
+                if is_eog(vocab, token):
+                    reason = "stop"
+                    break
+                n += 1
+                since_event += 1
+                context_len += 1
+                raw_text = decoder.decode(piece(token, special))
+                if trigger is not None and raw_text:
+                    seen = _watch(seen, raw_text, trigger, sampler)
+                    if seen is None:
+                        trigger, seen = None, ""
+                text, hit = stopper.feed(raw_text)
+                if text:
+                    yield TextEvent(text, since_event)
+                    since_event = 0
+                if hit:
+                    reason = "stop"
+                    break
+                if n >= limit or context_len >= room:
+                    reason = "length" if n >= limit else "context"
+                    break
+                if cancel is not None and cancel():
+                    reason = "cancelled"
+                    break
+                extra = steering.take() if steering is not None else ""
+                if extra:
+                    pending = decoder.decode(b"", final=True) + extra
+                    if trigger is not None:
+                        seen = _watch(seen, pending, trigger, sampler)
+                        if seen is None:
+                            trigger, seen = None, ""
+                    text, hit = stopper.feed(pending)
                     if text:
-                        yield TextEvent(text, since_event)
-                        since_event = 0
+                        yield TextEvent(text, 0, injected=True)
                     if hit:
                         reason = "stop"
                         break
-                    if n >= limit or len(context) >= room:
-                        reason = "length" if n >= settings.max_tokens else "context"
+                    injected = self.tokenize(extra, add_bos=False)
+                    context_len += len(injected)
+                    if context_len >= room:
+                        reason = "context"
                         break
-                    if cancel is not None and cancel():
-                        reason = "cancelled"
-                        break
-                    extra = steering.take() if steering is not None else ""
-                    if extra:
-                        pending = decoder.decode(b"", final=True) + extra
-                        text, hit = stopper.feed(pending)
-                        if text:
-                            yield TextEvent(text, 0, injected=True)
-                        if hit:
-                            reason = "stop"
-                            break
-                        context.extend(self.tokenize(extra, add_bos=False))
-                        segment = len(context) < room
-                        if not segment:
-                            reason = "context"
-                        break
+                    if in_kv:  # drop the rest of the draft: the injection comes first
+                        self._forget_after(base + vpos + 1)
+                        self._decode(injected)
+                    else:
+                        self._decode([token, *injected])
+                    sampler.accept_injected(injected)
+                    if drafter is not None:
+                        drafter.extend([token, *injected])
+                    in_kv = False
+                    token = sample()
+                    continue
+                if drafter is not None:
+                    drafter.extend((token,))
+                if in_kv:  # the next token comes from the verified batch
+                    token = sampler.sample_at(vpos)
+                    if vpos + 1 < len(batch) and token == batch[vpos + 1]:
+                        vpos += 1
+                        accepted += 1
+                    else:
+                        self._forget_after(base + vpos + 1)
+                        in_kv = False
+                        drafter.verified(vpos)  # type: ignore[union-attr]
+                    continue
+                draft: Sequence[int] = ()
+                if drafter is not None and drafter.keep_going(drafted, accepted):
+                    most = min(drafter.size, limit - n - 1, room - context_len - 1)
+                    draft = drafter.draft(most) if most > 0 else ()
+                if not draft:
+                    if drafter is None:
+                        decode_one(token)
+                    else:
+                        began = time.perf_counter()
+                        decode_one(token)
+                        drafter.timed_single(time.perf_counter() - began)
+                    token = sample()
+                    continue
+                batch = [token, *draft]
+                base = len(self._kv)
+                began = time.perf_counter()
+                self._decode_all(batch)
+                drafter.timed_batch(time.perf_counter() - began)  # type: ignore[union-attr]
+                drafted += len(draft)
+                vpos = 0
+                token = sampler.sample_at(0)
+                if token == batch[1]:
+                    vpos = 1
+                    accepted += 1
+                    in_kv = True
+                else:
+                    self._forget_after(base + 1)
+                    drafter.verified(0)  # type: ignore[union-attr]
+            if in_kv:  # as plain decoding: the last sampled token is not in the cache
+                self._forget_after(base + vpos)
         except (RuntimeError, OSError) as exc:
             raise InferenceError(f"generation failed: {exc}") from exc
         if not hit:
@@ -634,9 +1000,18 @@ class Engine:
             ttft_s=first - start,
             generation_s=last - first,
             stop_reason=reason,
+            drafted_tokens=drafted,
+            accepted_tokens=accepted,
         )
 
     def close(self) -> None:
+        draft = getattr(self, "draft", None)
+        if draft is not None:
+            draft.close()
+            self.draft = None
+        if getattr(self, "_greedy", None) is not None:
+            self._lib.llama_sampler_free(self._greedy)
+            self._greedy = None
         llm = getattr(self, "_llm", None)
         if llm is not None:
             llm.close()
@@ -647,6 +1022,351 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _watch(seen: str, text: str, trigger: str, sampler: _Sampler) -> str | None:
+    """Look for ``trigger`` at the end of the output; when found, switch the sampler's grammar
+    on and return None, else the tail worth keeping."""
+    seen += text
+    if trigger in seen:
+        sampler.enable_grammar()
+        return None
+    return seen[-(len(trigger) - 1) :] if len(trigger) > 1 else ""
+
+
+SPECULATIVE_AUTO_MIN_PROMPT = 256  # speculative: auto drafts for prompts this long
+SPECULATIVE_MAX_DRAFT = 16
+
+
+class _NgramDrafter:
+    """Prompt-lookup drafting: the last few tokens of the context are looked up earlier in the
+    context (the prompt and the answer so far), and the tokens that followed them there are
+    proposed as the next ones. Answers that copy from their prompt (edits, extraction,
+    summaries with quotes) then verify several tokens per decode.
+
+    An index from each 2-, 3- and 4-gram to the end of its latest occurrence makes a lookup a
+    few dictionary probes; the longest n-gram that occurred before wins. Drafting stops for the
+    rest of a generation when fewer than a quarter of the drafted tokens were accepted after
+    :attr:`PROBE` of them: a failing draft costs a wider decode for nothing.
+    """
+
+    NGRAMS = (4, 3, 2)
+    PROBE = 32
+
+    def __init__(self, tokens: Sequence[int], size: int = 8, *, judge_speed: bool = False) -> None:
+        self.history: list[int] = []
+        self._index: dict[tuple[int, ...], int] = {}
+        self._indexed = 0
+        self.size = size
+        self.active = True
+        self.judge_speed = judge_speed
+        self._single: float | None = None
+        self._batch_s = 0.0
+        self._gain: float | None = None
+        self._verifies = 0
+        self.extend(tokens)
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        self.history.extend(tokens)
+
+    def _index_upto(self, end: int) -> None:
+        history, index = self.history, self._index
+        for stop in range(self._indexed + 1, end + 1):
+            for n in self.NGRAMS:
+                if stop >= n:
+                    index[tuple(history[stop - n : stop])] = stop
+        self._indexed = max(self._indexed, end)
+
+    def keep_going(self, drafted: int, accepted: int) -> bool:
+        if self.active and drafted >= self.PROBE and accepted * 4 < drafted:
+            self.active = False
+        return self.active
+
+    # Speed check (``speculative: auto``): a verify batch of k+1 tokens costs more than one
+    # token's decode, by how much depends on the hardware (on a small CPU, prompt processing
+    # is barely faster per token than decoding). After each verification the tokens it
+    # yielded per second are compared with plain decoding's; when drafting has not been
+    # faster over the last few (a moving average), it stops for the rest of the generation.
+
+    def timed_single(self, seconds: float) -> None:
+        self._single = seconds if self._single is None else 0.8 * self._single + 0.2 * seconds
+
+    def timed_batch(self, seconds: float) -> None:
+        self._batch_s = seconds
+
+    def verified(self, accepted: int) -> None:
+        if not self.judge_speed or self._single is None or self._batch_s <= 0:
+            return
+        gain = (accepted + 1) * self._single / self._batch_s
+        self._gain = gain if self._gain is None else 0.6 * self._gain + 0.4 * gain
+        self._verifies += 1
+        if self._verifies >= 3 and self._gain < 1.0:
+            self.active = False
+
+    def draft(self, most: int) -> list[int]:
+        """Up to ``most`` tokens that followed the current n-gram where it last occurred."""
+        history = self.history
+        end = len(history)
+        self._index_upto(end - 1)  # every earlier occurrence, never the current one
+        for n in self.NGRAMS:
+            if end < n:
+                continue
+            found = self._index.get(tuple(history[end - n :]))
+            if found is not None:
+                return history[found : found + most]
+        return []
+
+
+class _ModelDrafter(_NgramDrafter):
+    """Draft-model speculation: a small model with the same vocabulary proposes the next
+    tokens greedily from the same context; its own KV cache follows the target's context,
+    reusing the common prefix between drafts."""
+
+    def __init__(self, draft: Engine, tokens: Sequence[int], size: int = 6) -> None:
+        super().__init__((), size)
+        self.engine = draft
+        self.history = list(tokens)
+        if draft._greedy is None:
+            draft._greedy = draft._lib.llama_sampler_init_greedy()
+        self._greedy = draft._greedy
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        self.history.extend(tokens)
+
+    def draft(self, most: int) -> list[int]:
+        e, history = self.engine, self.history
+        room = e.n_ctx - 1
+        most = min(most, room - len(history))
+        if most <= 0 or len(history) >= room:
+            return []
+        cached = _common_prefix(e._kv, history)
+        if cached == len(history):
+            cached -= 1
+        e._forget_after(cached)
+        e._decode(history[e.n_kv :])
+        sample = e._lib.llama_sampler_sample
+        out: list[int] = []
+        for i in range(most):
+            token = int(sample(self._greedy, e._llm.ctx, -1))
+            out.append(token)
+            if e.is_end_of_generation(token) or i + 1 == most:
+                break
+            e._decode_one(token)
+        return out
+
+
+class _Native:
+    """A llama.cpp model and its context, owned through the C API."""
+
+    def __init__(self, lib: Any, path: Path, options: LoadOptions) -> None:
+        _backend_init(lib)
+        self._lib = lib
+        self.ctx: Any = None
+        self.model: Any = None
+        self._verify: Any = None
+        self._verify_size = 0
+        mp = lib.llama_model_default_params()
+        mp.n_gpu_layers = 0x7FFFFFFF if options.n_gpu_layers < 0 else options.n_gpu_layers
+        mp.vocab_only = options.vocab_only
+        if hasattr(lib, "LLAMA_LOAD_MODE_MMAP"):
+            mp.load_mode = (
+                lib.LLAMA_LOAD_MODE_MMAP if options.use_mmap else lib.LLAMA_LOAD_MODE_NONE
+            )
+        else:  # pragma: no cover - older bindings
+            mp.use_mmap = options.use_mmap
+        self.model_params = mp
+        model = lib.llama_model_load_from_file(str(path).encode("utf-8"), mp)
+        if not model:
+            raise ValueError("failed to load the model")
+        self.model = model
+        self.vocab = lib.llama_model_get_vocab(model)
+        n_batch = min(options.n_batch, options.n_ctx)
+        cp = lib.llama_context_default_params()
+        cp.n_ctx = options.n_ctx
+        cp.n_batch = n_batch
+        cp.n_ubatch = min(options.n_ubatch, n_batch)
+        cp.n_threads = options.n_threads
+        cp.n_threads_batch = options.n_threads_batch or options.n_threads
+        cp.flash_attn_type = (
+            lib.LLAMA_FLASH_ATTN_TYPE_AUTO
+            if options.flash_attn is None
+            else lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if options.flash_attn
+            else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        kv_type = _KV_GGML_TYPES.get(options.kv_cache_type)
+        if kv_type is not None:
+            cp.type_k = kv_type
+            cp.type_v = kv_type
+        cp.no_perf = True
+        self.context_params = cp
+        ctx = lib.llama_init_from_model(model, cp)
+        if not ctx:
+            self.close()
+            raise ValueError("failed to create the context (llama_init_from_model)")
+        self.ctx = ctx
+        self.memory = lib.llama_get_memory(ctx)
+        self.n_ctx = int(lib.llama_n_ctx(ctx))
+        self.n_batch = int(lib.llama_n_batch(ctx))
+        self.one = (ctypes.c_int32 * 1)()
+        self.one_batch = lib.llama_batch_get_one(self.one, 1)
+
+    def metadata(self) -> dict[str, str]:
+        lib, model = self._lib, self.model
+        out: dict[str, str] = {}
+        buf = ctypes.create_string_buffer(1024)
+        for i in range(lib.llama_model_meta_count(model)):
+            n = lib.llama_model_meta_key_by_index(model, i, buf, len(buf))
+            if n < 0:
+                continue
+            key = buf.value.decode("utf-8", "replace")
+            n = lib.llama_model_meta_val_str_by_index(model, i, buf, len(buf))
+            if n >= len(buf):
+                buf = ctypes.create_string_buffer(n + 1)
+                n = lib.llama_model_meta_val_str_by_index(model, i, buf, len(buf))
+            if n < 0:
+                continue
+            out[key] = buf.raw[:n].decode("utf-8", "replace")
+        return out
+
+    def verify_batch(self, n: int) -> Any:
+        """A batch for ``n`` tokens with per-token positions and logits (allocated once)."""
+        if self._verify is None or self._verify_size < n:
+            if self._verify is not None:
+                self._lib.llama_batch_free(self._verify)
+            size = max(n, SPECULATIVE_MAX_DRAFT + 1)
+            self._verify = self._lib.llama_batch_init(size, 0, 1)
+            self._verify_size = size
+        return self._verify
+
+    def reset(self) -> None:  # kept for scripts written against Llama
+        if self.ctx is not None:
+            self._lib.llama_memory_clear(self.memory, True)
+
+    def close(self) -> None:
+        if self._verify is not None:
+            self._lib.llama_batch_free(self._verify)
+            self._verify = None
+        if self.ctx is not None:
+            self._lib.llama_free(self.ctx)
+            self.ctx = None
+        if self.model is not None:
+            self._lib.llama_model_free(self.model)
+            self.model = None
+
+
+class _Sampler:
+    """llama.cpp's sampler chain for one generation, as llama-cpp-python builds it: penalties
+    over the last 64 generated tokens, the grammar, then greedy (temperature 0) or top-k,
+    top-p, min-p, temperature and a seeded draw.
+
+    With ``lazy`` the grammar is parsed now (a bad one fails before any decoding) but joins
+    the chain only when :meth:`enable_grammar` is called.
+    """
+
+    PENALTY_LAST_N = 64
+
+    def __init__(
+        self, engine: Engine, settings: Profile, seed: int, grammar: str | None, lazy: bool
+    ) -> None:
+        lib = engine._lib
+        self._lib = lib
+        self._ctx = engine._llm.ctx
+        params = lib.llama_sampler_chain_default_params()
+        params.no_perf = True
+        self.chain = lib.llama_sampler_chain_init(params)
+        self._grammar: Any = None
+        self._has_penalties = False
+        self._tail_start = 0
+        try:
+            penalties = (
+                settings.repeat_penalty,
+                settings.frequency_penalty,
+                settings.presence_penalty,
+            )
+            if penalties != (1.0, 0.0, 0.0):
+                init = lib.llama_sampler_init_penalties
+                args = (self.PENALTY_LAST_N, *penalties)
+                if len(getattr(init, "argtypes", None) or ()) == 5:  # bindings with n_vocab
+                    args = (engine.n_vocab, *args)
+                lib.llama_sampler_chain_add(self.chain, init(*args))
+                self._has_penalties = True
+            if grammar is not None:
+                self._grammar = _parse_grammar(engine, grammar)
+                if not lazy:
+                    lib.llama_sampler_chain_add(self.chain, self._grammar)
+                    self._grammar = None
+            self._tail_start = lib.llama_sampler_chain_n(self.chain)
+            for smpl in _tail_samplers(lib, settings, seed):
+                lib.llama_sampler_chain_add(self.chain, smpl)
+        except BaseException:
+            self.close()
+            raise
+        self._sample = lib.llama_sampler_sample
+
+    def sample(self) -> int:
+        return int(self._sample(self.chain, self._ctx, -1))
+
+    def sample_at(self, index: int) -> int:
+        """Sample from the logits of position ``index`` of the last batch."""
+        return int(self._sample(self.chain, self._ctx, index))
+
+    def accept_injected(self, tokens: Sequence[int]) -> None:
+        """Injected tokens count for the penalties (never for the grammar)."""
+        if self._has_penalties:
+            first = self._lib.llama_sampler_chain_get(self.chain, 0)
+            for token in tokens:
+                self._lib.llama_sampler_accept(first, token)
+
+    def enable_grammar(self) -> None:
+        """Put the waiting grammar in front of the final samplers."""
+        if self._grammar is None:
+            return
+        lib, chain = self._lib, self.chain
+        tail = []
+        while lib.llama_sampler_chain_n(chain) > self._tail_start:
+            tail.append(lib.llama_sampler_chain_remove(chain, self._tail_start))
+        lib.llama_sampler_chain_add(chain, self._grammar)
+        self._grammar = None
+        for smpl in tail:
+            lib.llama_sampler_chain_add(chain, smpl)
+
+    def close(self) -> None:
+        if self._grammar is not None:
+            self._lib.llama_sampler_free(self._grammar)
+            self._grammar = None
+        if self.chain is not None:
+            self._lib.llama_sampler_free(self.chain)
+            self.chain = None
+
+
+def _tail_samplers(lib: Any, settings: Profile, seed: int) -> list[Any]:
+    if settings.temperature <= 0:
+        return [lib.llama_sampler_init_greedy()]
+    return [
+        lib.llama_sampler_init_top_k(settings.top_k),
+        lib.llama_sampler_init_top_p(settings.top_p, 1),
+        lib.llama_sampler_init_min_p(settings.min_p, 1),
+        lib.llama_sampler_init_temp(settings.temperature),
+        lib.llama_sampler_init_dist(seed),
+    ]
+
+
+def _parse_grammar(engine: Engine, grammar: str) -> Any:
+    """A grammar sampler for ``grammar`` (GBNF, root rule ``root``), or a UsageError that
+    quotes llama.cpp's own complaint."""
+    lib = engine._lib
+    with _capture_llama_log() as lines:
+        smpl = lib.llama_sampler_init_grammar(engine._vocab, grammar.encode("utf-8"), b"root")
+    if not smpl:
+        said = "; ".join(
+            line.strip() for line in lines if line.strip() and "failed to parse" not in line
+        )
+        raise UsageError(
+            "the grammar does not parse" + (f": {said}" if said else ""),
+            hint="check the GBNF syntax (rules `name ::= ...`, a `root` rule, quoted literals)",
+        )
+    return smpl
 
 
 def sampling_kwargs(settings: Profile) -> dict[str, Any]:
@@ -724,7 +1444,9 @@ class Device:
 
 
 class _flash_attn_mode:
-    """Load with llama.cpp's own ``auto`` flash attention when ``flash_attn`` is None.
+    """Load with llama.cpp's own ``auto`` flash attention when ``flash_attn`` is None, for code
+    that loads through llama-cpp-python's ``Llama`` (the embeddings engine); :class:`Engine`
+    sets the context parameter itself.
 
     llama-cpp-python maps its boolean ``flash_attn`` to ENABLED or DISABLED only; while a model
     loads with ``flash_attn=None`` its DISABLED constant reads AUTO, so llama.cpp probes the
@@ -768,23 +1490,37 @@ def _route_llama_logs(verbose: bool) -> None:
     engine installs its own callback once (the last loaded engine's setting applies); failures
     still surface as localllm errors.
     """
-    import ctypes
     import sys
 
-    import llama_cpp
-
+    lib = _lib()
     _log_route["verbose"] = verbose
     if _log_route["callback"] is not None:
         return
 
-    @llama_cpp.llama_log_callback  # type: ignore[misc]
+    @lib.llama_log_callback  # type: ignore[misc]
     def callback(level: int, text: bytes, user_data: Any) -> None:
+        capture = _log_route.get("capture")
+        if capture is not None and text:
+            capture.append(text.decode("utf-8", errors="replace"))
         if _log_route["verbose"] and text:
             sys.stderr.write(text.decode("utf-8", errors="replace"))
             sys.stderr.flush()
 
     _log_route["callback"] = callback  # keep it alive: llama.cpp holds a raw pointer
-    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    lib.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+class _capture_llama_log:
+    """Collects llama.cpp's log lines while open (e.g. why a grammar did not parse)."""
+
+    def __enter__(self) -> list[str]:
+        self._saved = _log_route.get("capture")
+        lines: list[str] = []
+        _log_route["capture"] = lines
+        return lines
+
+    def __exit__(self, *exc: object) -> None:
+        _log_route["capture"] = self._saved
 
 
 _ggml_lib: Any = None
@@ -795,9 +1531,7 @@ def _ggml() -> Any:
     global _ggml_lib
     if _ggml_lib is not None:
         return _ggml_lib
-    import ctypes
-
-    import llama_cpp  # noqa: F401  (loads libllama and libggml first)
+    _lib()  # loads libllama and libggml first
     from llama_cpp import _ggml as ggml_mod
 
     lib = ctypes.CDLL(ggml_mod.libggml._name)
@@ -829,9 +1563,7 @@ def _text(raw: bytes | None) -> str:
 
 def system_info() -> str:
     """llama.cpp's system info line (``CPU : SSE3 = 1 | AVX2 = 1 | ...``)."""
-    import llama_cpp
-
-    return _text(llama_cpp.llama_print_system_info()).strip()
+    return _text(_lib().llama_print_system_info()).strip()
 
 
 def parse_system_info(info: str) -> dict[str, dict[str, str]]:
@@ -863,10 +1595,14 @@ def simd_features(info: str | None = None) -> list[str]:
 def llama_cpp_versions() -> dict[str, str]:
     """llama-cpp-python's version and the ggml (llama.cpp) version and commit it was built
     from."""
-    import llama_cpp
+    from importlib import metadata
 
     lib = _ggml()
-    out = {"llama_cpp_python": getattr(llama_cpp, "__version__", "unknown")}
+    try:
+        version = metadata.version("llama-cpp-python")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a source checkout on the path
+        version = "unknown"
+    out = {"llama_cpp_python": version}
     for key, fn in (("ggml", "ggml_version"), ("ggml_commit", "ggml_commit")):
         f = getattr(lib, fn, None)
         out[key] = _text(f()) if f is not None else "unknown"
@@ -954,20 +1690,19 @@ def backend_name(n_gpu_layers: int | None = None) -> str:
     return gpu_backend_name()
 
 
-# Primitives for `localllm bench` (localllm.bench): they time llama.cpp through the same Llama
-# object and token path the engine uses, with no text decoding or stop handling.
+# Primitives for `localllm bench` (localllm.bench): they time llama.cpp through the same
+# decode calls and sampler chain the engine's token loop uses, with no text decoding or stops.
 
 
 def bench_vocab_size(engine: Engine) -> int:
-    return int(engine._llm.n_vocab())
+    return engine.n_vocab
 
 
 def bench_prompt(engine: Engine, tokens: Sequence[int]) -> float:
     """Seconds to evaluate ``tokens`` into an empty context (prompt processing)."""
-    llm = engine._llm
-    llm.reset()
+    engine.reset()
     start = time.perf_counter()
-    llm.eval(list(tokens))
+    engine._decode(list(tokens))
     return time.perf_counter() - start
 
 
@@ -975,16 +1710,20 @@ def bench_generate(engine: Engine, first: int, n: int, settings: Profile) -> flo
     """Seconds to generate ``n`` tokens after the single token ``first`` in an empty context,
     sampling with ``settings`` as the engine does but never stopping early (an end-of-generation
     token is decoded like any other)."""
-    llm = engine._llm
-    llm.reset()
+    engine.reset()
     if n <= 0:
         return 0.0
-    room = llm.n_ctx() - 1
-    start = time.perf_counter()
-    for count, _ in enumerate(
-        llm.generate([first], **sampling_kwargs(settings)),
-        start=1,
-    ):
-        if count >= n or llm.n_tokens >= room:
-            break
-    return time.perf_counter() - start
+    room = engine.n_ctx - 1
+    seed = settings.seed if settings.seed is not None else 0
+    sampler = _Sampler(engine, settings, seed, None, lazy=False)
+    try:
+        start = time.perf_counter()
+        engine._decode_one(first)
+        for count in range(1, n + 1):
+            token = sampler.sample()
+            if count >= n or len(engine._kv) >= room:
+                break
+            engine._decode_one(token)
+        return time.perf_counter() - start
+    finally:
+        sampler.close()

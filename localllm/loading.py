@@ -8,8 +8,10 @@ a load that would not fit unless the user forces it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from localllm import fit, modelfile
 from localllm.engine import Engine, LoadOptions, plan_load
@@ -49,28 +51,39 @@ def plan(
     vocab_only: bool = False,
     force: bool = False,
     warn: Warn | None = None,
+    need_tokens: int | None = None,
 ) -> LoadOptions:
-    """Validate ``path`` and decide how to load it; warnings go to ``warn``."""
-    info = modelfile.read_info(path)  # validates the file first (InvalidModelError)
-    refuse_encoder(info)
-    options = plan_load(profile, info.context_length or None, vocab_only=vocab_only, path=path)
+    """Validate ``path`` and decide how to load it; warnings go to ``warn``. ``need_tokens``
+    (a one-shot run: at most this many prompt and answer tokens) sizes an unset context to
+    the work instead of the default. The GGUF headers are read once per file version (see
+    :func:`header_summary`)."""
+    info = header_summary(path)  # validates the file first (InvalidModelError)
+    _refuse_encoder(info["structure"], info["name"], info["architecture"], Path(path))
+    options = plan_load(
+        profile,
+        info["context_length"] or None,
+        vocab_only=vocab_only,
+        path=path,
+        need_tokens=need_tokens,
+        model_shape=info["shape"],
+    )
     if vocab_only:
         return options
-    trained = info.context_length
+    trained = info["context_length"]
     if warn is not None and trained and options.n_ctx > trained:
         warn(
             f"note: context {options.n_ctx} is longer than the {trained} tokens "
-            f"{info.name} was trained on: answers may degrade past that"
+            f"{info['name']} was trained on: answers may degrade past that"
         )
-    if info.layers and info.embedding_size and info.heads:
+    if info["layers"] and info["embedding_size"] and info["heads"]:
         from localllm.offload import kv_bytes_per_elem
 
         estimate = fit.estimate_memory(
-            info.file_size + _projector_bytes(path, info),
-            info.layers,
-            info.embedding_size,
-            info.heads,
-            info.kv_heads or info.heads,
+            info["file_size"] + _projector_bytes(path),
+            info["layers"],
+            info["embedding_size"],
+            info["heads"],
+            info["kv_heads"] or info["heads"],
             options.n_ctx,
             kv_bytes_per_elem(options.kv_cache_type),
         )
@@ -90,12 +103,113 @@ def plan(
 def refuse_encoder(info: modelfile.ModelFileInfo) -> None:
     """Encoder-only models (BERT and its kin) turn text into vectors and cannot generate:
     everything that loads a model to generate text (run, chat, serve) refuses them here."""
-    if info.structure == "encoder-only":
+    _refuse_encoder(info.structure, info.name, info.architecture, info.path)
+
+
+def _refuse_encoder(structure: str, name: str, architecture: str, path: Path) -> None:
+    if structure == "encoder-only":
         raise UsageError(
-            f"{info.name} is an encoder-only model ({info.architecture}): it turns text into "
+            f"{name} is an encoder-only model ({architecture}): it turns text into "
             "vectors and cannot generate text",
-            hint=f"use `localllm embed -m {info.path}` to embed text with it",
+            hint=f"use `localllm embed -m {path}` to embed text with it",
         )
+
+
+# -- what a load needs from the headers, kept per file version ------------------------------
+#
+# Validating a GGUF means reading every header value: for a 49k-token vocabulary that is
+# most of a one-shot run's start. The verdict and the few numbers a load needs are stored in
+# the cache directory under the file's identity (path, inode, size, mtime) and the validator's
+# own (modelfile.py's size and mtime), so a file is checked again only when it or the checks
+# change. A missing or unreadable cache entry just means one more full check.
+
+SUMMARY_VERSION = 2
+
+
+def header_summary(path: str | Path) -> dict[str, Any]:
+    """Validate ``path`` (unless this version of it passed before) and return what loading it
+    needs: name, trained context, layer/embedding/head counts, size, and the offload shape."""
+    from localllm import engine
+
+    path = Path(path)
+    key = _summary_key(path)
+    if key is not None:
+        cached = _read_summary(key)
+        if cached is not None:
+            engine.mark_validated(path)
+            return cached
+    info = modelfile.read_info(path)  # validates (InvalidModelError)
+    summary = {
+        "version": SUMMARY_VERSION,
+        "name": info.name,
+        "architecture": info.architecture,
+        "structure": info.structure,
+        "context_length": info.context_length,
+        "layers": info.layers,
+        "embedding_size": info.embedding_size,
+        "heads": info.heads,
+        "kv_heads": info.kv_heads,
+        "file_size": info.file_size,
+        "shape": engine._model_shape(path) or {},
+    }
+    if key is not None:
+        _write_summary(key, summary)
+    return summary
+
+
+def _summary_key(path: Path) -> str | None:
+    import hashlib
+
+    try:
+        st = path.stat()
+        checks = Path(modelfile.__file__).stat()
+        resolved = str(path.resolve())
+    except OSError:
+        return None  # validation will say what is wrong with the file
+    ident = (
+        f"{SUMMARY_VERSION}|{resolved}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|"
+        f"{checks.st_size}|{checks.st_mtime_ns}"
+    )
+    return hashlib.sha256(ident.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def _summary_path(key: str) -> Path:
+    from localllm import paths
+
+    return paths.cache_dir() / "headers" / f"{key}.json"
+
+
+def _read_summary(key: str) -> dict[str, Any] | None:
+    import json
+
+    try:
+        data = json.loads(_summary_path(key).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("version") != SUMMARY_VERSION:
+        return None
+    shape = data.get("shape")
+    if not isinstance(shape, dict):
+        return None
+    if shape.get("tensors") is not None:
+        shape["tensors"] = [tuple(t) for t in shape["tensors"]]
+    return data
+
+
+def _write_summary(key: str, summary: dict[str, Any]) -> None:
+    import json
+    import os
+    import tempfile
+
+    target = _summary_path(key)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(summary, f)
+        os.replace(tmp, target)
+    except OSError:
+        pass  # a cache that cannot be written costs the next run one more check
 
 
 def open_engine(
@@ -105,16 +219,76 @@ def open_engine(
     vocab_only: bool = False,
     force: bool = False,
     warn: Warn | None = None,
+    need_tokens: int | None = None,
 ) -> Engine:
-    """A loaded engine for ``path`` under ``profile`` (see :func:`plan`)."""
-    return Engine(path, plan(path, profile, vocab_only=vocab_only, force=force, warn=warn))
+    """A loaded engine for ``path`` under ``profile`` (see :func:`plan`). Its
+    ``load_phases`` say where the load's time went (``run --stats -v`` prints them)."""
+    start = time.perf_counter()
+    options = plan(
+        path, profile, vocab_only=vocab_only, force=force, warn=warn, need_tokens=need_tokens
+    )
+    planned = time.perf_counter() - start
+    engine = Engine(path, options)
+    engine.load_phases.insert(0, ("read header + plan", planned))
+    draft_ref = getattr(profile, "draft_model", None)
+    if draft_ref and not vocab_only:  # naming a draft model turns draft-model speculation on
+        try:
+            _attach_draft(engine, str(draft_ref), profile, options)
+        except BaseException:
+            engine.close()
+            raise
+    return engine
 
 
-def _projector_bytes(path: str | Path, info: modelfile.ModelFileInfo) -> int:
-    """The vision projector's weights: loaded beside the model, so counted with it."""
+def _attach_draft(engine: Engine, ref: str, profile: Profile, options: LoadOptions) -> None:
+    """Load the profile's draft model beside ``engine`` (same context and threads) and attach
+    it; a vocabulary that differs is a usage error."""
+    from dataclasses import replace
+
     from localllm import store
 
-    projector = store.projector_of(Path(path)) or info.projector
+    start = time.perf_counter()
+    path = store.resolve_model(ref)
+    header_summary(path)  # validated like the main model
+    draft_options = replace(options, n_layers_total=None, offload_reason="")
+    draft = Engine(path, draft_options)
+    try:
+        engine.attach_draft(draft)
+    except BaseException:
+        draft.close()
+        raise
+    engine.load_phases.append(("draft model", time.perf_counter() - start))
+
+
+def need_tokens_for(text: str, profile: Profile) -> int:
+    """An upper bound on the tokens a one-shot answer to ``text`` can use: its bytes and the
+    system prompt's (no token is shorter than a byte), the chat template's own text, and
+    ``max_tokens``."""
+    system = profile.system_prompt or ""
+    return (
+        len(text.encode("utf-8", "replace"))
+        + len(system.encode("utf-8", "replace"))
+        + (TEMPLATE_ALLOWANCE + profile.max_tokens)
+    )
+
+
+TEMPLATE_ALLOWANCE = 256  # tokens of role markers and a default system prompt a template adds
+
+
+def _projector_bytes(path: str | Path) -> int:
+    """The vision projector's weights: loaded beside the model, so counted with it. Looked up
+    on every plan (the store's record, else ``mmproj*.gguf`` beside the file, as
+    ``modelfile.read_info`` finds it): a projector put there later is not in the header cache."""
+    from localllm import store
+
+    model = Path(path)
+    projector = store.projector_of(model)
+    if projector is None:
+        try:
+            beside = sorted(p for p in model.parent.glob("mmproj*.gguf") if p != model)
+        except OSError:
+            beside = []
+        projector = next((p for p in beside if p.is_file()), None)
     try:
         return projector.stat().st_size if projector is not None else 0
     except OSError:

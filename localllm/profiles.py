@@ -24,6 +24,7 @@ Mode = Literal["instant", "reasoning"]
 MODES: tuple[str, ...] = ("instant", "reasoning")
 KV_CACHE_TYPES: tuple[str, ...] = ("f16", "q8_0", "q4_0")
 REASONING_EFFORTS: tuple[str, ...] = ("low", "medium", "high")
+SPECULATIVE: tuple[str, ...] = ("off", "ngram", "auto")
 REASONING_FORMATS: tuple[str, ...] = (
     "auto",
     "enable_thinking",
@@ -72,6 +73,8 @@ class Profile:
     flash_attn: bool | Literal["auto"] = "auto"
     chat_template: str | None = None
     verbose: bool = False
+    speculative: str = "off"  # off | ngram | auto (n-gram drafting for long prompts)
+    draft_model: str | None = None  # a small model with the same vocabulary that drafts
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def replace(self, **changes: Any) -> Profile:
@@ -276,6 +279,8 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "flash_attn": _flash_attn,
     "chat_template": _string(nullable=True),
     "verbose": _boolean,
+    "speculative": _choice(SPECULATIVE),
+    "draft_model": _string(nullable=True),
 }
 assert set(_CHECKS) == set(field_names())
 

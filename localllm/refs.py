@@ -8,7 +8,9 @@ A reference is one of:
 * ``hf.co/owner/repo[:quant]``, ``huggingface.co/...`` and ``https://huggingface.co/...`` URLs
   (``/blob/REV/FILE``, ``/resolve/REV/FILE`` and ``/tree/REV`` forms too);
 * a local path (an existing file, or anything starting with ``/``, ``./``, ``../`` or ``~``);
-* a bare name (an installed model, resolved by the store).
+* a bare name (an installed model, resolved by the store);
+* another tool's model, used in place: ``ollama:llama3.2:3b``, ``lmstudio:publisher/repo:QUANT``,
+  ``llamacpp:owner/repo:QUANT`` (see :mod:`localllm.foreign`).
 
 File names give the quant (``...-Q4_K_M.gguf``, ``.../Q4_K_M/...-00001-of-00003.gguf``), split
 parts are grouped into one entry, and :func:`auto_pick` chooses the quant to download.
@@ -26,7 +28,18 @@ from urllib.parse import unquote, urlsplit
 
 from localllm.errors import ModelNotFoundError, ResourceError, UsageError
 
-RefKind = Literal["alias", "hub", "path", "name"]
+RefKind = Literal["alias", "hub", "path", "name", "foreign"]
+
+# Another tool's store: ``ollama:llama3.2:3b``, ``lmstudio:pub/repo:Q4_K_M``, ``llamacpp:o/r:Q8_0``
+# (the prefix -> the store's name in localllm.foreign).
+FOREIGN_PREFIXES = {
+    "ollama": "ollama",
+    "lmstudio": "lmstudio",
+    "lm-studio": "lmstudio",
+    "llamacpp": "llama.cpp",
+    "llama.cpp": "llama.cpp",
+    "llama-cpp": "llama.cpp",
+}
 
 HUB_HOSTS = frozenset({"huggingface.co", "www.huggingface.co", "hf.co"})
 DEFAULT_QUANT = "Q4_K_M"
@@ -154,6 +167,8 @@ class ModelRef:
     revision: str | None = None
     path: Path | None = None
     alias: str | None = None
+    store: str | None = None  # for kind "foreign": "ollama", "lmstudio" or "llama.cpp"
+    name: str | None = None  # for kind "foreign": the model's name in that store
 
     @property
     def is_remote(self) -> bool:
@@ -170,6 +185,9 @@ class ModelRef:
             return self.alias or self.raw
         if self.kind == "path":
             return str(self.path)
+        if self.kind == "foreign":
+            prefix = "llamacpp" if self.store == "llama.cpp" else self.store
+            return f"{prefix}:{self.name}"
         return self.raw
 
 
@@ -191,6 +209,13 @@ def _looks_like_path(text: str) -> bool:
         or bool(re.match(r"^[A-Za-z]:[\\/]", text))
         or "\\" in text
     )
+
+
+def foreign_ref(text: str) -> tuple[str, str] | None:
+    """``ollama:llama3.2:3b`` -> ``("ollama", "llama3.2:3b")``; None for other text."""
+    head, sep, rest = text.strip().partition(":")
+    store = FOREIGN_PREFIXES.get(head.lower()) if sep else None
+    return (store, rest.strip()) if store else None
 
 
 def _split_quant(rest: str) -> tuple[str, str | None]:
@@ -274,6 +299,12 @@ def parse_ref(text: str, *, aliases: Iterable[str] | None = None) -> ModelRef:
     alias_set = {a.lower() for a in aliases}
     if text.lower() in alias_set:
         return ModelRef(raw, "alias", alias=text.lower())
+    foreign = foreign_ref(text)
+    if foreign is not None:
+        store, name = foreign
+        if not name:
+            raise UsageError(f"no model name after '{text}'", hint="e.g. ollama:llama3.2:3b")
+        return ModelRef(raw, "foreign", store=store, name=name)
     lowered = text.lower()
     if lowered.startswith("hf://"):
         return _hub_ref(raw, text[5:])

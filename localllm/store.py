@@ -192,6 +192,10 @@ def resolve_model(ref: str) -> Path:
         parsed = refs.parse_ref(ref)
     except UsageError:
         parsed = None
+    if parsed is not None and parsed.kind == "foreign":
+        from localllm import foreign  # another tool's store, used in place
+
+        return foreign.lookup(parsed.store or "", parsed.name or "").primary
     if parsed is None or parsed.kind == "path":
         _not_a_file(ref, candidate)
         if candidate.suffix.lower() == ".gguf" or os.sep in ref or "/" in ref:
@@ -215,8 +219,19 @@ def resolve_model(ref: str) -> Path:
             f"{parsed.display()} is not installed",
             hint=f"run `localllm pull {parsed.display()}`",
         )
-    hint = installed_hint or "run `localllm pull REF` to get one"
+    hint = _foreign_hint(ref) or installed_hint or "run `localllm pull REF` to get one"
     raise ModelNotFoundError(f"no model named '{ref}' is installed", hint=hint)
+
+
+def _foreign_hint(name: str) -> str | None:
+    """ "use ollama:llama3.2:3b" when another tool's store has the model a bare name means."""
+    from localllm import foreign
+
+    try:
+        found = foreign.suggest(name)
+    except Exception:  # a hint must never turn a clear error into a traceback
+        return None
+    return f"{found.label} has it: use {found.ref}" if found else None
 
 
 # -- the Hugging Face cache (read in place, without huggingface_hub) ----------------------
@@ -492,6 +507,10 @@ def lookup(ref: str) -> Manifest:
         parsed = refs.parse_ref(ref)
     except UsageError:
         parsed = None
+    if parsed is not None and parsed.kind == "foreign":
+        from localllm import foreign  # another tool's store: a manifest over files in place
+
+        return foreign.lookup(parsed.store or "", parsed.name or "").manifest()
     matches = find(parsed) if parsed is not None else []
     if len(matches) == 1:
         return matches[0]
@@ -601,7 +620,9 @@ def projector_of(model: Path) -> Path | None:
                 return manifest.files_dir / manifest.mmproj
     except OSError:
         return None
-    return None
+    from localllm import foreign  # Ollama's projector layer, llama.cpp's manifest mmprojFile
+
+    return foreign.projector_for(target)
 
 
 def _link_or_copy(src: Path, dest: Path, *, copy: bool) -> None:

@@ -111,7 +111,7 @@ def main() -> None:
         # Interleave and alternate order so drift affects both sides alike.
         order = ("ours", "lib") if i % 2 == 0 else ("lib", "ours")
         for side in order:
-            engine._llm.reset()  # no KV reuse across rounds: both pay the prompt each time
+            engine.reset()  # no KV reuse across rounds: both pay the prompt each time
             llm.reset()
             if side == "ours":
                 tps, n = bench_localllm(engine, settings, prompt)

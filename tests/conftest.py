@@ -41,6 +41,9 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf-cache"))
     monkeypatch.setenv("HF_TOKEN_PATH", str(home / "no-token"))
     monkeypatch.delenv("HF_TOKEN", raising=False)
+    # Models the user keeps in Ollama, LM Studio or llama.cpp stay out of tests too
+    # (tests/test_foreign.py builds those stores under a temporary HOME).
+    monkeypatch.setenv("LOCALLLM_FOREIGN_STORES", "none")
     monkeypatch.delenv("EDITOR", raising=False)
     monkeypatch.delenv("VISUAL", raising=False)
     return home

@@ -64,6 +64,7 @@ def test_json_schema(no_network: None) -> None:
         "cpu",
         "memory",
         "store",
+        "foreign_stores",
         "hub",
         "gpu_hardware",
         "advice",

@@ -70,3 +70,61 @@ def test_run_refuses_a_context_that_cannot_fit_in_memory(tiny_model: Path) -> No
     assert proc.returncode == 5, proc.stderr
     assert "GiB of memory is available" in proc.stderr and "--force" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_headers_are_validated_once_per_file_version(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from localllm import engine, modelfile
+
+    model = tmp_path / "m.gguf"
+    model.write_bytes(tiny_model.read_bytes())
+    calls: list[Path] = []
+    real = modelfile.read_info
+
+    def counting(path: str | Path) -> modelfile.ModelFileInfo:
+        calls.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(modelfile, "read_info", counting)
+    first = loading.header_summary(model)
+    assert len(calls) == 1
+    assert len(list((tmp_path / "home").rglob("headers/*.json"))) == 1
+    engine._validated.clear()
+    again = loading.header_summary(model)
+    assert len(calls) == 1 and again == first
+    assert engine._was_validated(model)  # the engine skips its own parse of this version
+    # a changed file is checked again, and refused if broken
+    model.write_bytes(tiny_model.read_bytes()[:-1000])
+    with pytest.raises(InvalidModelError, match="truncated"):
+        loading.header_summary(model)
+    assert not engine._was_validated(model)
+    with pytest.raises(InvalidModelError, match="truncated"):
+        loading.open_engine(model, Profile())
+
+
+def test_a_one_shot_run_sizes_its_context_from_the_prompt(tiny_model: Path) -> None:
+    need = loading.need_tokens_for("Hello", Profile(max_tokens=100))
+    assert 100 < need < 512
+    options = loading.plan(tiny_model, Profile(), need_tokens=need)
+    assert options.n_ctx == 512  # the smallest plan_load gives, not the 4096 default
+    options = loading.plan(tiny_model, Profile(), need_tokens=need + 3000)
+    assert options.n_ctx == 3584
+    assert loading.plan(tiny_model, Profile(context_length=2048), need_tokens=need).n_ctx == 2048
+    assert loading.plan(tiny_model, Profile()).n_ctx == 4096
+
+
+def test_run_stats_verbose_prints_the_load_phases(tiny_model: Path) -> None:
+    args = ["run", "-m", str(tiny_model), "hi", "-n", "2", "--temperature", "0", "--stats", "-v"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "localllm", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    phases = [line for line in proc.stderr.splitlines() if line.startswith("load: read header")]
+    assert len(phases) == 1
+    for name in ("plan", "load weights + context", "metadata"):
+        assert name in phases[0]
+    assert "ctx 512" in proc.stderr

@@ -174,6 +174,11 @@ def complete_model(incomplete: str) -> list[tuple[str, str]]:
         items = {m.name: m.source or "installed" for m in store.installed()}
         for entry in catalog.CATALOG:
             items.setdefault(entry.alias, "catalog alias")
+        if incomplete:  # other tools' models: ollama:NAME, lmstudio:..., llamacpp:...
+            from localllm import foreign
+
+            for scan in foreign.scan():
+                items.update({m.ref: scan.label for m in scan.usable()})
     except Exception:
         return []
     wanted = incomplete.lower()

@@ -91,3 +91,8 @@ def bench(
         f"KV cache {result.kv_cache_type} · batch {result.n_batch}/{result.n_ubatch} · "
         f"context {result.n_ctx}"
     )
+    err(
+        "tg and e2e sample every token with the default profile's settings through the same "
+        "decode calls and sampler chain as `run` (llama-bench's tg does not sample): these "
+        "are the speeds `run` gets"
+    )

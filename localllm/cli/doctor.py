@@ -106,6 +106,57 @@ def _store(path: Path) -> dict[str, Any]:
     return {"path": str(path), "exists": path.is_dir(), "size_bytes": size, "files": files}
 
 
+def foreign_stores() -> list[dict[str, Any]]:
+    """Which other tools' model stores exist here and how many models each holds (a cheap
+    scan: manifests and folder listings, never the weights)."""
+    from localllm import foreign
+
+    enabled = foreign.enabled_stores()
+    out = []
+    for name in foreign.STORES:
+        entry: dict[str, Any] = {"store": name, "label": foreign.LABELS[name]}
+        if name not in enabled:
+            out.append({**entry, "enabled": False, "found": False, "roots": [], "models": 0})
+            continue
+        try:
+            scan = foreign.scan_store(name)
+        except Exception as exc:  # doctor reports; it never fails over another tool's files
+            out.append({**entry, "enabled": True, "found": False, "error": str(exc)})
+            continue
+        out.append(
+            {
+                **entry,
+                "enabled": True,
+                "found": scan.found,
+                "roots": [str(r) for r in scan.roots],
+                "models": len(scan.usable()),
+                "broken": [{"name": m.ref, "reason": m.broken} for m in scan.broken()],
+            }
+        )
+    return out
+
+
+_FOREIGN_LABELS = {
+    "ollama": "Ollama store",
+    "lmstudio": "LM Studio models",
+    "llama.cpp": "llama.cpp cache",
+}
+
+
+def _foreign_text(entry: dict[str, Any]) -> str:
+    if not entry.get("enabled", True):
+        return "not scanned (LOCALLLM_FOREIGN_STORES)"
+    if "error" in entry:
+        return f"cannot scan: {entry['error']}"
+    if not entry["found"]:
+        return "not found"
+    n = entry["models"]
+    text = f"{', '.join(entry['roots'])} ({n} model{'s' if n != 1 else ''}"
+    broken = len(entry.get("broken") or [])
+    text += f", {broken} broken)" if broken else ")"
+    return text
+
+
 def collect() -> dict[str, Any]:
     """Everything ``doctor`` reports, JSON-ready."""
     from localllm import hub, paths
@@ -153,6 +204,7 @@ def collect() -> dict[str, Any]:
     except Exception:  # pragma: no cover - psutil is a dependency
         report["memory"] = {"total_bytes": None, "available_bytes": None}
     report["store"] = _store(paths.models_dir())
+    report["foreign_stores"] = foreign_stores()
     report["hub"] = {"endpoint": hub.endpoint(), "offline": hub.is_offline()}
     hardware = detect_gpu_hardware()
     report["gpu_hardware"] = hardware
@@ -213,6 +265,10 @@ def format_report(report: dict[str, Any]) -> str:
             f"{store['path']} ({_bytes(store['size_bytes'])} in {store['files']} files)"
             if store["exists"]
             else f"{store['path']} (empty)",
+        ),
+        *(
+            (_FOREIGN_LABELS[e["store"]], _foreign_text(e))
+            for e in report.get("foreign_stores", [])
         ),
         (
             "Hub",

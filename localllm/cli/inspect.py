@@ -104,6 +104,7 @@ def show(
     from localllm.modelfile import read_info
 
     path = store.resolve_model(model)
+    other = _foreign_model(model)  # another tool's model, read in place
     info = read_info(path)
     if template:
         if not info.chat_template:
@@ -115,6 +116,12 @@ def show(
         text = info.chat_template
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
+    if as_json and other is not None:  # where it lives, and the projector beside it
+        data = {**info.as_dict(), "foreign": other.as_dict()}
+        data["projector"] = data["projector"] or data["foreign"]["projector"]
+        print_json(data)
+        return
+
     if as_json:
         payload = info.as_dict()
         embedding = embedding_facts(info)
@@ -129,9 +136,36 @@ def show(
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column(overflow="fold")
-    for label, value in anatomy_rows(info):
+    rows = anatomy_rows(info)
+    if other is not None:
+        rows += foreign_rows(other)
+    for label, value in rows:
         table.add_row(label, value)
     print_table(table, markup=False)
+
+
+def _foreign_model(model: str) -> Any:
+    """The :class:`localllm.foreign.ForeignModel` an ``ollama:``/``lmstudio:``/``llamacpp:``
+    reference names, else None."""
+    from localllm import foreign, refs
+
+    parts = refs.foreign_ref(model)
+    return foreign.lookup(*parts) if parts else None
+
+
+def foreign_rows(model: Any) -> list[tuple[str, str]]:
+    """Where another tool's model lives, and that localllm only reads it."""
+    rows = [
+        ("stored by", f"{model.label} (read in place; localllm will not modify it)"),
+        ("location", str(model.location)),
+    ]
+    if model.projector is not None:
+        rows.append(("projector", str(model.projector)))
+    layers = sorted(k for k in model.extras if k != "config")
+    if layers:
+        rows.append((f"{model.label} layers", ", ".join(layers)))
+    rows.append(("remove", model.remove_hint()))
+    return rows
 
 
 def read_text(text: str) -> str:

@@ -362,21 +362,88 @@ def _model_row(m: store.Manifest) -> dict[str, Any]:
     }
 
 
+LOCAL_SOURCES = ("hub", "pip", "import", "hf-cache", "local")
+
+
+def _source_filter(source: str | None) -> str | None:
+    """The canonical source ``--source`` names (``llamacpp`` -> ``llama.cpp``), or None."""
+    if source is None:
+        return None
+    from localllm import foreign
+    from localllm.errors import UsageError
+
+    text = source.strip().lower()
+    name = foreign.store_name(text) or (text if text in LOCAL_SOURCES else None)
+    if name is None:
+        choices = ", ".join((*LOCAL_SOURCES, *foreign.STORES))
+        raise UsageError(f"unknown source '{source}'", hint=f"one of: {choices}")
+    return name
+
+
+def _foreign_rows(source: str | None) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Rows for models in other tools' stores (read in place), and their broken entries."""
+    from localllm import foreign
+
+    stores = foreign.enabled_stores()
+    if source is not None:
+        stores = tuple(s for s in stores if s == source)
+    if not stores:
+        return [], []
+    scans = foreign.scan(stores)
+    models = [m for s in scans for m in s.usable()]
+    facts = foreign.describe(models)
+    rows = []
+    for m in models:
+        info = facts.get(m.ref, {})
+        row = m.as_dict()
+        del row["sha256"]
+        row.update(
+            quant=m.quant or info.get("quant"),
+            parameters=info.get("parameters"),
+            architecture=info.get("architecture"),
+            context_length=info.get("context_length"),
+            repo=None,
+            revision=None,
+            added=None,
+        )
+        rows.append(row)
+    return rows, [m for s in scans for m in s.broken()]
+
+
 @app.command("list")
 def list_models(
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source",
+            help="Only models from one source: hub, import, hf-cache, ollama, lmstudio, llama.cpp.",
+        ),
+    ] = None,
 ) -> None:
-    """The installed models (and GGUFs found in the Hugging Face cache)."""
+    """The installed models, GGUFs found in the Hugging Face cache, and the models Ollama,
+    LM Studio and llama.cpp keep (used in place, read-only)."""
     from localllm import store
 
-    _sync_hf_cache()
-    models = [store.fill_info(m, save=True) for m in store.installed()]
-    rows = [_model_row(m) for m in models]
+    wanted = _source_filter(source)
+    rows: list[dict[str, Any]] = []
+    if wanted is None or wanted in LOCAL_SOURCES:
+        _sync_hf_cache()
+        models = [store.fill_info(m, save=True) for m in store.installed()]
+        rows = [_model_row(m) for m in models if wanted is None or m.source == wanted]
+    foreign_rows, broken = _foreign_rows(wanted)
+    rows += foreign_rows
     if as_json:
+        rows += [{**b.as_dict(), "path": str(b.location)} for b in broken]
         print_json(rows)
         return
+    for b in broken:
+        err(f"warning: broken {b.label} model {b.ref}: {b.broken}", style="yellow")
     if not rows:
-        _say("no models installed; get one with `localllm pull owner/repo` (or `localllm run`)")
+        if wanted is not None:
+            _say(f"no models from {wanted}")
+        else:
+            _say("no models installed; get one with `localllm pull owner/repo` (or `localllm run`)")
         return
     from rich.table import Table
 
@@ -390,7 +457,10 @@ def list_models(
         ("CTX", "right"),
         ("SOURCE", "left"),
     ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        # a long name (lmstudio:publisher/repo:QUANT) folds rather than losing its end: it is
+        # what people copy into `run -m`
+        overflow = "fold" if col == "NAME" else "ellipsis"
+        table.add_column(col, justify=justify, overflow=overflow)  # type: ignore[arg-type]
     for r in rows:
         table.add_row(
             r["name"] + (" (vision)" if r.get("mmproj") else ""),
@@ -402,6 +472,21 @@ def list_models(
             r["source"],
         )
     print_table(table, markup=False)
+
+
+def _refuse_foreign(ref: str) -> None:
+    """``rm`` never touches another tool's store: say which command removes the model."""
+    from localllm import foreign, refs
+    from localllm.errors import UsageError
+
+    parts = refs.foreign_ref(ref)
+    if parts is None:
+        return
+    model = foreign.lookup(*parts, allow_broken=True)
+    raise UsageError(
+        f"{model.ref} belongs to {model.label}; localllm never modifies another tool's models",
+        hint=model.remove_hint(),
+    )
 
 
 @app.command()
@@ -423,6 +508,7 @@ def rm(
     from localllm import store
     from localllm.errors import UsageError
 
+    _refuse_foreign(model)
     manifest = store.lookup(model)
     if manifest.in_hf_cache and not purge:
         what = (
@@ -464,9 +550,15 @@ def import_model(
         ),
     ] = None,
 ) -> None:
-    """Validate a local GGUF and add it to the store (hard link or symlink, or --copy)."""
+    """Validate a local GGUF and add it to the store (hard link or symlink, or --copy).
+
+    Another tool's model (``ollama:NAME``, ``lmstudio:...``, ``llamacpp:...``) is copied with
+    --copy; it runs in place without importing."""
     from localllm import refs, store
 
+    if refs.foreign_ref(path) is not None:
+        _import_foreign(path, name=name, copy=copy)
+        return
     src = refs.expand_path(path)
     projector = refs.expand_path(mmproj) if mmproj else None
     with _Bar(f"importing {src.name}", src.stat().st_size if src.is_file() else None) as bar:
@@ -476,6 +568,26 @@ def import_model(
     how = "copied" if copy else "linked"
     print(f"{manifest.name}\t{_bytes(manifest.size)}\t{manifest.primary}")
     _say(f'{how} into the store; run it: localllm run -m {manifest.name} "your prompt"')
+
+
+def _import_foreign(ref: str, *, name: str | None, copy: bool) -> None:
+    from localllm import foreign
+    from localllm.errors import UsageError
+
+    model = foreign.lookup_ref(ref)
+    if not copy:
+        raise UsageError(
+            f"{model.ref} lives in {model.label}'s store; localllm does not link into it",
+            hint=f"copy it with `localllm import {model.ref} --copy`, or run it in place: "
+            f'localllm run -m {model.ref} "your prompt"',
+        )
+    with _Bar(f"copying {model.ref}", model.size or None) as bar:
+        manifest = foreign.copy_into_store(model, name=name, progress=bar.update)
+    print(f"{manifest.name}\t{_bytes(manifest.size)}\t{manifest.primary}")
+    _say(
+        f"copied from {model.label} (its copy is untouched); "
+        f'run it: localllm run -m {manifest.name} "your prompt"'
+    )
 
 
 @app.command()

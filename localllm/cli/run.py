@@ -225,6 +225,21 @@ def run(
             show_default=False,
         ),
     ] = None,
+    speculative: Annotated[
+        str | None,
+        typer.Option(
+            "--speculative",
+            help="Draft tokens by looking the answer up in the prompt: off, ngram, or auto "
+            "(long prompts only).",
+        ),
+    ] = None,
+    draft_model: Annotated[
+        str | None,
+        typer.Option(
+            "--draft-model",
+            help="A small model with the same vocabulary that drafts tokens for this one.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     show_prompt: Annotated[
         bool, typer.Option("--show-prompt", help="Print the rendered prompt and stop.")
@@ -260,7 +275,7 @@ def run(
 ) -> None:
     """Answer one prompt, streaming the answer to stdout."""
     from localllm import profiles
-    from localllm.loading import open_engine
+    from localllm.loading import need_tokens_for, open_engine
     from localllm.session import ChatSession
     from localllm.textin import TextInputs
 
@@ -288,6 +303,8 @@ def run(
         "reasoning_format": reasoning_format,
         "chat_template": read_template_file(template_file, inputs),
         "verbose": verbose,
+        "speculative": speculative,
+        "draft_model": draft_model,
     }
     settings = profiles.resolve(profile, overrides)
     settings = clean_profile_text(settings, inputs)
@@ -308,7 +325,11 @@ def run(
             open_projector(None, None, path, False)
     if interactive and not as_json:
         say(f"loading {path.name}…")
-    engine = open_engine(path, settings, vocab_only=show_prompt, force=force, warn=err)
+    # a one-shot context sized from the prompt (images take tokens their bytes do not tell)
+    need = None if show_prompt or pictures else need_tokens_for(text, settings)
+    engine = open_engine(
+        path, settings, vocab_only=show_prompt, force=force, warn=err, need_tokens=need
+    )
     projector = None
     try:
         if pictures and not show_prompt:
@@ -420,6 +441,11 @@ def _stream(
             f"generated {final.generated_tokens} tok{split} · "
             f"TTFT {final.ttft_s * 1000:.0f} ms · "
             f"{final.tokens_per_s:.1f} tok/s · stop: {final.stop_reason}"
+            + (
+                f" · drafted {final.drafted_tokens}, accepted {final.accepted_tokens}"
+                if final.drafted_tokens
+                else ""
+            )
         )
         if images:
             pre = session.projector.stats
@@ -434,6 +460,9 @@ def _stream(
             f"KV {opts.kv_cache_type} · flash attention "
             f"{'auto' if opts.flash_attn is None else 'on' if opts.flash_attn else 'off'}"
         )
+        if settings.verbose:
+            phases = getattr(session.engine, "load_phases", [])
+            err("load: " + " · ".join(f"{name} {s * 1000:.0f} ms" for name, s in phases))
 
 
 def _image_fields(session: Any, images: list[Any] | None) -> dict[str, Any]:

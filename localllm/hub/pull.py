@@ -110,6 +110,13 @@ def plan_pull(
         raise UsageError(
             f"{parsed.raw} is a local path", hint=f"use `localllm import {parsed.raw}` to add it"
         )
+    if parsed.kind == "foreign":
+        shown = parsed.display()
+        raise UsageError(
+            f"{shown} is already on this machine, in another tool's store",
+            hint=f"run it in place with `localllm run -m {shown}`, or copy it with "
+            f"`localllm import {shown} --copy`",
+        )
     if parsed.kind == "name":
         raise ModelNotFoundError(
             f"'{parsed.raw}' is not a catalog alias or a Hub repository",
