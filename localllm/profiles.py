@@ -642,6 +642,8 @@ def load_profile(name: str) -> Profile:
 def load_profile_file(path: str | Path) -> Profile:
     """The resolved profile in the YAML file ``path``; its name is the file's stem."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise ProfileError(f"{path}: is a directory, not a profile file", hint="name a .yaml file")
     if not path.is_file():
         raise ProfileError(
             f"{path}: no such profile file", hint="`localllm profile list` shows the profiles"
@@ -688,7 +690,7 @@ def validate_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in overrides.items():
         if value is None:
             continue
-        flag = "--" + str(key).replace("_", "-")
+        flag = "--ctx" if key == "context_length" else "--" + str(key).replace("_", "-")
         if key not in settable:
             raise ProfileError(f"unknown option {flag}", hint=_did_you_mean(str(key), settable))
         if key == "stop" and isinstance(value, (list, tuple)) and not value:

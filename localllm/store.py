@@ -538,6 +538,10 @@ def import_model(
     from localllm import refs
 
     path = refs.expand_path(str(path)).absolute()
+    if path.is_dir():
+        raise ModelNotFoundError(
+            f"{path} is a directory, not a model file", hint="name the .gguf file inside it"
+        )
     if not path.is_file():
         raise ModelNotFoundError(f"no such file: {path}")
     validate_file(path)

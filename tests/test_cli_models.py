@@ -144,6 +144,7 @@ def test_rm_without_a_terminal_needs_yes(tmp_path: Path) -> None:
     store.import_model(write_tiny_gguf(tmp_path / "x.gguf"))
     proc = localllm("rm", "x")
     assert proc.returncode == 2 and "--yes" in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("error: not confirmed"), proc.stderr
     assert store.get("x") is not None
     assert localllm("rm", "x", "--yes").returncode == 0
     assert store.get("x") is None
@@ -245,3 +246,15 @@ def test_help_imports_no_network_stack() -> None:
     )
     for module in heavy:
         assert f" {module}\n" not in imported and f" {module}." not in imported, module
+
+
+def test_import_of_a_directory_says_it_is_one(tmp_path: Path) -> None:
+    """`localllm import ~/Downloads` (a folder, which exists) must not claim there is no such
+    file: one line saying it is a directory, exit 3, nothing installed."""
+    write_tiny_gguf(tmp_path / "inside.gguf")
+    proc = localllm("import", str(tmp_path))
+    assert proc.returncode == 3, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is a directory" in lines[0], lines
+    assert lines[0].startswith("error: ") and "no such file" not in lines[0]
+    assert store.installed() == []

@@ -106,3 +106,22 @@ def test_json_of_a_path_with_undecodable_bytes(tmp_path: Path, tiny_model: Path)
     Path(odd).write_bytes(tiny_model.read_bytes())
     data = json.loads(piped("show", odd, "--json").stdout)
     assert data["path"] == odd
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_output_to_a_full_disk_is_one_line_and_exit_5() -> None:
+    """`localllm profile list --json > out.json` on a full disk: one error line, exit 5 (not
+    enough disk space), no traceback."""
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "localllm", "profile", "list", "--json"],
+            stdin=subprocess.DEVNULL,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 5, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write the output:"), lines

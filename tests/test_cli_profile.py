@@ -422,3 +422,12 @@ def test_subprocess_validate_and_new():
     assert proc.returncode == 2 and "already exists" in proc.stderr
     proc = run_cli("new", "bad name")
     assert proc.returncode == 2 and "not a valid profile name" in proc.stderr
+
+
+def test_a_directory_is_not_called_a_missing_file(tmp_path):
+    """`localllm profile validate ./profiles/` names the folder as a folder, not as missing."""
+    result = invoke("validate", str(tmp_path))
+    assert "1 of 1 profiles are invalid" in profile_error(result).message
+    assert "is a directory" in result.stderr and "no such" not in result.stderr
+    with pytest.raises(ProfileError, match="is a directory"):
+        load_profile(str(tmp_path) + "/")

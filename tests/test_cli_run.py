@@ -137,6 +137,7 @@ def test_base_model_is_completed_as_plain_text(tiny_base_model: Path) -> None:
         (["run", "--gpu-layers", "lots", "hi"], "", 2, "--gpu-layers"),
         (["run", "--temperature", "7", "hi"], "", 2, "temperature"),
         (["run", "--max-tokens", "0", "hi"], "", 2, "--max-tokens"),
+        (["run", "--ctx", "0", "hi"], "", 2, "option --ctx: must be at least 64"),
         (["run", "-p", "no-such-profile", "hi"], "", 2, "no-such-profile"),
         (["run"], "   \n", 2, "empty"),
         (["run", "--mode", "sideways", "hi"], "", 2, "mode"),

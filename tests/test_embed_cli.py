@@ -83,6 +83,17 @@ def test_npy_matrix_written_to_a_file(tiny_bert: Path, tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["vectors.npy"]
 
 
+def test_output_to_a_directory_is_a_usage_error(tiny_bert: Path, tmp_path: Path) -> None:
+    """`-o SOMEDIR` is one error line and exit 2 (it was a traceback from the final rename),
+    and no partial file is left beside it."""
+    proc = localllm("embed", "-m", str(tiny_bert), "-f", "npy", "-o", str(tmp_path), "a")
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 2, stderr
+    assert stderr.startswith("error: cannot write") and "directory" in stderr, stderr
+    assert "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_batch_and_pooling_flags_change_nothing_but_what_they_say(tiny_bert: Path) -> None:
     texts = ["hello world", "the man is eating", "a horse"]
     base = jsonl(runner.invoke(app, ["embed", "-m", str(tiny_bert), *texts]).stdout)

@@ -448,6 +448,29 @@ def test_busy_port_is_a_usage_error(tiny_model: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("error: cannot listen on")
     assert "Traceback" not in result.stderr
+    assert "--port" in result.stderr
+
+
+HOST = ("--host", "no-such-host.invalid")
+
+
+def test_unknown_host_hint_names_the_host_not_the_port(tiny_model: Path) -> None:
+    """`serve --host my-laptop.invalid`: the port is fine, so the hint must not send the user
+    to change it."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "localllm", "serve", "-m", str(tiny_model), "--port", "0", *HOST],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: cannot listen on no-such-host.invalid:0"), lines
+    assert "--host" in lines[-1] and "--port" not in lines[-1], lines
 
 
 def test_cors_off_by_default_and_on_for_named_origins(
@@ -470,6 +493,9 @@ def test_other_hosts_warn_without_a_key(tiny_model: Path, tmp_path: Path) -> Non
     ) as server:
         line = server.wait_line("warning: listening on 0.0.0.0")
         assert "--api-key" in line
+        # 0.0.0.0 is where it listens, not an address to connect to: clients get loopback.
+        start = server.wait_line("localllm serving")
+        assert "OPENAI_BASE_URL=http://127.0.0.1:" in start and "=http://0.0.0.0" not in start
         # Not bound to loopback: any Host header is accepted.
         status, _, _ = server.request("GET", "/v1/models", headers={"Host": "myhost.lan"})
         assert status == 200

@@ -207,10 +207,30 @@ def test_ctrl_c_cancels_running_generations_and_exits_0(endless: ServerProcess) 
     endless.wait_until(lambda: endless.worker()["busy"])
     endless.interrupt()
     assert endless.proc.wait(timeout=60) == 0
-    resp.read()  # the stream ends (no hang)
+    body = resp.read()  # the stream ends (no hang)
     conn.close()
+    # ... with an error event, so a client does not take the cut answer for a whole one.
+    events = [line[6:] for line in body.decode().splitlines() if line.startswith("data: {")]
+    assert json.loads(events[-1])["error"]["code"] == "shutting_down", body[-400:]
     assert not any("Traceback" in line for line in endless.lines)
     assert any("unloaded" in line for line in endless.lines)
+
+
+def test_ctrl_c_ends_an_ollama_stream_with_an_error(endless: ServerProcess) -> None:
+    """A cut Ollama stream must not end with a `done` line that says the model stopped."""
+    url = urlparse(endless.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
+    body = {"messages": HI, "options": {"num_predict": LIMIT}}
+    conn.request("POST", "/api/chat", json.dumps(body), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert json.loads(resp.readline())["done"] is False  # generating
+    endless.wait_until(lambda: endless.worker()["busy"])
+    endless.interrupt()
+    assert endless.proc.wait(timeout=60) == 0
+    lines = [json.loads(line) for line in resp.read().splitlines() if line.strip()]
+    conn.close()
+    assert lines[-1] == {"error": "the server is stopping"}, lines[-3:]
 
 
 def test_a_second_ctrl_c_quits_at_once_with_130(tiny_model: Path, tmp_path: Path) -> None:

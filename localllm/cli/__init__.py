@@ -8,12 +8,13 @@ Exit codes (documented in the README):
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Any
 
 from localllm.cli import commands as _commands  # noqa: F401  (registers the commands)
 from localllm.cli._app import app
-from localllm.errors import EXIT_INTERRUPTED, LocalLLMError
+from localllm.errors import EXIT_INTERRUPTED, LocalLLMError, ResourceError
 
 __all__ = ["app", "format_error", "main"]
 
@@ -41,6 +42,18 @@ def main(argv: list[str] | None = None) -> None:
     except (typer.Abort, KeyboardInterrupt):
         print("interrupted", file=sys.stderr, flush=True)
         sys.exit(EXIT_INTERRUPTED)
+    except OSError as exc:
+        # A full disk under `> out.json` is the user's situation, not a bug: one line, exit 5.
+        if exc.errno not in _DISK_FULL:
+            raise
+        _drop_stdout()
+        print(
+            f"error: cannot write the output: {exc.strerror} (free some disk space, or send the "
+            "output somewhere else)",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(ResourceError.exit_code)
     except Exception as exc:
         # Click's (and Typer's vendored click's) usage errors carry exit_code and
         # format_message; anything else is a bug and keeps its traceback.
@@ -51,6 +64,21 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {exc.format_message()} (see '{where} --help')", file=sys.stderr)
         sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _drop_stdout() -> None:
+    """Point stdout at the null device so the interpreter's final flush of what is still
+    buffered does not fail a second time at exit."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def typer_command() -> Any:

@@ -86,6 +86,8 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     from localllm.errors import UsageError
 
     folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UsageError(f"cannot write {path}: it is a directory", hint="name a file inside it")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=folder)
     except OSError as exc:

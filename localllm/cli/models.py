@@ -525,6 +525,7 @@ def rm(
         try:
             ok = click.confirm(f"{what[0].upper()}{what[1:]}?", default=False, err=True)
         except click.Abort:
+            click.echo(err=True)  # end the unanswered prompt: the error gets a line of its own
             raise UsageError("not confirmed; nothing removed", hint="pass --yes") from None
         if not ok:
             _say("nothing removed")

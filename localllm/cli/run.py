@@ -181,7 +181,7 @@ def run(
         int | None, typer.Option("--max-tokens", "-n", help="Most tokens to generate.")
     ] = None,
     stop: Annotated[
-        list[str] | None, typer.Option("--stop", help="Stop sequence (repeatable).")
+        list[str] | None, typer.Option("--stop", help="Stop sequence (repeatable).", metavar="TEXT")
     ] = None,
     frequency_penalty: Annotated[float | None, typer.Option("--frequency-penalty")] = None,
     presence_penalty: Annotated[float | None, typer.Option("--presence-penalty")] = None,
@@ -274,6 +274,7 @@ def run(
         typer.Option(
             "--image",
             "-i",
+            metavar="FILE",
             help="An image for a vision model (PNG, JPEG, GIF, BMP; repeatable; - reads stdin).",
             show_default=False,
         ),

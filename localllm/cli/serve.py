@@ -41,7 +41,9 @@ def serve(
     ] = None,
     cors_origin: Annotated[
         list[str] | None,
-        typer.Option("--cors-origin", help="Allow browser pages from ORIGIN (repeatable)."),
+        typer.Option(
+            "--cors-origin", help="Allow browser pages from ORIGIN (repeatable).", metavar="ORIGIN"
+        ),
     ] = None,
     queue: Annotated[
         int, typer.Option("--queue", help="Requests that may wait per model before 503.")
@@ -51,7 +53,11 @@ def serve(
     ] = 1,
     alias: Annotated[
         list[str] | None,
-        typer.Option("--alias", help="NAME=MODEL: answer requests for NAME with MODEL."),
+        typer.Option(
+            "--alias",
+            help="Answer requests for NAME with MODEL (repeatable).",
+            metavar="NAME=MODEL",
+        ),
     ] = None,
     ctx: Annotated[int | None, typer.Option("--ctx", help="Context length in tokens.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads.")] = None,
@@ -117,9 +123,16 @@ def serve(
     try:
         sock = bind(host, port)
     except OSError as exc:
+        import errno
+
+        if exc.errno == errno.EADDRINUSE:
+            hint = "pick another --port (0 picks a free one)"
+        elif exc.errno == errno.EACCES:
+            hint = "ports below 1024 need privileges: pick another --port"
+        else:  # an unknown name or an address this machine does not have
+            hint = "give --host an address of this machine, e.g. 127.0.0.1 or 0.0.0.0"
         raise UsageError(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-            hint="pick another --port (0 picks a free one)",
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}", hint=hint
         ) from None
     loopback = is_loopback(host)
     if not loopback and not key:
@@ -131,9 +144,13 @@ def serve(
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{bound}"
+    # A wildcard address is where to listen, not where to connect (Windows refuses 0.0.0.0):
+    # clients on this machine are pointed at loopback.
+    wildcard = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host)
+    client = f"http://{wildcard}:{bound}" if wildcard else url
     err(
         f"localllm serving {default.name} at {url} · point clients at it: "
-        f"OPENAI_BASE_URL={url}/v1 (Ollama clients: OLLAMA_HOST={url}) · Ctrl-C stops"
+        f"OPENAI_BASE_URL={client}/v1 (Ollama clients: OLLAMA_HOST={client}) · Ctrl-C stops"
     )
     pool.worker(default)  # start loading the default model now; /health says 503 until done
     state = ServerState(pool=pool, profile=settings, log=stderr_log, allow_remote=allow_remote)

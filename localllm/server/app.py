@@ -341,6 +341,9 @@ def routes(state: ServerState) -> list[Any]:
                         running.turn = item.turn
                         if item.turn.stopped and running.job.cancel.is_set():
                             status = 499
+                            if not running.watcher.done():  # the client is still reading:
+                                status = STOPPING.status  # Ctrl-C on the server, say so
+                                yield chunks.error(STOPPING)
                             return
                         yield chunks.end(item.turn)
                         return
@@ -420,6 +423,11 @@ def routes(state: ServerState) -> list[Any]:
                         yield ollama.line(ollama.piece(name, chat=chat, thinking=item.text))
                     elif isinstance(item, Done):
                         running.turn = item.turn
+                        cut = item.turn.stopped and running.job.cancel.is_set()
+                        if cut and not running.watcher.done():  # Ctrl-C on the server
+                            status = STOPPING.status
+                            yield ollama.line(STOPPING.ollama_body())
+                            return
                         total = time.perf_counter() - running.t0
                         yield ollama.line(ollama.final(name, item.turn, chat=chat, total_s=total))
                         return
