@@ -34,11 +34,14 @@ LAYERS: dict[str, int] = {
     "localllm.refs": 1,
     "localllm.offload": 1,
     "localllm.images": 1,  # image headers, data URLs (decoding is llama.cpp's)
+    "localllm.structured": 1,  # JSON schema and GBNF checks (conversion is the session's)
+    "localllm.tools": 1,  # tool calls: parsing and forcing grammars
     # files on disk and the network
     "localllm.store": 2,
     "localllm.hub": 2,
     "localllm.conversations": 2,
     "localllm.starter": 2,
+    "localllm.foreign": 2,  # other tools' model stores, read in place
     # the only modules that load llama_cpp; one turn of a conversation
     "localllm.engine": 3,
     "localllm.session": 3,
@@ -60,7 +63,7 @@ LAZY_FRONT_END_IMPORTS = {("localllm.cli", "localllm.tui"), ("localllm.cli", "lo
 HEAVY = {"llama_cpp": 3}
 # Who may import each heavy or front-end library at all (DESIGN: "the only modules that ...").
 OWNERS = {
-    "llama_cpp": ("localllm.engine", "localllm.embeddings", "localllm.vision"),
+    "llama_cpp": ("localllm.engine", "localllm.session", "localllm.embeddings", "localllm.vision"),
     "huggingface_hub": ("localllm.hub",),
     "textual": ("localllm.tui",),
     "typer": ("localllm.cli",),
