@@ -3,8 +3,10 @@
 Pure logic (no llama_cpp): the image's format and dimensions come from its header, so a file
 that is not an image, a truncated header, an unsupported format or a picture too big to decode
 is refused with a clear error instead of reaching the decoder. Decoding itself is done by
-llama.cpp's bundled stb_image (PNG, JPEG, GIF first frame, BMP); WebP needs a build with
-video support, which llama-cpp-python's wheels lack, so it is refused with a hint.
+llama.cpp's bundled stb_image (PNG, JPEG, GIF first frame, BMP). stb_image cannot read WebP,
+so a WebP (its first frame, if animated) is converted to PNG with Pillow here, once, after its
+header passed the size check; :attr:`Image.decodable` is what llama.cpp is given, while
+:attr:`Image.data` (and its sha256) stays the file as it was.
 """
 
 from __future__ import annotations
@@ -12,15 +14,18 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import io
 import struct
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from localllm.errors import UsageError
 
 MAX_PIXELS = 64_000_000  # 64 megapixels: decoding more would take gigabytes of memory
 MAX_BYTES = 256 << 20  # an encoded image larger than this is refused before it is read
-DECODABLE = ("png", "jpeg", "gif", "bmp")
+DECODABLE = ("png", "jpeg", "gif", "bmp")  # what llama.cpp's stb_image reads itself
+CONVERTED = ("webp",)  # converted to PNG with Pillow first
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,13 @@ class Image:
     format: str
     width: int
     height: int
+    # the PNG llama.cpp decodes in place of ``data`` (a format stb_image cannot read)
+    converted: bytes | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def decodable(self) -> bytes:
+        """The bytes to give llama.cpp's decoder: the file itself, or its PNG conversion."""
+        return self.data if self.converted is None else self.converted
 
     @property
     def sha256(self) -> str:
@@ -53,13 +65,7 @@ def _size(n: int) -> str:
 def sniff(data: bytes, name: str = "the image") -> tuple[str, int, int]:
     """The format, width and height of an encoded image; :class:`UsageError` if it is not
     one llama.cpp can decode, its header is cut short, or it is over :data:`MAX_PIXELS`."""
-    fmt, dims = _header(data, name)
-    if fmt == "webp":
-        raise UsageError(
-            f"{name} is a WebP image, which this llama.cpp build cannot decode",
-            hint="convert it to PNG or JPEG first",
-        )
-    width, height = dims
+    fmt, (width, height) = _header(data, name)
     if width <= 0 or height <= 0:
         raise UsageError(f"{name} says it is {width}×{height} pixels: not a usable image")
     if width * height > MAX_PIXELS:
@@ -91,12 +97,12 @@ def _header(data: bytes, name: str) -> tuple[str, tuple[int, int]]:
         w, h = struct.unpack("<ii", data[18:26])
         return "bmp", (w, abs(h))
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp", (1, 1)
+        return "webp", _webp_size(data, truncated)
     if not data:
         raise UsageError(f"{name} is empty")
     raise UsageError(
         f"{name} is not an image llama.cpp can read",
-        hint="give a PNG, JPEG, GIF or BMP file",
+        hint="give a PNG, JPEG, WebP, GIF or BMP file",
     )
 
 
@@ -123,9 +129,59 @@ def _jpeg_size(data: bytes, truncated: UsageError) -> tuple[int, int]:
         i += length
 
 
+def _webp_size(data: bytes, truncated: UsageError) -> tuple[int, int]:
+    """Width and height from the first chunk: lossy (VP8), lossless (VP8L) or extended
+    (VP8X, which animated and alpha WebPs use)."""
+    kind, body = data[12:16], data[20:]
+    if kind == b"VP8 " and len(body) >= 10:
+        w, h = struct.unpack("<HH", body[6:10])
+        return w & 0x3FFF, h & 0x3FFF
+    if kind == b"VP8L" and len(body) >= 5:
+        bits = int.from_bytes(body[1:5], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if kind == b"VP8X" and len(body) >= 10:
+        return int.from_bytes(body[4:7], "little") + 1, int.from_bytes(body[7:10], "little") + 1
+    raise truncated
+
+
+def _undecodable(name: str) -> UsageError:
+    return UsageError(
+        f"{name} could not be decoded (corrupt or truncated?)",
+        hint="check that the file opens in an image viewer",
+    )
+
+
+def to_png(data: bytes, name: str) -> bytes:
+    """``data`` (an image Pillow reads; its first frame if animated) re-encoded as PNG.
+    Call it only after :func:`sniff`: the pixel count is checked there, before decoding."""
+    try:
+        from PIL import Image as PILImage
+    except ImportError:
+        raise UsageError(
+            f"{name} needs Pillow to be decoded, and it is not installed",
+            hint="pip install Pillow, or convert the image to PNG",
+        ) from None
+    try:
+        with warnings.catch_warnings():
+            # sniff() already held the image to MAX_PIXELS; Pillow's own bomb check would
+            # only print a warning the user cannot act on.
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            with PILImage.open(io.BytesIO(data)) as picture:
+                picture.load()
+                mode = "RGBA" if "A" in picture.getbands() else "RGB"
+                out = io.BytesIO()
+                picture.convert(mode).save(out, "PNG", compress_level=1)
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
+        raise _undecodable(name) from exc
+    except PILImage.DecompressionBombError as exc:
+        raise UsageError(f"{name} is too big to decode", hint="scale it down first") from exc
+    return out.getvalue()
+
+
 def from_bytes(data: bytes, name: str) -> Image:
     fmt, width, height = sniff(data, name)
-    return Image(name, data, fmt, width, height)
+    converted = to_png(data, name) if fmt in CONVERTED else None
+    return Image(name, data, fmt, width, height, converted)
 
 
 def is_remote(ref: str) -> bool:

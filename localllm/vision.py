@@ -251,8 +251,9 @@ class Projector:
 
     def _bitmap(self, image: Image) -> Any:
         m = self._m
-        buf = (ctypes.c_uint8 * len(image.data)).from_buffer_copy(image.data)
-        bitmap = m.mtmd_helper_bitmap_init_from_buf(self._ctx, buf, len(image.data), False)
+        data = image.decodable
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        bitmap = m.mtmd_helper_bitmap_init_from_buf(self._ctx, buf, len(data), False)
         if not bitmap:
             raise UsageError(
                 f"{image.name} could not be decoded (corrupt or truncated?)",

@@ -38,3 +38,18 @@ def png_header_only(width: int, height: int) -> bytes:
         + body
         + struct.pack(">I", zlib.crc32(body))
     )
+
+
+def pillow_bytes(frames: list[bytes], fmt: str, **options: object) -> bytes:
+    """``frames`` (encoded images) saved by Pillow as one ``fmt`` file ("WEBP", "GIF"),
+    animated when there are several (each later frame scaled to the first one's size)."""
+    import io
+
+    from PIL import Image
+
+    pictures = [Image.open(io.BytesIO(f)).convert("RGB") for f in frames]
+    pictures = [pictures[0]] + [p.resize(pictures[0].size) for p in pictures[1:]]
+    out = io.BytesIO()
+    extra = {"save_all": True, "append_images": pictures[1:], "duration": 100} if frames[1:] else {}
+    pictures[0].save(out, fmt, **extra, **options)
+    return out.getvalue()

@@ -33,7 +33,7 @@ LAYERS: dict[str, int] = {
     "localllm.fit": 1,
     "localllm.refs": 1,
     "localllm.offload": 1,
-    "localllm.images": 1,  # image headers, data URLs (decoding is llama.cpp's)
+    "localllm.images": 1,  # image headers, data URLs, WebP to PNG (decoding is llama.cpp's)
     "localllm.structured": 1,  # JSON schema and GBNF checks (conversion is the session's)
     "localllm.tools": 1,  # tool calls: parsing and forcing grammars
     # files on disk and the network

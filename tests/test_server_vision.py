@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 from ggufgen import write_tiny_gguf
-from imagegen import png_bytes
+from imagegen import pillow_bytes, png_bytes
 from mmprojgen import write_tiny_mmproj
 from serverproc import ServerProcess
 
 FORCED = 'root ::= "a red square"'
 PNG = base64.b64encode(png_bytes(64, 64)).decode()
+WEBP_BYTES = pillow_bytes([png_bytes(64, 64)], "WEBP")
+WEBP = base64.b64encode(WEBP_BYTES).decode()
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,31 @@ def test_openai_bad_image_is_400(vision_server: ServerProcess) -> None:
     assert "not an image" in body["error"]["message"]
     status, _ = vision_server.post("/v1/chat/completions", chat("still alive?"))
     assert status == 200
+
+
+def test_openai_webp_data_part_and_ollama_webp(vision_server: ServerProcess) -> None:
+    parts = [
+        {"type": "text", "text": "What is this?"},
+        image_part(f"data:image/webp;base64,{WEBP}"),
+    ]
+    status, body = vision_server.post("/v1/chat/completions", chat(parts))
+    assert status == 200, body
+    assert body["choices"][0]["message"]["content"] == "a red square"
+    assert body["usage"]["prompt_tokens"] > 16  # the image's 16 positions count
+    status, body = vision_server.post(
+        "/api/generate", {"prompt": "Describe", "images": [WEBP], "stream": False}
+    )
+    assert status == 200, body
+    assert body["prompt_eval_count"] > 16
+
+
+def test_truncated_webp_is_400(vision_server: ServerProcess) -> None:
+    cut = base64.b64encode(WEBP_BYTES[: len(WEBP_BYTES) // 2]).decode()
+    status, body = vision_server.post(
+        "/v1/chat/completions", chat([image_part(f"data:image/webp;base64,{cut}")])
+    )
+    assert status == 400
+    assert "could not be decoded" in body["error"]["message"]
 
 
 def test_ollama_chat_and_generate_images(vision_server: ServerProcess) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from ggufgen import write_tiny_gguf
-from imagegen import png_bytes
+from imagegen import pillow_bytes, png_bytes
 from mmprojgen import write_tiny_mmproj
 from textual.pilot import Pilot
 
@@ -43,6 +43,7 @@ def pictures(tmp_path: Path) -> Path:
     folder.mkdir()
     (folder / "red.png").write_bytes(png_bytes(512, 512, (220, 20, 20)))
     (folder / "blue.png").write_bytes(png_bytes(40, 30, (10, 20, 230)))
+    (folder / "green.webp").write_bytes(pillow_bytes([png_bytes(48, 32, (20, 200, 20))], "WEBP"))
     (folder / "notes.txt").write_text("not an image")
     return folder
 
@@ -163,8 +164,8 @@ def test_ctrl_a_opens_a_picker_of_image_files(
         tree = app.screen.query_one(ImageTree)
         await wait_for(pilot, lambda: len(tree.root.children) > 0, "the folder's files")
         names = [node.data.path.name for node in tree.root.children]
-        assert names == ["blue.png", "red.png"]  # notes.txt is not an image
-        tree.move_cursor(tree.root.children[1])
+        assert names == ["blue.png", "green.webp", "red.png"]  # notes.txt is not an image
+        tree.move_cursor(tree.root.children[2])
         await pilot.press("enter")
         await wait_for(pilot, lambda: not isinstance(app.screen, ImagePicker), "the picker")
         assert [a.path.name for a in app.state.attachments] == ["red.png"]
@@ -176,6 +177,26 @@ def test_ctrl_a_opens_a_picker_of_image_files(
         assert len(app.state.attachments) == 1
         await submit(pilot, "/image clear")
         assert app.state.attachments == []
+
+    run(app, body)
+
+
+def test_a_webp_attachment_reaches_the_engine(vision_dir: Path, pictures: Path) -> None:
+    app = ChatApp(vision_dir / "tiny-vlm.gguf", QUICK)
+
+    async def body(pilot: Pilot[Any]) -> None:
+        await loaded(pilot)
+        await submit(pilot, f"/image {pictures / 'green.webp'}")
+        assert [a.path.name for a in app.state.attachments] == ["green.webp"]
+        await submit(pilot, "What is in the picture?")
+        await answered(pilot, 1)
+        shown = app.screen.query(UserMessage).last()
+        assert shown.attachments[0].startswith("green.webp (WEBP 48×32, ")
+        assert app.session.projector.stats.image_tokens == IMAGE_TOKENS
+        [record] = conversations.load(app.state.conversation.id).messages[0]["images"]
+        assert (
+            record["sha256"] == hashlib.sha256((pictures / "green.webp").read_bytes()).hexdigest()
+        )
 
     run(app, body)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from ggufgen import write_tiny_gguf
-from imagegen import png_bytes, png_header_only
+from imagegen import pillow_bytes, png_bytes, png_header_only
 from mmprojgen import write_tiny_mmproj
 
 from localllm import images, profiles, vision
@@ -31,6 +31,12 @@ def vision_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_tiny_mmproj(folder.parent / "wrong-width-mmproj.gguf", n_embd_text=48)
     (folder / "red.png").write_bytes(png_bytes(512, 512, (220, 20, 20)))
     (folder / "blue.png").write_bytes(png_bytes(40, 30, (10, 20, 230)))
+    red, blue = (folder / "red.png").read_bytes(), (folder / "blue.png").read_bytes()
+    # lossless: the same pixels as red.png, so the same answer
+    (folder / "red.webp").write_bytes(pillow_bytes([red], "WEBP", lossless=True))
+    (folder / "blue.webp").write_bytes(pillow_bytes([blue], "WEBP"))
+    webp = pillow_bytes([red, blue], "WEBP")
+    (folder / "cut.webp").write_bytes(webp[: len(webp) // 2])
     return folder
 
 
@@ -112,6 +118,24 @@ def test_the_image_reaches_the_model(vision_model, vision_dir) -> None:
             proj.close()
     assert outs["red.png"][0] == outs["red.png"][1]
     assert outs["red.png"][0] != outs["blue.png"][0]
+
+
+def test_animated_images_give_their_first_frame(vision_model, vision_dir) -> None:
+    """stb_image reads a GIF's first frame itself; an animated WebP's first frame is what
+    Pillow converts. Frames red then blue answer as red alone does, not as blue then red."""
+    red, blue = (vision_dir / "red.png").read_bytes(), (vision_dir / "blue.png").read_bytes()
+    outs = []
+    with open_engine(vision_model, settings(max_tokens=12)) as eng:
+        proj = vision.Projector(eng, vision_dir / "mmproj-tiny-vlm-f32.gguf")
+        for fmt in ("GIF", "WEBP"):
+            for frames in ([red, blue], [red], [blue, red]):
+                data = images.from_bytes(pillow_bytes(frames, fmt), f"x.{fmt.lower()}")
+                session = ChatSession(eng, settings(max_tokens=12), projector=proj)
+                outs.append(answer(session, "What is it?", [data]))
+        proj.close()
+    for first, alone, other in (outs[:3], outs[3:]):
+        assert first == alone
+        assert first != other
 
 
 def test_second_turn_reuses_the_encoded_image(loaded, vision_dir) -> None:
@@ -215,6 +239,30 @@ def test_image_headers() -> None:
     assert images.sniff(jpeg) == ("jpeg", 64, 32)
     bmp = b"BM" + b"\0" * 16 + (9).to_bytes(4, "little") + (-4).to_bytes(4, "little", signed=True)
     assert images.sniff(bmp) == ("bmp", 9, 4)
+    frame = png_bytes(37, 23)
+    assert images.sniff(pillow_bytes([frame], "WEBP")) == ("webp", 37, 23)  # lossy: VP8
+    assert images.sniff(pillow_bytes([frame], "WEBP", lossless=True)) == ("webp", 37, 23)  # VP8L
+    assert images.sniff(pillow_bytes([frame, frame], "WEBP")) == ("webp", 37, 23)  # VP8X
+
+
+def test_webp_is_converted_to_png_for_the_decoder() -> None:
+    import warnings
+
+    data = pillow_bytes([png_bytes(20, 10)], "WEBP")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image = images.from_bytes(data, "a.webp")
+    assert image.decodable.startswith(b"\x89PNG") and images.sniff(image.decodable)[1:] == (20, 10)
+    assert image.data == data  # the file as it was: its sha256 is what conversations keep
+    assert image.describe().startswith("a.webp (WEBP 20×10")
+    png = images.from_bytes(png_bytes(4, 4), "b.png")
+    assert png.decodable is png.data  # stb_image reads PNG itself
+
+
+def _webp_header(width: int, height: int) -> bytes:
+    """An extended WebP (VP8X) that claims ``width`` × ``height`` and stops there."""
+    body = b"\0" * 4 + (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    return b"RIFF" + (4 + 8 + len(body)).to_bytes(4, "little") + b"WEBPVP8X" + b"\n\0\0\0" + body
 
 
 @pytest.mark.parametrize(
@@ -225,7 +273,9 @@ def test_image_headers() -> None:
         (b"\x89PNG\r\n\x1a\n\0\0", "truncated"),
         (b"\xff\xd8\xff\xe0\x00\x10JFIF", "truncated"),
         (png_header_only(10_000, 8_000), "80 megapixels"),
-        (b"RIFF\0\0\0\0WEBPVP8 ", "WebP"),
+        (b"RIFF\0\0\0\0WEBPVP8 ", "truncated"),
+        (_webp_header(10_000, 8_000), "80 megapixels"),  # refused before Pillow decodes it
+        (_webp_header(100, 100), "could not be decoded"),
     ],
 )
 def test_bad_images_are_refused(data: bytes, message: str) -> None:
@@ -273,6 +323,20 @@ def test_run_with_an_image(vision_model, vision_dir) -> None:
     assert proc.stdout
 
 
+def test_run_with_a_webp_answers_as_the_same_png(vision_model, vision_dir) -> None:
+    def run(name: str) -> bytes:
+        proc = localllm(
+            "run", "-m", str(vision_model), "--image", str(vision_dir / name),
+            "Describe", "-n", "8", "--ctx", "512", "--temperature", "0",
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr.decode()
+        return proc.stdout
+
+    red = run("red.webp")
+    assert red == run("red.png")
+    assert red != run("blue.webp")
+
+
 def test_run_json_lists_images_and_reads_one_from_stdin(vision_model, vision_dir) -> None:
     data = (vision_dir / "blue.png").read_bytes()
     proc = localllm(
@@ -293,6 +357,7 @@ def test_run_json_lists_images_and_reads_one_from_stdin(vision_model, vision_dir
         (["--image", "{dir}/missing.png"], 2, "image not found"),
         (["--image", "https://example.com/a.png"], 2, "--allow-remote"),
         (["--image", "{model}"], 2, "not an image"),
+        (["--image", "{dir}/cut.webp"], 2, "cut.webp could not be decoded"),
         (["--image", "{dir}/red.png", "--mmproj", "{dir}/../wrong-width-mmproj.gguf"], 3,
          "does not match"),
         (["--image", "{dir}/red.png", "--mmproj", "{dir}/none.gguf"], 3,
