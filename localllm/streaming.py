@@ -131,16 +131,20 @@ def stream_turn(
     interval: float = DEFAULT_INTERVAL,
     clock: Callable[[], float] = time.monotonic,
     images: Sequence[Any] = (),
+    constraint: Any = None,
 ) -> TurnResult:
     """Run one turn of ``session`` (a :class:`~localllm.session.ChatSession`), passing
     coalesced text to ``emit`` as it comes; never raises for a failed generation (the error is
-    in the result, with what was produced before it). ``images`` go with the message."""
+    in the result, with what was produced before it). ``images`` go with the message;
+    ``constraint`` (:class:`localllm.structured.Constraint`) shapes the answer."""
     from localllm.session import AnswerText, ReasoningText
 
     batch = Coalescer(interval, clock)
     result = TurnResult()
     try:
-        extra = {"images": list(images)} if images else {}
+        extra: dict[str, Any] = {"images": list(images)} if images else {}
+        if constraint is not None:
+            extra["constraint"] = constraint
         for event in session.send(clean_text(text)[0], cancel=cancel, **extra):
             if isinstance(event, AnswerText):
                 batch.add(answer=event.text)

@@ -78,6 +78,20 @@ def test_a_turn_streams_in_deltas_and_returns_the_session_record(tiny_model: Pat
         assert len(session.messages) == 4
 
 
+def test_a_constraint_shapes_the_streamed_answer(tiny_model: Path) -> None:
+    from localllm.session import make_constraint
+
+    forced = make_constraint(grammar='root ::= "only this"', source="test")
+    with Engine(tiny_model, plan_load(QUICK)) as engine:
+        session = ChatSession(engine, QUICK.replace(max_tokens=32))
+        deltas: list[Delta] = []
+        result = stream_turn(session, "hello", emit=deltas.append, constraint=forced)
+        assert result.error is None and result.answer == "only this"
+        assert "".join(d.answer for d in deltas) == "only this"
+        free = stream_turn(session, "hello", emit=lambda d: None)
+        assert free.error is None and free.answer != "only this"
+
+
 def test_a_failed_turn_is_a_result_not_an_exception(tiny_model: Path) -> None:
     with Engine(tiny_model, plan_load(QUICK.replace(context_length=512))) as engine:
         session = ChatSession(engine, QUICK)

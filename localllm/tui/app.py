@@ -92,10 +92,13 @@ class ChatApp(App[None]):
         self._resume = resume
         self.expand_reasoning = expand_reasoning
         self.timings = timings
+        self.constraint: Any = None  # the profile's structured.Constraint, built once per change
+        self._constraint_key: tuple[str | None, str | None] = (None, None)
 
     async def on_mount(self) -> None:
         await self.push_screen(ChatScreen(timings=self.timings))
         self._update_status()
+        self._refresh_constraint()
         if self._resume:
             self.resume(self._resume, fallback=self._initial_model)
         elif self._initial_model is not None:
@@ -110,6 +113,39 @@ class ChatApp(App[None]):
     @profile.setter
     def profile(self, profile: Profile) -> None:
         self.state.profile = profile
+        self._refresh_constraint()
+
+    def _refresh_constraint(self) -> None:
+        """Build the answer's constraint from the profile's ``json_schema`` or ``grammar`` when
+        they changed (not per request: converting a schema costs). One that cannot be built is
+        shown as a notification and the answers stay free."""
+        import json
+
+        profile = self.profile
+        schema = profile.json_schema
+        key = (None if schema is None else json.dumps(schema, sort_keys=True), profile.grammar)
+        if key == self._constraint_key:
+            return
+        self._constraint_key = key
+        self.constraint = None
+        if key == (None, None):
+            return
+        from localllm.session import make_constraint
+
+        try:
+            self.constraint = make_constraint(
+                json_schema=schema, grammar=profile.grammar, source=f"profile {profile.name}"
+            )
+        except LocalLLMError as exc:
+            self.error(exc, "Profile not applied to answers")
+        except Exception as exc:  # a schema the converter cannot handle
+            self.error(
+                UsageError(
+                    f"profile {profile.name}: the answer constraint cannot be built: {exc}",
+                    hint="fix its json_schema or grammar; answers are unconstrained meanwhile",
+                ),
+                "Profile not applied to answers",
+            )
 
     @property
     def session(self) -> Any:
@@ -317,10 +353,12 @@ class ChatApp(App[None]):
         attached, state.attachments = state.attachments, []
         self._show_attachments()
         log = self.chat_log
+        constraint = self.constraint
         widget = AssistantMessage(
             streaming=True,
             show_reasoning=self.profile.show_reasoning,
             expand_reasoning=self.expand_reasoning,
+            code="json" if constraint is not None and constraint.is_json else None,
         )
         await log.mount_all([UserMessage(text, [a.label() for a in attached]), widget])
         log.scroll_end(animate=False)
@@ -338,6 +376,7 @@ class ChatApp(App[None]):
             list(state.history),
             state.conversation,
             images=[a.image for a in attached],
+            constraint=constraint,
         )
         state.turn = turn
         state.turns.add(turn)

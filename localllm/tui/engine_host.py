@@ -179,6 +179,7 @@ class EngineHost:
                     cancel=cancel,
                     interval=FLUSH_S,
                     images=turn.images,
+                    constraint=turn.constraint,
                 )
         self.app.post_message(TurnFinished(turn, result))
 

@@ -47,6 +47,7 @@ class Turn:
     conversation: Conversation
     stop: threading.Event = field(default_factory=threading.Event)
     images: list[Any] = field(default_factory=list)  # localllm.images.Image, before the text
+    constraint: Any = None  # localllm.structured.Constraint the answer must match, or None
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ before.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from textual.app import ComposeResult
@@ -71,8 +72,10 @@ class AssistantMessage(Vertical):
         expand_reasoning: bool = False,
         streaming: bool = False,
         archived: bool = False,
+        code: str | None = None,
     ) -> None:
         super().__init__(classes="message assistant")
+        self.code = code  # the answer is shown as a fenced block of this language ("json")
         self._initial_answer = answer
         self._initial_reasoning = reasoning
         self._note = note
@@ -98,9 +101,9 @@ class AssistantMessage(Vertical):
         if self.streaming:
             yield Static("", classes="answer live")
         elif self.archived:
-            yield Static(_rich_markdown(self._initial_answer), classes="answer archived")
+            yield Static(_rich_markdown(self.shown()), classes="answer archived")
         else:
-            yield _markdown(self._initial_answer, "answer")
+            yield _markdown(self.shown(), "answer")
         yield Static(self._note, classes="note")
 
     def on_mount(self) -> None:
@@ -127,9 +130,15 @@ class AssistantMessage(Vertical):
                 )
             answer = self.query_one(".answer")
             await self.mount(
-                Static(_rich_markdown(self.answer), classes="answer archived"), before=answer
+                Static(_rich_markdown(self.shown()), classes="answer archived"), before=answer
             )
             await answer.remove()
+
+    def shown(self) -> str:
+        """The answer's Markdown: as written, or fenced as a ``code`` block."""
+        if self.code is None or not self.answer:
+            return self.answer
+        return fenced(self.answer, self.code)
 
     # -- streaming ---------------------------------------------------------------------------
 
@@ -170,6 +179,9 @@ class AssistantMessage(Vertical):
         change) is drawn once, so a long answer does not cost more per update than a short
         one."""
         live = self.query_one(".answer.live", Static)
+        if self.code is not None:  # one code block: nothing settles before it closes
+            live.update(_rich_markdown(self.shown()))
+            return
         cut = settled(self.answer, self._settled)
         if cut > self._settled:
             head = Static(_rich_markdown(self.answer[self._settled : cut]), classes="head live")
@@ -187,7 +199,7 @@ class AssistantMessage(Vertical):
                     final = _markdown(self.reasoning, "reasoning-text")
                     await live.parent.mount(final, before=live)  # type: ignore[union-attr]
                 await reasoning.remove()
-                await self.mount(_markdown(self.answer, "answer"), before=self.query_one(".note"))
+                await self.mount(_markdown(self.shown(), "answer"), before=self.query_one(".note"))
                 await self.query(".live").remove()
         self.streaming = False
         self.remove_class("-streaming")
@@ -220,6 +232,13 @@ class AssistantMessage(Vertical):
         widget = self.query_one(".note", Static)
         widget.update(Text(note))
         widget.display = bool(note)
+
+
+def fenced(text: str, language: str) -> str:
+    """``text`` as a fenced Markdown code block, the fence longer than any backtick run in it."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{language}\n{text.strip()}\n{fence}"
 
 
 def _hard_breaks(state: Any) -> None:
