@@ -146,6 +146,9 @@ class FakeHub:
         self.auth: list[tuple[str, str | None]] = []  # (path, Authorization header) per request
         self.agents: list[tuple[str, str | None]] = []  # (path, User-Agent header) per request
         self.bytes_sent: Counter[str] = Counter()
+        # (file, first byte, end) of each GET of a file's bytes, in the order they came: what a
+        # client asked for, whatever an earlier connection is still pushing into its socket
+        self.transfers: list[tuple[str, int, int]] = []
         self.last_transfer: dict[str, tuple[float, float]] = {}  # file -> (start, end) monotonic
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -494,6 +497,8 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if self.command == "HEAD":
                 return
+            with hub.lock:
+                hub.transfers.append((f.path, start, end))
             self._body(f, start, end)
 
         def _body(self, f: FakeFile, start: int, end: int) -> None:
