@@ -26,7 +26,14 @@ REPO = Path(__file__).resolve().parent.parent
 # Hypothesis' per-example deadline (200 ms) and its too-slow health check are timers raced
 # against work: on a busy 2-core CI machine they fail tests that are correct. Properties are
 # judged on what they find, never on how fast an example ran.
-settings.register_profile("localllm", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# On CI (CI=true) examples are derandomized: every run tries the same inputs, so a red CI
+# names a real regression, not a new example drawn that day.
+settings.register_profile(
+    "localllm",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=bool(os.environ.get("CI")),
+)
 settings.load_profile("localllm")
 
 
