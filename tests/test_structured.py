@@ -505,7 +505,9 @@ def test_cli_endless_grammar_stops_and_says_so(chat_model: Path, tmp_path: Path)
     assert proc.stdout.startswith("abab")
     assert "token limit (12)" in proc.stderr
 
-    schema = json.dumps({"type": "object", "properties": {"s": {"type": "string"}}})
+    schema = json.dumps(
+        {"type": "object", "properties": {"s": {"type": "string"}}, "required": ["s"]}
+    )
     proc = localllm("run", "-m", str(chat_model), "hi", "--json-schema", schema, "-n", "3")
     assert proc.returncode == 6, proc.stderr
     assert "cut off at the token limit (3)" in proc.stderr
