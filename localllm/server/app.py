@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from localllm import __version__
 from localllm.errors import LocalLLMError, ProfileError
@@ -228,11 +228,8 @@ def log_access(
 
 
 def routes(state: ServerState) -> list[Any]:
-    from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+    from starlette.responses import JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
-
-    from localllm.session import AnswerText, ReasoningText
-    from localllm.tools import ToolCallDelta
 
     def chat_run(
         messages: list[dict[str, Any]], parsed: Any = None
@@ -317,42 +314,12 @@ def routes(state: ServerState) -> list[Any]:
             return JSONResponse(build(rid, int(time.time()), name, turn), headers=headers)
 
         chunks = openai.ChatChunks(name, include_usage=parsed.include_usage, completion=completion)
-
-        async def stream() -> AsyncIterator[bytes]:
-            status = 200
-            try:
-                yield chunks.role()
-                async for item in merged(running, first):
-                    if item is None or item is GONE:
-                        status = 499
-                        return
-                    if isinstance(item, BaseException):
-                        error = as_http(item)
-                        status = error.status
-                        yield chunks.error(error)
-                        return
-                    if isinstance(item, AnswerText):
-                        yield chunks.answer(item.text)
-                    elif isinstance(item, ReasoningText):
-                        yield chunks.reasoning(item.text)
-                    elif isinstance(item, ToolCallDelta):
-                        yield chunks.tool_call(item)
-                    elif isinstance(item, Done):
-                        running.turn = item.turn
-                        if item.turn.stopped and running.job.cancel.is_set():
-                            status = 499
-                            if not running.watcher.done():  # the client is still reading:
-                                status = STOPPING.status  # Ctrl-C on the server, say so
-                                yield chunks.error(STOPPING)
-                            return
-                        yield chunks.end(item.turn)
-                        return
-            finally:
-                running.close()
-                log_access(state, request.method, request.url.path, running, status)
-
-        return StreamingResponse(
-            stream(),
+        return event_stream(
+            state,
+            request,
+            running,
+            first,
+            chunks,
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -405,37 +372,16 @@ def routes(state: ServerState) -> list[Any]:
                 ollama.final(name, turn, chat=chat, total_s=total, whole=True), headers=headers
             )
 
-        async def stream() -> AsyncIterator[bytes]:
-            status = 200
-            try:
-                async for item in merged(running, first):
-                    if item is None or item is GONE:
-                        status = 499
-                        return
-                    if isinstance(item, BaseException):
-                        error = as_http(item)
-                        status = error.status
-                        yield ollama.line(error.ollama_body())
-                        return
-                    if isinstance(item, AnswerText):
-                        yield ollama.line(ollama.piece(name, chat=chat, answer=item.text))
-                    elif isinstance(item, ReasoningText):
-                        yield ollama.line(ollama.piece(name, chat=chat, thinking=item.text))
-                    elif isinstance(item, Done):
-                        running.turn = item.turn
-                        cut = item.turn.stopped and running.job.cancel.is_set()
-                        if cut and not running.watcher.done():  # Ctrl-C on the server
-                            status = STOPPING.status
-                            yield ollama.line(STOPPING.ollama_body())
-                            return
-                        total = time.perf_counter() - running.t0
-                        yield ollama.line(ollama.final(name, item.turn, chat=chat, total_s=total))
-                        return
-            finally:
-                running.close()
-                log_access(state, request.method, request.url.path, running, status)
-
-        return StreamingResponse(stream(), media_type="application/x-ndjson", headers=headers)
+        lines = ollama.Lines(name, chat=chat, t0=running.t0)
+        return event_stream(
+            state,
+            request,
+            running,
+            first,
+            lines,
+            media_type="application/x-ndjson",
+            headers=headers,
+        )
 
     async def api_chat(request: Any) -> Response:
         return await ollama_generate(request, chat=True)
@@ -491,31 +437,137 @@ async def _images(state: ServerState, parsed: openai.Request) -> None:
     )
 
 
-async def merged(running: Running, first: Any) -> AsyncIterator[Any]:
-    """The job's items from ``first`` on, with text events already waiting joined into one
-    (when the loop falls behind the token loop, one chunk goes out instead of several)."""
+class WireFormat(Protocol):
+    """How one wire format writes a stream: :class:`openai.ChatChunks` (SSE) and
+    :class:`ollama.Lines` (NDJSON)."""
+
+    def role(self) -> bytes: ...
+    def answer(self, text: str) -> bytes: ...
+    def reasoning(self, text: str) -> bytes: ...
+    def tool_call(self, delta: Any) -> bytes: ...
+    def end(self, turn: Any) -> bytes: ...
+    def error(self, exc: HTTPError) -> bytes: ...
+
+
+def joined(items: list[Any]) -> Iterator[Any]:
+    """``items`` with runs of text events of one kind joined into one event: a client that
+    keeps up gets a chunk per token; one that fell behind gets what waits in one chunk."""
     from localllm.session import AnswerText, ReasoningText
 
-    events = running.job.events
-    item = first
-    while True:
-        if isinstance(item, (AnswerText, ReasoningText)):
-            kind = type(item)
-            texts = [item.text]
-            following = None
-            while not events.empty():
-                following = events.get_nowait()
-                if type(following) is not kind:
-                    break
-                texts.append(following.text)
-                following = None
-            yield kind("".join(texts)) if len(texts) > 1 else item
-            item = following if following is not None else await events.get()
+    i = 0
+    while i < len(items):
+        item = items[i]
+        kind = type(item)
+        if kind is AnswerText or kind is ReasoningText:
+            j = i + 1
+            while j < len(items) and type(items[j]) is kind:
+                j += 1
+            yield kind("".join(t.text for t in items[i:j])) if j > i + 1 else item
+            i = j
             continue
         yield item
-        if item is None or item is GONE or isinstance(item, (Done, BaseException)):
-            return
-        item = await events.get()
+        i += 1
+
+
+async def pump(running: Running, first: Any, wire: WireFormat) -> AsyncIterator[bytes]:
+    """The job's events from ``first`` on, written by ``wire``: everything waiting when the
+    loop looks goes out as one write. Sets ``running.status`` (499: the client went away, or
+    the server stopped) and ``running.turn``."""
+    from localllm.session import AnswerText, ReasoningText
+    from localllm.tools import ToolCallDelta
+
+    events = running.job.events
+    out = [wire.role()]
+    items = [first]
+    while True:
+        for item in joined(items):
+            kind = type(item)
+            if kind is AnswerText:
+                out.append(wire.answer(item.text))
+            elif kind is ReasoningText:
+                out.append(wire.reasoning(item.text))
+            elif kind is ToolCallDelta:
+                out.append(wire.tool_call(item))
+            elif kind is Done:
+                running.turn = item.turn
+                if item.turn.stopped and running.job.cancel.is_set():
+                    running.status = 499
+                    if not running.watcher.done():  # the client is still reading:
+                        running.status = STOPPING.status  # Ctrl-C on the server, say so
+                        out.append(wire.error(STOPPING))
+                else:
+                    out.append(wire.end(item.turn))
+                yield b"".join(out)
+                return
+            elif item is None or item is GONE:
+                running.status = 499
+                return
+            elif isinstance(item, BaseException):
+                error = as_http(item)
+                running.status = error.status
+                out.append(wire.error(error))
+                yield b"".join(out)
+                return
+        if out:
+            data = b"".join(out)
+            out.clear()
+            if data:
+                yield data
+        await events.wait()
+        items = events.drain()
+
+
+class EventStream:
+    """A streamed answer as a plain ASGI response: each write of :func:`pump` is one
+    ``http.response.body`` message (no per-chunk task group or thread hand-off). The
+    disconnect watcher is the job's own (:func:`_watch`)."""
+
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        *,
+        media_type: str,
+        headers: dict[str, str],
+        on_close: Callable[[], None],
+    ) -> None:
+        self.body = body
+        self.on_close = on_close
+        self.raw_headers = [(b"content-type", media_type.encode("latin-1"))] + [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()
+        ]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async for data in self.body:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:  # the client went away mid-write
+            pass
+        finally:
+            await self.body.aclose()  # type: ignore[attr-defined]
+            self.on_close()
+
+
+def event_stream(
+    state: ServerState,
+    request: Any,
+    running: Running,
+    first: Any,
+    wire: WireFormat,
+    *,
+    media_type: str,
+    headers: dict[str, str],
+) -> EventStream:
+    """The streamed answer of every generating route, in ``wire``'s format."""
+
+    def close() -> None:
+        running.close()
+        log_access(state, request.method, request.url.path, running, running.status)
+
+    return EventStream(
+        pump(running, first, wire), media_type=media_type, headers=headers, on_close=close
+    )
 
 
 async def _collect(running: Running, first: Any) -> Any:

@@ -12,6 +12,7 @@ session's ``cancel`` callback), so a client that goes away stops its generation 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import queue
@@ -47,6 +48,86 @@ class QueueFull(Exception):
     """The model's queue holds ``--queue`` waiting requests already."""
 
 
+class Events:
+    """A job's items, from the worker thread to the event loop: the part of
+    :class:`asyncio.Queue` the routes use (``get``, ``get_nowait``, ``empty``,
+    ``put_nowait``), plus :meth:`put_threadsafe` and :meth:`drain`.
+
+    The worker wakes the loop only when the loop is waiting for an item (its queue went from
+    empty to not empty), not once per item: a consumer that falls behind the token loop finds
+    several items waiting and takes them all at once (:meth:`drain`), which costs one wake-up
+    and one socket write instead of one per token. On a machine whose cores all run llama.cpp,
+    every wake-up of the loop thread takes a core from the token loop.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._items: collections.deque[Any] = collections.deque()
+        self._lock = threading.Lock()
+        self._waiter: asyncio.Future[None] | None = None
+        self.wakeups = 0  # times the worker woke the loop (tests and benchmarks read it)
+
+    def put_threadsafe(self, item: Any) -> None:
+        """Add ``item`` (from any thread); wake the loop only if it waits for one."""
+        with self._lock:
+            self._items.append(item)
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            self.wakeups += 1
+            with contextlib.suppress(RuntimeError):  # the loop is gone: the server is stopping
+                self.loop.call_soon_threadsafe(_wake, waiter)
+
+    def put_nowait(self, item: Any) -> None:
+        """Add ``item`` from the event loop's own thread."""
+        with self._lock:
+            self._items.append(item)
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            _wake(waiter)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def get_nowait(self) -> Any:
+        with self._lock:
+            if not self._items:
+                raise asyncio.QueueEmpty
+            return self._items.popleft()
+
+    def drain(self) -> list[Any]:
+        """Every item waiting now (maybe none), oldest first."""
+        with self._lock:
+            items = list(self._items)
+            self._items.clear()
+        return items
+
+    async def wait(self) -> None:
+        """Return once at least one item is waiting."""
+        while True:
+            with self._lock:
+                if self._items:
+                    return
+                waiter = self._waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                with self._lock:
+                    if self._waiter is waiter:
+                        self._waiter = None
+
+    async def get(self) -> Any:
+        while True:
+            await self.wait()
+            with self._lock:
+                if self._items:
+                    return self._items.popleft()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 @dataclass
 class Job:
     """One request for a worker. ``start(session)`` returns the session's event iterator."""
@@ -54,13 +135,15 @@ class Job:
     loop: asyncio.AbstractEventLoop
     profile: Profile
     start: Callable[[Any, Callable[[], bool]], Iterator[Any]]
-    events: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    events: Events = field(init=False)
     cancel: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.events = Events(self.loop)
 
     def emit(self, item: Any) -> None:
         """Hand ``item`` to the event loop (called from the worker thread)."""
-        with contextlib.suppress(RuntimeError):  # the loop is gone: the server is stopping
-            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+        self.events.put_threadsafe(item)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ options are ignored, as Ollama does.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -193,6 +194,43 @@ def piece(model: str, *, chat: bool, answer: str = "", thinking: str = "") -> di
             out["thinking"] = thinking
     out["done"] = False
     return out
+
+
+class Lines:
+    """Writes the NDJSON stream of ``/api/chat`` and ``/api/generate`` for one request (the
+    wire format :func:`localllm.server.app.pump` drives)."""
+
+    def __init__(self, model: str, *, chat: bool, t0: float) -> None:
+        self.model = model
+        self.chat = chat
+        self.t0 = t0
+        # A token's line is one template around its text and the time: built once.
+        shape = {**piece(model, chat=chat, answer="\0"), "created_at": "\1"}
+        head, _, tail = line(shape).partition(b'"\\u0000"')
+        self._head = head.split(b'"\\u0001"')
+        self._tail = tail
+
+    def role(self) -> bytes:
+        return b""
+
+    def answer(self, text: str) -> bytes:
+        head = self._head
+        stamp = json.dumps(now()).encode()
+        text_json = json.dumps(text, ensure_ascii=False).encode()
+        return head[0] + stamp + head[1] + text_json + self._tail
+
+    def reasoning(self, text: str) -> bytes:
+        return line(piece(self.model, chat=self.chat, thinking=text))
+
+    def tool_call(self, delta: Any) -> bytes:
+        return b""  # Ollama sends a turn's tool calls whole, in the last object
+
+    def end(self, turn: Any) -> bytes:
+        total = time.perf_counter() - self.t0
+        return line(final(self.model, turn, chat=self.chat, total_s=total))
+
+    def error(self, exc: Any) -> bytes:
+        return line(exc.ollama_body())
 
 
 def final(

@@ -481,6 +481,18 @@ class ChatChunks:
         self.model = model
         self.include_usage = include_usage
         self.completion = completion
+        # The per-token chunks are the same envelope around one JSON string: built once, so a
+        # token costs one json.dumps of its text, not of the whole chunk.
+        self._text = self._template({"content": "\0"})
+        self._thinking = self._template({"reasoning_content": "\0"})
+
+    def _template(self, delta: dict[str, Any]) -> tuple[bytes, bytes]:
+        head, _, tail = self._chunk([self._choice(delta)]).partition(b'"\\u0000"')
+        return head, tail
+
+    @staticmethod
+    def _fill(template: tuple[bytes, bytes], text: str) -> bytes:
+        return template[0] + json.dumps(text, ensure_ascii=False).encode() + template[1]
 
     def _chunk(self, choices: list[dict[str, Any]], **more: Any) -> bytes:
         payload: dict[str, Any] = {
@@ -512,7 +524,7 @@ class ChatChunks:
         return self._chunk([self._choice({"role": "assistant", "content": ""})])
 
     def answer(self, text: str) -> bytes:
-        return self._chunk([self._choice({"content": text})])
+        return self._fill(self._text, text)
 
     def tool_call(self, delta: Any) -> bytes:
         """A ``delta.tool_calls`` chunk: the first of a call has its id and name."""
@@ -530,7 +542,7 @@ class ChatChunks:
     def reasoning(self, text: str) -> bytes:
         if self.completion:
             return b""
-        return self._chunk([self._choice({"reasoning_content": text})])
+        return self._fill(self._thinking, text)
 
     def end(self, turn: Any) -> bytes:
         out = self._chunk(
