@@ -9,9 +9,15 @@ Reported:
 * the total wall time of 8 concurrent clients (each a short answer);
 * with ``--llama-cpp-server``: the same single-stream and concurrent figures for
   llama-cpp-python's own server (``python -m llama_cpp.server``), started from a scratch venv
-  that sees this interpreter's llama_cpp (``--system-site-packages``) plus its server extras.
+  that sees this interpreter's llama_cpp (``--system-site-packages``) plus its server extras;
+* with ``--native [PATH]``: the same for llama.cpp's own ``llama-server`` (built from the
+  llama.cpp vendored in the installed llama-cpp-python by ``scripts/build_llama_server.sh``,
+  cached outside the repository, unless PATH is given): streamed decode tokens/s (each
+  server's own figure: our ``localllm.stats``, its ``timings``; and client-side) and the
+  client's TTFT, ours ÷ theirs, same model, threads, context, greedy sampling, one slot.
 
-Usage: ``python scripts/bench_serve.py [-m MODEL] [-t THREADS] [-n TOKENS] [--rounds N]``.
+Usage: ``python scripts/bench_serve.py [-m MODEL] [-t THREADS] [-n TOKENS] [--rounds N]
+[--native [PATH]]``. Run it on an idle machine: other load slows whichever side it lands on.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import json
 import os
 import re
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -64,6 +71,7 @@ def stream_chat(url: str, tokens: int, prompt: str, extra: dict[str, Any] | None
     first = last = None
     chunks = 0
     engine: dict[str, Any] | None = None
+    timings: dict[str, Any] | None = None
     with urllib.request.urlopen(req, timeout=600) as resp:
         for raw in resp:
             line = raw.decode().strip()
@@ -72,6 +80,8 @@ def stream_chat(url: str, tokens: int, prompt: str, extra: dict[str, Any] | None
             payload = json.loads(line[6:])
             if payload.get("localllm"):
                 engine = payload["localllm"].get("stats")
+            if payload.get("timings"):  # llama-server's own figures
+                timings = payload["timings"]
             for choice in payload.get("choices", []):
                 if (choice.get("delta") or {}).get("content"):
                     now = time.perf_counter()
@@ -85,6 +95,12 @@ def stream_chat(url: str, tokens: int, prompt: str, extra: dict[str, Any] | None
         out["tok_s"] = engine["tokens_per_s"]
         out["engine_ttft_ms"] = engine["ttft_s"] * 1000
         out["client_tok_s"] = (engine["generated_tokens"] - 1) / max(last - first, 1e-9)
+        out["tokens"] = engine["generated_tokens"]
+    elif timings:
+        out["tok_s"] = timings["predicted_per_second"]
+        out["engine_ttft_ms"] = timings["prompt_ms"]
+        out["client_tok_s"] = (timings["predicted_n"] - 1) / max(last - first, 1e-9)
+        out["tokens"] = timings["predicted_n"]
     else:
         out["tok_s"] = (chunks - 1) / max(last - first, 1e-9)
     return out
@@ -169,6 +185,35 @@ def start_llama_cpp_server(model: str, threads: int, port: int) -> subprocess.Po
     )  # fmt: skip
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def native_binary(given: str) -> str:
+    """``--native PATH``, or the binary scripts/build_llama_server.sh builds (or has cached)."""
+    if given:
+        return given
+    script = Path(__file__).resolve().parent / "build_llama_server.sh"
+    print("building (or finding) native llama-server…", file=sys.stderr)
+    out = subprocess.run(
+        ["bash", str(script)], check=True, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+    )  # fmt: skip
+    return out.stdout.strip().splitlines()[-1]
+
+
+def start_native(binary: str, model: str, threads: int, port: int) -> subprocess.Popen:
+    """llama.cpp's llama-server with the settings ``localllm serve`` gets: the same context,
+    threads for decode and prompt, one slot (our worker runs one request at a time)."""
+    return subprocess.Popen(
+        [binary, "-m", model, "-t", str(threads), "-tb", str(threads), "-c", "2048",
+         "--port", str(port), "--host", "127.0.0.1", "-np", "1", "--no-warmup"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 def summary(name: str, rows: list[dict[str, Any]], key: str) -> float:
     values = [r[key] for r in rows if key in r]
     return statistics.median(values) if values else float("nan")
@@ -182,6 +227,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--llama-cpp-server", action="store_true")
+    parser.add_argument(
+        "--native",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="also llama.cpp's own llama-server (built from the vendored sources if no PATH)",
+    )
     args = parser.parse_args()
     model = args.model
     if model is None:
@@ -189,18 +242,28 @@ def main() -> None:
 
         model = str(ensure_starter(lambda m: print(m, file=sys.stderr)))
 
+    native_bin = native_binary(args.native) if args.native is not None else None
     proc, url = start_ours(model, args.threads)
     theirs, turl = None, ""
+    native, nurl = None, ""
+    native_rows: list[dict[str, Any]] = []
+    native_walls: list[float] = []
     cli_rows, srv_rows, whole_rows, their_rows = [], [], [], []
     walls: list[float] = []
     their_walls: list[float] = []
     try:
         if args.llama_cpp_server:
-            port = 18080 + os.getpid() % 1000
+            port = free_port()
             theirs = start_llama_cpp_server(model, args.threads, port)
             turl = f"http://127.0.0.1:{port}"
             wait_ready(turl + "/v1/models")
             stream_chat(turl, 4, "warm up")
+        if native_bin is not None:
+            nport = free_port()
+            native = start_native(native_bin, model, args.threads, nport)
+            nurl = f"http://127.0.0.1:{nport}"
+            wait_ready(nurl + "/health")
+            stream_chat(nurl, 4, "warm up")
         stream_chat(url, 4, "warm up")
         for i in range(args.rounds):
             prompt = f"({i}) {PROMPT}"  # a new first token: no KV reuse between rounds
@@ -209,11 +272,18 @@ def main() -> None:
             whole_rows.append(whole_chat(url, args.tokens, "x" + prompt))
             if theirs is not None:
                 their_rows.append(stream_chat(turl, args.tokens, prompt))
+            if native is not None:
+                native_rows.append(stream_chat(nurl, args.tokens, prompt, {"seed": 0}))
         for _ in range(2):
             walls.append(concurrent(url, args.clients, 16))
             if theirs is not None:
                 their_walls.append(concurrent(turl, args.clients, 16))
+            if native is not None:
+                native_walls.append(concurrent(nurl, args.clients, 16))
     finally:
+        if native is not None:
+            native.terminate()
+            native.wait(timeout=60)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
         if theirs is not None:
@@ -241,6 +311,24 @@ def main() -> None:
         f"streamed · TTFT added by the server: {added:.1f} ms"
     )
     print(f"{args.clients} concurrent clients × 16 tokens: {min(walls):.2f} s wall (best of 2)")
+    chunks = statistics.median(r["chunks"] / r["tokens"] for r in srv_rows if r.get("tokens"))
+    print(f"serve streamed {chunks:.2f} content chunks per token (1.00: one chunk per token)")
+    if native is not None:
+        ntok = summary("", native_rows, "tok_s")
+        nclient = summary("", native_rows, "client_tok_s")
+        nttft = summary("", native_rows, "ttft_ms")
+        print(
+            f"llama-server     decode {ntok:6.1f} tok/s · TTFT {nttft:.0f} ms "
+            f"(client-side decode {nclient:.1f} tok/s)"
+        )
+        print(
+            f"serve ÷ llama-server: decode {srv_tok / ntok:.3f} (client-side "
+            f"{client_tok / nclient:.3f}) · TTFT {srv_ttft - nttft:+.1f} ms"
+        )
+        print(
+            f"llama-server {args.clients} concurrent clients: {min(native_walls):.2f} s wall "
+            f"(ours {min(walls):.2f} s)"
+        )
     if theirs is not None:
         ttok = summary("", their_rows, "tok_s")
         tttft = summary("", their_rows, "ttft_ms")

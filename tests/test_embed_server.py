@@ -149,3 +149,56 @@ def test_chat_on_an_encoder_says_use_embed(embed_server: ServerProcess) -> None:
     )
     assert 400 <= status < 500, body
     assert "localllm embed" in body["error"]["message"] or "encoder" in body["error"]["message"]
+
+
+def test_ollama_legacy_embeddings_route(embed_server: ServerProcess, expected: Embedder) -> None:
+    """Ollama's older ``POST /api/embeddings``: one prompt, one vector (the ``ollama`` client's
+    ``embeddings()``), an empty prompt just loads the model."""
+    status, body = embed_server.post(
+        "/api/embeddings", {"model": "tiny-bert", "prompt": "hello world"}
+    )
+    assert status == 200, body
+    assert np.allclose(body["embedding"], expected.embed(["hello world"]).vectors[0], atol=1e-5)
+    assert embed_server.post("/api/embeddings", {"model": "tiny-bert", "prompt": ""}) == (
+        200,
+        {"embedding": []},
+    )
+    status, body = embed_server.post("/api/embeddings", {"model": "tiny-bert", "prompt": 3})
+    assert status == 400 and "prompt" in body["error"]
+    status, body = embed_server.post("/api/embeddings", {"model": "nope", "prompt": "hi"})
+    assert status == 404 and "nope" in body["error"]
+    ollama = pytest.importorskip("ollama")
+    result = ollama.Client(host=embed_server.url).embeddings(model="tiny-bert", prompt="a horse")
+    assert np.allclose(result["embedding"], expected.embed(["a horse"]).vectors[0], atol=1e-5)
+
+
+def test_an_encoder_as_the_default_serves_embeddings_only(
+    tiny_bert: Path, expected: Embedder, tmp_path: Path
+) -> None:
+    """``serve -m encoder.gguf`` says at start that it serves embeddings only; embeddings with
+    no model name use it; chat and completions on it answer one clear 400."""
+    with ServerProcess("-m", str(tiny_bert), env={"LOCALLLM_HOME": str(tmp_path)}) as server:
+        start = server.wait_line("localllm serving")
+        assert "tiny-bert (an embedding model: embeddings only) at http://" in start
+        assert server.health()["status"] == "ok"
+        got = client(server).embeddings.create(model="default", input="hello world")
+        want = expected.embed(["hello world"]).vectors[0]
+        assert np.allclose(got.data[0].embedding, want, atol=1e-5)
+        status, body = server.post("/api/embeddings", {"model": "tiny-bert", "prompt": "hi"})
+        assert status == 200 and len(body["embedding"]) == 32
+        for path, body in [
+            ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+            ("/v1/completions", {"prompt": "hi"}),
+        ]:
+            status, answer = server.post(path, body)
+            assert status == 400, answer
+            assert answer["error"]["code"] == "embeddings_only"
+            assert "embedding model" in answer["error"]["message"]
+        status, answer = server.post(
+            "/api/chat", {"model": "tiny-bert", "messages": [{"role": "user", "content": "hi"}]}
+        )
+        assert status == 400 and "embeddings only" in answer["error"]
+        status, answer = server.post("/api/generate", {"model": "tiny-bert", "prompt": ""})
+        assert status == 400 and "embeddings only" in answer["error"]
+        assert server.health()["models"] == []  # no chat engine was ever loaded
+        assert not any("could not load" in line for line in server.lines)

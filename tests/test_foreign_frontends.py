@@ -100,13 +100,38 @@ def test_server_unknown_foreign_names_are_404_with_a_hint(
         with pytest.raises(openai.NotFoundError) as missing:
             client.chat.completions.create(model="ollama:nothing:7b", messages=HI, max_tokens=2)
         assert REF in str(missing.value)  # it names what Ollama does have
-        with pytest.raises(openai.NotFoundError) as bare:  # Ollama's own spelling
-            client.chat.completions.create(model="tiny:1b", messages=HI, max_tokens=2)
-        assert f"use {REF}" in str(bare.value)
+        with pytest.raises(openai.NotFoundError) as bare:  # a bare name Ollama lacks
+            client.chat.completions.create(model="nothing:7b", messages=HI, max_tokens=2)
+        assert "installed: tiny-chat" in str(bare.value)
         loaded = [m["name"] for m in server.health()["models"]]
         assert loaded == ["tiny-chat"]  # the default, loaded at start; nothing for either
         # Only the enabled stores are listed.
         assert {m.id for m in client.models.list()} == {"tiny-chat", REF}
+
+
+def test_server_resolves_bare_ollama_names(
+    tiny_model: Path, user: dict[str, Any], tmp_path: Path
+) -> None:
+    """Ollama clients send Ollama's own names (``tiny:1b``, no ``ollama:``): a model in the
+    Ollama store `localllm list` shows is loaded in place; with that store off it is a 404."""
+    import ollama
+
+    env = _env(user, tmp_path, "ollama")
+    with ServerProcess("-m", str(tiny_model), env=env) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+        result = client.chat.completions.create(model="tiny:1b", messages=HI, max_tokens=3)
+        assert result.usage.completion_tokens == 3 and result.model == "tiny:1b"
+        assert server.worker(REF)["jobs"] == 1  # the same model as its reference names
+        answer = ollama.Client(host=server.url).chat(
+            model="tiny:1b", messages=HI, options={"num_predict": 2}
+        )
+        assert answer.model == "tiny:1b" and answer.eval_count == 2
+        assert server.worker(REF)["jobs"] == 2
+    env = _env(user, tmp_path, "lmstudio")
+    with ServerProcess("-m", str(tiny_model), env=env) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="tiny:1b", messages=HI, max_tokens=2)
 
 
 def test_server_serves_a_foreign_default_by_its_reference(

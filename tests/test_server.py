@@ -214,6 +214,34 @@ def test_seed_reproducibility(free_server: ServerProcess) -> None:
     assert len({first, say(8), say(9), say(10)}) > 1
 
 
+def test_seed_minus_one_means_random(free_server: ServerProcess) -> None:
+    """OpenAI clients, llama.cpp and Ollama send ``seed: -1`` for "random": accepted, and
+    answers differ (a fixed seed would repeat one answer)."""
+    c = client(free_server)
+    sampling = {"temperature": 1.5, "top_p": 1.0, "max_tokens": 24}
+    answers = {
+        c.chat.completions.create(
+            model="default", messages=HI, seed=-1, extra_body={"top_k": 0}, **sampling
+        )
+        .choices[0]
+        .message.content
+        for _ in range(4)
+    }
+    assert len(answers) > 1
+    options = {"seed": -1, "temperature": 1.5, "top_k": 0, "num_predict": 24}
+    body = {"model": "default", "prompt": "hi", "stream": False, "options": options}
+    texts = set()
+    for _ in range(4):
+        status, answer = free_server.post("/api/generate", body)
+        assert status == 200, answer
+        texts.add(answer["response"])
+    assert len(texts) > 1
+    status, answer = free_server.post(
+        "/v1/chat/completions", {"messages": HI, "seed": -2, "max_tokens": 2}
+    )
+    assert status == 400 and answer["error"]["param"] == "seed"  # only -1 means random
+
+
 def test_profile_field_sets_the_base(sentence_server: ServerProcess) -> None:
     c = client(sentence_server)
     # The 'reasoning' built-in switches the mode: the chat template's instruction adapter

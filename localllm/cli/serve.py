@@ -102,7 +102,7 @@ def serve(
     key = api_key if api_key is not None else os.environ.get("LOCALLLM_API_KEY") or None
     path = resolve_model_path(model or settings.model, lambda m: err(m, style="dim"))
 
-    from localllm.server.app import ServerState, bind, is_loopback, serve, stderr_log
+    from localllm.server.app import ServerState, bind, is_encoder, is_loopback, serve, stderr_log
     from localllm.server.models import ModelPool, entry_for_path
 
     default = entry_for_path(path)
@@ -148,12 +148,23 @@ def serve(
     # clients on this machine are pointed at loopback.
     wildcard = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host)
     client = f"http://{wildcard}:{bound}" if wildcard else url
+    # An encoder (BERT and its kin) as the default: serve its embeddings, as llama-server
+    # --embeddings and Ollama do; chat and completions on it answer a 400 that says so.
+    encoder = is_encoder(path)
+    what = " (an embedding model: embeddings only)" if encoder else ""
     err(
-        f"localllm serving {default.name} at {url} · point clients at it: "
+        f"localllm serving {default.name}{what} at {url} · point clients at it: "
         f"OPENAI_BASE_URL={client}/v1 (Ollama clients: OLLAMA_HOST={client}) · Ctrl-C stops"
     )
-    pool.worker(default)  # start loading the default model now; /health says 503 until done
-    state = ServerState(pool=pool, profile=settings, log=stderr_log, allow_remote=allow_remote)
+    if not encoder:
+        pool.worker(default)  # start loading the default model now; /health says 503 until done
+    state = ServerState(
+        pool=pool,
+        profile=settings,
+        log=stderr_log,
+        allow_remote=allow_remote,
+        embeddings_only=encoder,
+    )
     code = serve(state, sock, api_key=key, cors_origins=list(cors_origin or []), loopback=loopback)
     if code:
         raise typer.Exit(code)

@@ -52,6 +52,7 @@ class ServerState:
     grammar: str | None = None  # a GBNF grammar forced on every generation (None: free)
     allow_remote: bool = False  # fetch http(s) image URLs (off: offline by default)
     in_flight: int = 0  # requests being handled now (the event loop's count, /health shows it)
+    embeddings_only: bool = False  # the default model is an encoder: no chat, no completions
     started: float = field(default_factory=time.monotonic)
 
     def profile_for(self, request: openai.Request) -> Profile:
@@ -78,6 +79,32 @@ class ServerState:
         except ProfileError as exc:
             raise bad_request(_core_text(exc)) from None
         return resolved
+
+    def chat_entry(self, name: str | None) -> ModelEntry:
+        """The model a generating request names; 400 for the default of an embeddings-only
+        server (an encoder cannot generate text)."""
+        entry = self.pool.lookup(name)
+        if self.embeddings_only and entry.path == self.pool.default.path:
+            raise HTTPError(
+                400,
+                f"{entry.name} is an embedding model: this server answers embeddings only "
+                "(POST /v1/embeddings, /api/embed); start `localllm serve -m` with a chat "
+                "model for chat and completions",
+                param="model",
+                code="embeddings_only",
+            )
+        return entry
+
+
+def is_encoder(path: Any) -> bool:
+    """Whether the model file is encoder-only (BERT and its kin: vectors, no text). A file
+    that cannot be read is not called one here: loading it reports what is wrong."""
+    from localllm import loading
+
+    try:
+        return loading.header_summary(path).get("structure") == "encoder-only"
+    except (LocalLLMError, OSError, ValueError):
+        return False
 
 
 def _core_text(exc: LocalLLMError) -> str:
@@ -173,7 +200,7 @@ def start(
     """Queue the request's job on its model's worker and watch for a disconnect."""
     t0 = time.perf_counter()
     profile = state.profile_for(parsed)
-    entry = state.pool.lookup(parsed.model)
+    entry = state.chat_entry(parsed.model)
     grammar = state.grammar
     job = Job(
         asyncio.get_running_loop(), profile, lambda session, cancel: run(session, cancel, grammar)
@@ -337,7 +364,7 @@ def routes(state: ServerState) -> list[Any]:
         parsed = ollama.parse_chat(body) if chat else ollama.parse_generate(body)
         await _images(state, parsed)
         if parsed.extra.get("empty"):  # Ollama loads the model and answers done at once
-            entry = state.pool.lookup(parsed.model)
+            entry = state.chat_entry(parsed.model)
             worker = state.pool.worker(entry)
             await asyncio.get_running_loop().run_in_executor(None, worker.loaded.wait)
             if worker.error is not None:
@@ -478,7 +505,7 @@ async def pump(running: Running, first: Any, wire: WireFormat) -> AsyncIterator[
 
     events = running.job.events
     out = [wire.role()]
-    items = [first]
+    items = [first, *events.drain()]
     while True:
         for item in joined(items):
             kind = type(item)

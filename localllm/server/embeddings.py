@@ -1,4 +1,5 @@
-"""``POST /v1/embeddings`` (OpenAI) and ``POST /api/embed`` (Ollama): a translation onto
+"""``POST /v1/embeddings`` (OpenAI), ``POST /api/embed`` and Ollama's older
+``POST /api/embeddings`` (``{"model", "prompt"}`` -> ``{"embedding": [...]}``): a translation onto
 :class:`localllm.embeddings.Embedder`, like the chat routes are onto the session.
 
 Embedding models are loaded on first use into a small host of their own, apart from the chat
@@ -262,6 +263,28 @@ def routes(state: Any) -> list[Any]:
             }
         )
 
+    async def ollama_embeddings(request: Any) -> Response:
+        """Ollama's older route: one ``prompt``, one ``embedding`` (an empty prompt loads the
+        model and answers an empty vector, as Ollama does)."""
+        body = await read_json(request)
+        prompt = body.get("prompt", "")
+        if not isinstance(prompt, str):
+            raise bad_request("'prompt' must be a string")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise bad_request("'model' is required")
+        try:
+            entry = state.pool.lookup(model)
+        except LocalLLMError as exc:
+            raise from_core(exc) from None
+        if not prompt:
+            await host.run(entry.path, lambda embedder: None)
+            log("/api/embeddings", entry.name, None, 200)
+            return JSONResponse({"embedding": []})
+        _, result, _ = await embed(entry.path, [prompt], truncate=True)
+        log("/api/embeddings", entry.name, result, 200)
+        return JSONResponse({"embedding": [float(x) for x in result.vectors[0]]})
+
     def logged(path: str, handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
         async def route(request: Any) -> Response:
             try:
@@ -275,4 +298,9 @@ def routes(state: Any) -> list[Any]:
     return [
         Route("/v1/embeddings", logged("/v1/embeddings", openai_embeddings), methods=["POST"]),
         Route("/api/embed", logged("/api/embed", ollama_embed), methods=["POST"]),
+        Route(
+            "/api/embeddings",
+            logged("/api/embeddings", ollama_embeddings),
+            methods=["POST"],
+        ),
     ]

@@ -416,6 +416,11 @@ class ModelPool:
             if key == self.default.path.resolve():
                 return self.default
             return _foreign_entry(found, foreign.describe([found]).get(found.ref, {}))
+        bare = _bare_ollama(target)  # Ollama's own spelling (llama3.2, llama3.2:3b)
+        if bare is not None:
+            if bare.primary.resolve() == self.default.path.resolve():
+                return self.default
+            return _foreign_entry(bare, foreign.describe([bare]).get(bare.ref, {}))
         names = ", ".join(e.name for e in entries)
         hint = f"installed: {names}" if names else None
         try:
@@ -514,6 +519,21 @@ def _entry(manifest: Any) -> ModelEntry:
         context_length=manifest.context_length,
         modified=manifest.added,
     )
+
+
+def _bare_ollama(name: str) -> Any:
+    """The model of Ollama's store (when `localllm list` shows that store) that a name without
+    the ``ollama:`` prefix means, as Ollama clients send it; None when there is none."""
+    from localllm import foreign
+
+    if foreign.OLLAMA not in foreign.enabled_stores():
+        return None
+    try:
+        return foreign.lookup(foreign.OLLAMA, name)
+    except LocalLLMError:  # not there (or ambiguous, or broken): the 404 with its hint
+        return None
+    except Exception:  # a hint must never turn a clear 404 into a 500
+        return None
 
 
 def foreign_entries() -> list[ModelEntry]:

@@ -49,6 +49,8 @@ def overrides(body: Mapping[str, Any]) -> dict[str, Any]:
             raise bad_request("'options.num_predict' must be an integer", "options")
         if predict > 0:  # -1 (no limit) and -2 (fill the context) keep the profile's limit
             out["max_tokens"] = predict
+    if openai.is_random_seed(out.get("seed")):
+        out["seed"] = None  # -1: random, as in Ollama
     if isinstance(out.get("stop"), str):
         out["stop"] = [out["stop"]]
     think = body.get("think")

@@ -73,9 +73,16 @@ def _flag(body: Mapping[str, Any], key: str) -> bool:
     return value
 
 
+def is_random_seed(value: Any) -> bool:
+    """``seed: -1`` means "random" to OpenAI clients, llama.cpp and Ollama."""
+    return _is_int(value) and value == -1
+
+
 def common_overrides(body: Mapping[str, Any]) -> dict[str, Any]:
     """Sampling, limits and reasoning fields shared by both endpoints."""
     overrides: dict[str, Any] = {k: body[k] for k in SAMPLING_FIELDS if body.get(k) is not None}
+    if is_random_seed(overrides.get("seed")):
+        overrides["seed"] = None  # random, even when the server's profile fixes a seed
     limit = body.get("max_completion_tokens")
     if limit is None:
         limit = body.get("max_tokens")
