@@ -287,6 +287,7 @@ def routes(state: Any) -> list[Any]:
 
     def logged(path: str, handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
         async def route(request: Any) -> Response:
+            request.scope["localllm.logged"] = True  # one access line: ours, with the counts
             try:
                 return await handler(request)
             except HTTPError as exc:

@@ -2,7 +2,8 @@
 events to NDJSON lines. Translation only, like :mod:`localllm.server.openai`.
 
 Not covered: pulling, pushing, creating, copying and deleting models (``localllm pull`` /
-``rm`` do that), ``/api/embed`` (issue #12), images, ``keep_alive`` (models stay loaded
+``rm`` do that; ``/api/embed`` and ``/api/embeddings`` live in
+:mod:`localllm.server.embeddings`), ``keep_alive`` (models stay loaded
 until ``--max-loaded`` pushes them out), and ``options`` that change how a model is loaded
 (``num_ctx``, ``num_gpu``, ``num_thread``: set them on ``localllm serve``). Other unknown
 options are ignored, as Ollama does.
