@@ -62,6 +62,11 @@ class Steering:
         if text:
             self._pending.append(text)
 
+    @property
+    def pending(self) -> bool:
+        """Whether text waits to be injected (asked once per token: kept cheap)."""
+        return bool(self._pending)
+
     def take(self) -> str:
         text = "".join(self._pending)
         self._pending.clear()
@@ -116,14 +121,40 @@ class Stats:
 Event = TextEvent | Stats
 
 
+def _linux_physical_cores() -> int | None:
+    """Distinct (package, core) pairs in sysfs, as psutil counts them; None off Linux.
+
+    Read directly: importing psutil costs a one-shot run about 10 ms of its start."""
+    root = "/sys/devices/system/cpu"
+    try:
+        names = [n for n in os.listdir(root) if n.startswith("cpu") and n[3:].isdigit()]
+    except OSError:
+        return None
+    cores: set[tuple[str, str]] = set()
+    for name in names:
+        try:
+            with open(f"{root}/{name}/topology/core_id", encoding="ascii") as f:
+                core = f.read().strip()
+            with open(f"{root}/{name}/topology/physical_package_id", encoding="ascii") as f:
+                package = f.read().strip()
+        except OSError:
+            continue  # an offline CPU has no topology
+        cores.add((package, core))
+    return len(cores) or None
+
+
 def physical_cores() -> int:
     """Physical cores this process may use: the default thread count."""
-    try:
-        import psutil
+    found = _linux_physical_cores()
+    if found is not None:
+        cores = found
+    else:
+        try:
+            import psutil
 
-        cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    except ImportError:  # pragma: no cover - psutil is a dependency
-        cores = os.cpu_count() or 1
+            cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+        except ImportError:  # pragma: no cover - psutil is a dependency
+            cores = os.cpu_count() or 1
     if hasattr(os, "sched_getaffinity"):
         cores = min(cores, len(os.sched_getaffinity(0)))
     return max(1, cores)
@@ -549,6 +580,7 @@ class Engine:
         timer("load weights + context")
         self._vocab = self._llm.vocab
         self._pieces: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
         # The tokens in the KV cache, in order (sequence 0): prompt, generated and injected
         # tokens alike, so a later prompt that repeats them is not evaluated again.
@@ -848,9 +880,10 @@ class Engine:
         trigger: str | None,
         speculative: str,
     ) -> Iterator[Event]:
-        lib = self._lib
         vocab = self._vocab
-        is_eog = lib.llama_vocab_is_eog
+        is_eog = self._lib.llama_vocab_is_eog
+        eog = self._eog  # token -> end of generation, asked of llama.cpp once per token id
+        clock = time.perf_counter
         cached = _common_prefix(self._kv, tokens)
         if cached == len(tokens):
             cached -= 1  # the last prompt token is evaluated again to get fresh logits
@@ -890,10 +923,13 @@ class Engine:
                 reason = "cancelled"
             token = sample() if reason != "cancelled" else -1
             while reason != "cancelled":
-                last = time.perf_counter()
+                last = clock()
                 if n == 0:
                     first = last
-                if is_eog(vocab, token):
+                end = eog.get(token)
+                if end is None:
+                    end = eog[token] = bool(is_eog(vocab, token))
+                if end:
                     reason = "stop"
                     break
                 n += 1
@@ -917,7 +953,7 @@ class Engine:
                 if cancel is not None and cancel():
                     reason = "cancelled"
                     break
-                extra = steering.take() if steering is not None else ""
+                extra = steering.take() if steering is not None and steering.pending else ""
                 if extra:
                     pending = decoder.decode(b"", final=True) + extra
                     if trigger is not None:
@@ -966,9 +1002,9 @@ class Engine:
                     if drafter is None:
                         decode_one(token)
                     else:
-                        began = time.perf_counter()
+                        began = clock()
                         decode_one(token)
-                        drafter.timed_single(time.perf_counter() - began)
+                        drafter.timed_single(clock() - began)
                     token = sample()
                     continue
                 batch = [token, *draft]

@@ -228,6 +228,8 @@ def open_engine(
         path, profile, vocab_only=vocab_only, force=force, warn=warn, need_tokens=need_tokens
     )
     planned = time.perf_counter() - start
+    if not vocab_only:
+        _warm_templates()
     engine = Engine(path, options)
     engine.load_phases.insert(0, ("read header + plan", planned))
     draft_ref = getattr(profile, "draft_model", None)
@@ -238,6 +240,26 @@ def open_engine(
             engine.close()
             raise
     return engine
+
+
+def _warm_templates() -> None:
+    """Import the chat-template engine (jinja2, about 15-30 ms) on a helper thread while
+    llama.cpp loads the weights, which releases the GIL: a one-shot run renders its prompt
+    right after the load and no longer waits for the import then."""
+    import contextlib
+    import sys
+    import threading
+
+    if "jinja2.sandbox" in sys.modules:
+        return
+    from localllm import templates
+
+    def warm() -> None:
+        # a failure here is left to the render, which imports again and says what failed
+        with contextlib.suppress(Exception):
+            templates.warm()
+
+    threading.Thread(target=warm, name="localllm-warm-templates", daemon=True).start()
 
 
 def _attach_draft(engine: Engine, ref: str, profile: Profile, options: LoadOptions) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -437,6 +438,9 @@ def constraint_options(
     return {}
 
 
+FLUSH_EVERY = 0.05  # seconds between flushes of an answer streamed to a pipe or a file
+
+
 def _stream(
     session: Any,
     text: str,
@@ -456,6 +460,11 @@ def _stream(
     out = sys.stdout
     show_reasoning = settings.show_reasoning and not as_json
     reasoning_shown = False  # reasoning is on stderr and not yet ended by a newline
+    # A terminal gets every token as it comes; a pipe or file gets the text at most every
+    # FLUSH_EVERY seconds (and at the end), not a write call per token.
+    every = 0.0 if out.isatty() else FLUSH_EVERY
+    flushed = -every
+    clock = time.monotonic
     try:
         for event in session.send(text, images=images or (), constraint=constraint):
             if isinstance(event, AnswerText):
@@ -465,7 +474,11 @@ def _stream(
                     reasoning_shown = False
                 if not as_json:
                     out.write(event.text)
-                    out.flush()
+                    if not every:
+                        out.flush()
+                    elif (now := clock()) - flushed >= every:
+                        out.flush()
+                        flushed = now
             elif isinstance(event, ReasoningText) and show_reasoning:
                 sys.stderr.write(_dim(event.text))
                 sys.stderr.flush()
