@@ -907,9 +907,9 @@ class Engine:
         if self.draft is not None:  # a draft model is attached only when the profile names one
             drafter = _ModelDrafter(self.draft, tokens)
         elif speculative == "ngram":
-            drafter = _NgramDrafter(tokens)
+            drafter = _NgramDrafter(tokens, size=SPECULATIVE_MAX_DRAFT, adaptive=True)
         elif speculative == "auto" and len(tokens) >= SPECULATIVE_AUTO_MIN_PROMPT:
-            drafter = _NgramDrafter(tokens, size=4, judge_speed=True)
+            drafter = _NgramDrafter(tokens, size=8, judge_speed=True, adaptive=True)
         # Speculation: after a draft is verified in one batch, ``token`` may already be in the
         # KV cache (an accepted draft token, at ``batch[vpos]``); the next token is then drawn
         # from that position's logits, so every token is sampled from exactly the logits, and
@@ -992,11 +992,11 @@ class Engine:
                     else:
                         self._forget_after(base + vpos + 1)
                         in_kv = False
-                        drafter.verified(vpos)  # type: ignore[union-attr]
+                        drafter.verified(vpos, len(batch) - 1)  # type: ignore[union-attr]
                     continue
                 draft: Sequence[int] = ()
                 if drafter is not None and drafter.keep_going(drafted, accepted):
-                    most = min(drafter.size, limit - n - 1, room - context_len - 1)
+                    most = min(drafter.draft_size(), limit - n - 1, room - context_len - 1)
                     draft = drafter.draft(most) if most > 0 else ()
                 if not draft:
                     if drafter is None:
@@ -1009,9 +1009,9 @@ class Engine:
                     continue
                 batch = [token, *draft]
                 base = len(self._kv)
-                began = time.perf_counter()
+                began = clock()
                 self._decode_all(batch)
-                drafter.timed_batch(time.perf_counter() - began)  # type: ignore[union-attr]
+                drafter.timed_batch(clock() - began, len(batch))  # type: ignore[union-attr]
                 drafted += len(draft)
                 vpos = 0
                 token = sampler.sample_at(0)
@@ -1021,7 +1021,7 @@ class Engine:
                     in_kv = True
                 else:
                     self._forget_after(base + 1)
-                    drafter.verified(0)  # type: ignore[union-attr]
+                    drafter.verified(0, len(batch) - 1)  # type: ignore[union-attr]
             if in_kv:  # as plain decoding: the last sampled token is not in the cache
                 self._forget_after(base + vpos)
         except (RuntimeError, OSError) as exc:
@@ -1090,17 +1090,30 @@ class _NgramDrafter:
     NGRAMS = (4, 3, 2)
     PROBE = 32
 
-    def __init__(self, tokens: Sequence[int], size: int = 8, *, judge_speed: bool = False) -> None:
+    def __init__(
+        self,
+        tokens: Sequence[int],
+        size: int = 8,
+        *,
+        judge_speed: bool = False,
+        adaptive: bool = False,
+    ) -> None:
         self.history: list[int] = []
         self._index: dict[tuple[int, ...], int] = {}
         self._indexed = 0
         self.size = size
         self.active = True
         self.judge_speed = judge_speed
+        self.adaptive = adaptive
         self._single: float | None = None
         self._batch_s = 0.0
         self._gain: float | None = None
         self._verifies = 0
+        # adaptive draft length: the verify batch's cost per extra token, as a fraction of one
+        # decode (a prior until measured), and drafted tokens accepted / rejected (decayed)
+        self._slope = 0.6
+        self._hits = 2.0
+        self._misses = 1.0
         self.extend(tokens)
 
     def extend(self, tokens: Sequence[int]) -> None:
@@ -1128,10 +1141,37 @@ class _NgramDrafter:
     def timed_single(self, seconds: float) -> None:
         self._single = seconds if self._single is None else 0.8 * self._single + 0.2 * seconds
 
-    def timed_batch(self, seconds: float) -> None:
+    def timed_batch(self, seconds: float, n_tokens: int = 0) -> None:
         self._batch_s = seconds
+        if n_tokens > 1 and self._single:
+            slope = max(0.05, (seconds / self._single - 1.0) / (n_tokens - 1))
+            self._slope = 0.7 * self._slope + 0.3 * slope
 
-    def verified(self, accepted: int) -> None:
+    # Adaptive draft length. A draft of k tokens is verified in a batch of k + 1 that costs
+    # about (1 + slope * k) single decodes, slope measured on this machine; with each drafted
+    # token accepted with probability p (after the previous one was), the batch yields
+    # 1 + p + ... + p^k tokens on average. The draft length is the k that yields the most
+    # tokens per unit of time: long drafts while the answer copies its prompt, short ones
+    # when drafts keep failing, on hardware where a batch costs nearly one decode per token.
+
+    def draft_size(self) -> int:
+        if not self.adaptive:
+            return self.size
+        p = self._hits / (self._hits + self._misses)
+        best, best_rate = 1, 0.0
+        made, power = 1.0, 1.0
+        for k in range(1, self.size + 1):
+            power *= p
+            made += power
+            rate = made / (1.0 + self._slope * k)
+            if rate > best_rate:
+                best, best_rate = k, rate
+        return best
+
+    def verified(self, accepted: int, drafted: int | None = None) -> None:
+        self._hits = 0.9 * self._hits + accepted
+        whole = drafted is not None and accepted >= drafted  # no drafted token was rejected
+        self._misses = 0.9 * self._misses + (0 if whole else 1)
         if not self.judge_speed or self._single is None or self._batch_s <= 0:
             return
         gain = (accepted + 1) * self._single / self._batch_s
