@@ -228,9 +228,12 @@ def open_engine(
         path, profile, vocab_only=vocab_only, force=force, warn=warn, need_tokens=need_tokens
     )
     planned = time.perf_counter() - start
-    if not vocab_only:
-        _warm_templates()
-    engine = Engine(path, options)
+    warming = None if vocab_only else _warm_imports()
+    try:
+        engine = Engine(path, options)
+    finally:
+        if warming is not None:
+            warming.join()  # done by now: the load takes longer than the imports
     engine.load_phases.insert(0, ("read header + plan", planned))
     draft_ref = getattr(profile, "draft_model", None)
     if draft_ref and not vocab_only:  # naming a draft model turns draft-model speculation on
@@ -242,24 +245,29 @@ def open_engine(
     return engine
 
 
-def _warm_templates() -> None:
-    """Import the chat-template engine (jinja2, about 15-30 ms) on a helper thread while
-    llama.cpp loads the weights, which releases the GIL: a one-shot run renders its prompt
-    right after the load and no longer waits for the import then."""
-    import contextlib
+def _warm_imports() -> Any:
+    """Import what comes after the load (the session layer and jinja2 for the chat template,
+    some 30-50 ms) on a helper thread while llama.cpp loads the weights, which releases the
+    GIL; returns the thread (None when there is nothing left to import)."""
     import sys
     import threading
 
-    if "jinja2.sandbox" in sys.modules:
-        return
-    from localllm import templates
+    if "jinja2.sandbox" in sys.modules and "localllm.session" in sys.modules:
+        return None
 
     def warm() -> None:
-        # a failure here is left to the render, which imports again and says what failed
-        with contextlib.suppress(Exception):
-            templates.warm()
+        # a failure here is left to the main thread, which imports again and says what failed
+        try:
+            import localllm.session  # noqa: F401
+            from localllm import templates
 
-    threading.Thread(target=warm, name="localllm-warm-templates", daemon=True).start()
+            templates.warm()
+        except Exception:
+            return
+
+    thread = threading.Thread(target=warm, name="localllm-warm-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 def _attach_draft(engine: Engine, ref: str, profile: Profile, options: LoadOptions) -> None:

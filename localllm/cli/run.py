@@ -72,11 +72,11 @@ def read_prompt(
 def read_images(refs: list[str] | None, prompt: str | None, allow_remote: bool) -> list[Any]:
     """The ``--image`` files; ``-`` reads one image's bytes from stdin (the prompt must then
     be an argument)."""
+    if not refs:
+        return []
     from localllm import images
     from localllm.errors import UsageError
 
-    if not refs:
-        return []
     stdin_bytes = None
     if "-" in refs:
         if refs.count("-") > 1:
@@ -295,7 +295,6 @@ def run(
     """Answer one prompt, streaming the answer to stdout."""
     from localllm import profiles
     from localllm.loading import need_tokens_for, open_engine
-    from localllm.session import ChatSession
     from localllm.textin import TextInputs
 
     inputs = TextInputs()  # every text input, decoded once: invalid UTF-8 becomes U+FFFD
@@ -354,6 +353,8 @@ def run(
     try:
         if pictures and not show_prompt:
             projector = open_projector(engine, mmproj, path, bool(settings.verbose))
+        from localllm.session import ChatSession  # imported while the model loaded
+
         session = ChatSession(engine, settings, projector=projector)
         if not session.is_chat and not as_json:
             err(
