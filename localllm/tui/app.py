@@ -235,7 +235,7 @@ class ChatApp(App[None]):
             quant=self._quant(message.path),
             ctx_total=getattr(engine, "n_ctx", None),
             ctx_used=None,
-            backend=message.backend,
+            backend=" ".join(x for x in (message.backend, _split_label(engine)) if x),
         )
         self.count_context()
         if switched:
@@ -886,3 +886,13 @@ def run_chat(
     finally:
         app.close_engine()
     return app.return_code or 0
+
+
+def _split_label(engine: object) -> str:
+    """``split 11+10+10`` when the model is split across RPC workers (layers per device)."""
+    try:
+        from localllm.rpc import status_label
+
+        return status_label(engine)
+    except Exception:  # a label must never break the app
+        return ""
