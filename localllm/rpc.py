@@ -219,6 +219,8 @@ def parse_split(lines: Sequence[str], endpoints: dict[str, str] | None = None) -
         m = _BUFFER.match(text.strip())
         if m:
             name = m.group(1)
+            if name.startswith("CPU_"):  # CPU_REPACK: weights repacked for the CPU kernels
+                name = "CPU"
             rpc = _RPC_DEV.match(name)
             if rpc:
                 name = by_endpoint.get(rpc.group(2), name)
