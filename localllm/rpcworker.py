@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -139,14 +140,20 @@ def _relay(listener: socket.socket, backend_port: int, cap: int) -> None:
         threading.Thread(target=session.downstream, daemon=True).start()
 
 
-def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+def _wait_listening(
+    host: str, port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0
+) -> None:
     """Until the worker accepts connections (a bare connect-and-close is a client it drops)."""
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else host
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise LocalLLMError(f"the worker exited at start (exit {proc.returncode})")
+            raise LocalLLMError(
+                f"the worker exited at start (exit {proc.returncode})",
+                hint="is the port already in use? its own message is above",
+            )
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            with socket.create_connection((target, port), timeout=1.0):
                 return
         except OSError:
             time.sleep(0.05)
@@ -186,14 +193,16 @@ def run_worker(
         listener.listen(16)
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
     try:
-        _wait_listening(inner_port, proc)
+        _wait_listening(bind_host, inner_port, proc)
         if listener is not None:
             threading.Thread(
                 target=_relay, args=(listener, inner_port, mem_mb * (1 << 20)), daemon=True
             ).start()
         cap = f", offering at most {mem_mb} MiB per device" if mem_mb else ""
         say(f"ready: listening on {host}:{port}{cap} (Ctrl-C stops it)")
-        return proc.wait()
+        code = proc.wait()
+        # a Ctrl-C in the terminal reaches the worker too: stopped by it is a clean stop
+        return 0 if code in (-signal.SIGINT, -signal.SIGTERM) else code
     except KeyboardInterrupt:
         say("stopping the worker…")
         return 0

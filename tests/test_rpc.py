@@ -159,6 +159,16 @@ def test_doctor_reports_an_unreachable_worker() -> None:
         assert "localllm worker --build" in report["fix"] and "GGML_RPC=on" in report["fix"]
 
 
+def test_doctor_without_an_rpc_build_prints_the_fixes(tmp_path: Path) -> None:
+    if _installed_has_rpc():
+        pytest.skip("the installed llama-cpp-python has RPC")
+    proc = localllm("doctor", env={"LOCALLLM_RPC_CACHE": str(tmp_path / "none")})
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RPC "))
+    assert "no RPC backend" in line and "localllm worker --build" in line
+    assert 'CMAKE_ARGS="-DGGML_RPC=on" pip install --force-reinstall --no-cache-dir' in line
+
+
 # -- with an RPC build -----------------------------------------------------------------------
 
 

@@ -210,7 +210,10 @@ def _rpc_rows(rpc: dict[str, Any]) -> list[tuple[str, str]]:
     elif build:
         state = f"yes, through localllm's build (used by --rpc): {build['path']}"
     else:
-        state = "no: this llama-cpp-python has no RPC backend"
+        state = (
+            "no: this llama-cpp-python has no RPC backend (to split models across machines: "
+            f"{rpc.get('fix')})"
+        )
     rows = [("RPC", state)]
     if build:
         rows.append(("RPC build", build["label"]))
