@@ -94,6 +94,24 @@ def test_rpc_on_a_build_without_rpc_is_a_usage_error(tiny_model: Path, tmp_path:
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("command", ["serve", "bench"])
+def test_serve_and_bench_refuse_rpc_without_it(
+    command: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    if _installed_has_rpc():
+        pytest.skip("the installed llama-cpp-python has RPC: nothing to refuse")
+    args = ["-m", str(tiny_model)] if command == "serve" else [str(tiny_model)]
+    proc = localllm(
+        command,
+        *args,
+        "--rpc",
+        "127.0.0.1:50052",
+        env={"LOCALLLM_RPC_CACHE": str(tmp_path / "no-builds")},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "no RPC backend" in proc.stderr and "localllm worker --build" in proc.stderr
+
+
 def test_profile_rpc_field_is_validated(tmp_path: Path, isolated_home: Path) -> None:
     folder = isolated_home / "config" / "profiles"
     folder.mkdir(parents=True)
