@@ -152,8 +152,8 @@ def attach(endpoints: Sequence[str], *, timeout: float = 5.0) -> list[WorkerInfo
                 f"RPC worker {endpoint} "
                 + ("is not reachable: " if not info.reachable else "cannot be used: ")
                 + info.problem,
-                hint=f"start it on that host with `localllm worker --port {host_port[2]}` "
-                "(same localllm and llama-cpp-python version), or leave it out of --rpc",
+                hint=f"start it on that host: `localllm worker --port {host_port[2]}`, with the "
+                "same llama-cpp-python version; or leave it out of --rpc",
             )
         infos.append(info)
     # every worker answered: only now is llama.cpp allowed to connect

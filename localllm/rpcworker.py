@@ -192,6 +192,11 @@ def run_worker(
             raise LocalLLMError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
         listener.listen(16)
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+
+    def _stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # a service manager's SIGTERM: stop the worker with us
+
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
         _wait_listening(bind_host, inner_port, proc)
         if listener is not None:
@@ -207,6 +212,7 @@ def run_worker(
         say("stopping the worker…")
         return 0
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if proc.poll() is None:
             proc.terminate()
             try:

@@ -282,13 +282,20 @@ def workers(rpc_build: object) -> Iterator[list[Worker]]:
 
 
 def _greedy(model: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
+    """Greedy, with flash attention off on both sides: ``auto`` switches it on once layers
+    are offloaded (llama.cpp's choice for GPUs), and that other attention kernel rounds
+    differently from the plain one the local run uses."""
+    home = Path(os.environ["LOCALLLM_HOME"])
+    folder = home / "config" / "profiles"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "greedy.yaml").write_text("temperature: 0\nflash_attn: false\n")
     return localllm(
         "run",
         "-m",
         str(model),
         PROMPT,
-        "--temperature",
-        "0",
+        "-p",
+        "greedy",
         "--seed",
         "1",
         "-n",
@@ -326,7 +333,7 @@ def test_split_across_two_workers_answers_like_local(
     assert first[0] + second[0] == 21
     assert 0 < first[0] < second[0]  # 200 MiB vs 500 MiB offered: llama.cpp splits by memory
     assert first[1] > 0 and second[1] > 0
-    assert "RPC 21/31 layers" in split.stderr
+    assert "RPC 21/31 layers" in split.stderr and "flash attention off" in split.stderr
 
 
 def test_auto_layers_count_the_workers_memory(
