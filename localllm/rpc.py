@@ -251,9 +251,10 @@ def split_summary(shares: Sequence[DeviceShare]) -> str:
 
 def short_split(shares: Sequence[DeviceShare]) -> str:
     """The status bar's form: ``split 11+10+10`` (layers per device, local ones first)."""
-    if not any(s.device.startswith("RPC") for s in shares):
+    devices = [s for s in shares if "[" not in s.device]  # buffers not matched to a device
+    if not any(s.device.startswith("RPC") for s in devices):
         return ""
-    return "split " + "+".join(str(s.layers) for s in shares)
+    return "split " + "+".join(str(s.layers) for s in devices)
 
 
 def status_label(engine: Any) -> str:

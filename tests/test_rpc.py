@@ -404,3 +404,36 @@ def test_worker_says_its_build_and_stops_on_ctrl_c(rpc_build: object) -> None:
         code = w.stop()
     assert code == 0
     assert not rpcwire.probe(w.endpoint, timeout=2).reachable
+
+
+def test_status_bar_label_from_a_real_split(
+    rpc_build: object, workers: list[Worker], starter_model: Path
+) -> None:
+    """The chat's status bar label comes from the engine's own load log (layers per device,
+    local first), for an engine loaded the way the TUI loads it."""
+    code = (
+        "import sys\n"
+        "from localllm import profiles\n"
+        "from localllm.loading import open_engine\n"
+        "from localllm.tui.app import _split_label\n"
+        "s = profiles.resolve(None, {'rpc': sys.argv[2], 'gpu_layers': 21,"
+        " 'context_length': 256})\n"
+        "e = open_engine(sys.argv[1], s)\n"
+        "print(e.options.backend, _split_label(e))\n"
+    )
+    endpoints = ",".join(w.endpoint for w in workers)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(starter_model), endpoints],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **_rpc_env(rpc_build)},
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    backend, label = proc.stdout.strip().split(" ", 1)
+    assert backend == "RPC"
+    m = re.fullmatch(r"split (\d+)\+(\d+)\+(\d+)", label)
+    assert m, label
+    here, first, second = map(int, m.groups())
+    assert (here, first + second) == (10, 21) and first < second
