@@ -91,7 +91,7 @@ def probe(
             except TimeoutError:
                 return WorkerInfo(
                     endpoint,
-                    False,
+                    True,
                     problem=f"connected but no handshake within {timeout:g} s "
                     "(a worker serves one client at a time: is another one using it?)",
                 )

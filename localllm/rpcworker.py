@@ -191,7 +191,11 @@ def run_worker(
             listener.close()
             raise LocalLLMError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
         listener.listen(16)
-    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+    # restore_signals=False: the worker inherits Python's ignored SIGPIPE. llama.cpp's server
+    # writes with plain send(), so a client that goes away before reading its reply (a probe
+    # that timed out) would otherwise kill the worker with SIGPIPE instead of an EPIPE it
+    # handles by dropping that client.
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, restore_signals=False)
 
     def _stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # a service manager's SIGTERM: stop the worker with us

@@ -162,7 +162,7 @@ def test_probe_gives_up_on_a_worker_that_never_answers() -> None:
         server.listen(1)
         port = server.getsockname()[1]
         info = rpcwire.probe(f"127.0.0.1:{port}", timeout=0.5)
-    assert info.reachable is False and "no handshake" in info.problem
+    assert info.reachable and "no handshake" in info.problem and not info.protocol
 
 
 def test_doctor_reports_an_unreachable_worker() -> None:
@@ -437,3 +437,23 @@ def test_status_bar_label_from_a_real_split(
     assert m, label
     here, first, second = map(int, m.groups())
     assert (here, first + second) == (10, 21) and first < second
+
+
+def test_a_client_that_vanishes_does_not_kill_the_worker(rpc_build: object) -> None:
+    """llama.cpp's server writes with plain send(): a client gone before its reply (a probe
+    that timed out) used to kill the worker with SIGPIPE."""
+    import struct
+
+    w = Worker(_free_port(), None, _rpc_env(rpc_build))
+    try:
+        w.wait_for("ready: listening")
+        host, port = w.endpoint.split(":")
+        for _ in range(3):
+            with socket.create_connection((host, int(port))) as s:
+                s.sendall(struct.pack("<BQ", rpcwire.CMD_HELLO, 24) + bytes(24))
+            w.wait_for("Client connection closed")
+        info = rpcwire.probe(w.endpoint)
+        assert info.protocol and not info.problem
+        assert w.proc.poll() is None
+    finally:
+        assert w.stop() == 0

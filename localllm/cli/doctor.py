@@ -218,8 +218,10 @@ def _rpc_rows(rpc: dict[str, Any]) -> list[tuple[str, str]]:
     if build:
         rows.append(("RPC build", build["label"]))
     for w in rpc.get("workers", []):
-        if w["problem"] and not w["protocol"]:
+        if not w["reachable"]:
             text = f"unreachable: {w['problem']}"
+        elif not w["protocol"]:
+            text = f"not usable: {w['problem']}"
         else:
             text = f"reachable · RPC protocol {w['protocol']}"
             if w["same_protocol"] is not None:

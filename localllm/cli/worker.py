@@ -102,4 +102,7 @@ def worker(
         say=lambda m: print(m, flush=True),
     )
     if code:
-        raise typer.Exit(code)
+        from localllm.errors import InferenceError
+
+        why = f"killed by signal {-code}" if code < 0 else f"exit {code}"
+        raise InferenceError(f"the worker stopped ({why})", hint="its own messages are above")
