@@ -457,3 +457,11 @@ def test_a_client_that_vanishes_does_not_kill_the_worker(rpc_build: object) -> N
         assert w.proc.poll() is None
     finally:
         assert w.stop() == 0
+
+
+def test_worker_build_finds_the_existing_build(rpc_build: object) -> None:
+    proc = localllm("worker", "--build", env=_rpc_env(rpc_build))
+    assert proc.returncode == 0, proc.stderr
+    assert f"worker:    {rpc_build.worker}" in proc.stdout  # type: ignore[attr-defined]
+    assert f"libraries: {rpc_build.lib_dir}" in proc.stdout  # type: ignore[attr-defined]
+    assert "RPC protocol" in proc.stdout
