@@ -143,9 +143,11 @@ def attach(endpoints: Sequence[str], *, timeout: float = 5.0) -> list[WorkerInfo
     infos = []
     for endpoint in endpoints:
         if endpoint in _registered:
-            infos.append(_registered[endpoint])
-            continue
-        info = rpcwire.probe(endpoint, timeout=timeout, expect=expect)
+            # registered earlier in this process, which may hold its connection: only check
+            # that it still listens (llama.cpp aborts when a reconnect fails)
+            info = rpcwire.listening(endpoint, timeout=timeout)
+        else:
+            info = rpcwire.probe(endpoint, timeout=timeout, expect=expect)
         if info.problem:
             host_port = endpoint.rpartition(":")
             raise InferenceError(
@@ -155,7 +157,7 @@ def attach(endpoints: Sequence[str], *, timeout: float = 5.0) -> list[WorkerInfo
                 hint=f"start it on that host: `localllm worker --port {host_port[2]}`, with the "
                 "same llama-cpp-python version; or leave it out of --rpc",
             )
-        infos.append(info)
+        infos.append(_registered.get(endpoint, info))
     # every worker answered: only now is llama.cpp allowed to connect
     get_proc = ggml.ggml_backend_reg_get_proc_address
     get_proc.argtypes, get_proc.restype = [ctypes.c_void_p, ctypes.c_char_p], ctypes.c_void_p

@@ -123,6 +123,21 @@ def probe(
         return WorkerInfo(endpoint, True, problem=f"unexpected answer: {exc}")
 
 
+def listening(endpoint: str, *, timeout: float = DEFAULT_TIMEOUT) -> WorkerInfo:
+    """Only whether ``endpoint`` accepts connections, without a handshake: for a worker this
+    process already uses (its connection keeps the worker busy, so a handshake would wait)."""
+    try:
+        host, port = parse_rpc_endpoint(endpoint)
+        with socket.create_connection((host, port), timeout=timeout):
+            return WorkerInfo(endpoint, True)
+    except ValueError as exc:
+        return WorkerInfo(endpoint, False, problem=str(exc))
+    except TimeoutError:
+        return WorkerInfo(endpoint, False, problem=f"no answer within {timeout:g} s")
+    except OSError as exc:
+        return WorkerInfo(endpoint, False, problem=exc.strerror or str(exc))
+
+
 def _compatible(theirs: str, ours: str) -> bool:
     """llama.cpp's rule: the same major version and a minor no newer than the client's."""
     try:

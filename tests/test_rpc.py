@@ -465,3 +465,39 @@ def test_worker_build_finds_the_existing_build(rpc_build: object) -> None:
     assert f"worker:    {rpc_build.worker}" in proc.stdout  # type: ignore[attr-defined]
     assert f"libraries: {rpc_build.lib_dir}" in proc.stdout  # type: ignore[attr-defined]
     assert "RPC protocol" in proc.stdout
+
+
+def test_a_worker_gone_before_a_second_load_is_named(rpc_build: object) -> None:
+    """A process that registered a worker (a server loading one model after another) checks
+    it again before the next load: llama.cpp would abort on the failed reconnect."""
+    code = (
+        "import sys\n"
+        "from localllm import rpc\n"
+        "from localllm.errors import InferenceError\n"
+        "rpc.attach([sys.argv[1]])\n"
+        "print('attached', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "try:\n"
+        "    rpc.attach([sys.argv[1]])\n"
+        "except InferenceError as exc:\n"
+        "    print('error:', exc.message, flush=True)\n"
+    )
+    w = Worker(_free_port(), None, _rpc_env(rpc_build))
+    w.wait_for("ready: listening")
+    client = subprocess.Popen(
+        [sys.executable, "-c", code, w.endpoint],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **_rpc_env(rpc_build)},
+        cwd=REPO,
+    )
+    assert client.stdout is not None and client.stdin is not None
+    try:
+        assert client.stdout.readline().strip() == "attached"
+    finally:
+        assert w.stop() == 0
+    out, err = client.communicate("\n", timeout=120)
+    assert client.returncode == 0, err
+    assert f"error: RPC worker {w.endpoint} is not reachable" in out
