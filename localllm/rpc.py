@@ -79,6 +79,8 @@ def select_rpc_library() -> Path:
     current = lib_dir()
     if _has_rpc_files(current):
         return current  # type: ignore[return-value]
+    if os.environ.get("LLAMA_CPP_LIB_PATH"):  # the user's explicit choice: never replaced
+        raise no_rpc_error(f"LLAMA_CPP_LIB_PATH={current} has no ggml-rpc library")
     from localllm import rpcbuild
 
     found = rpcbuild.find_build()
