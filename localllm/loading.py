@@ -9,7 +9,7 @@ a load that would not fit unless the user forces it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -220,14 +220,41 @@ def open_engine(
     force: bool = False,
     warn: Warn | None = None,
     need_tokens: int | None = None,
+    isolate: bool | None = None,
+    env: Mapping[str, str] | None = None,
+    endpoints: Sequence[str] = (),
 ) -> Engine:
     """A loaded engine for ``path`` under ``profile`` (see :func:`plan`). Its
-    ``load_phases`` say where the load's time went (``run --stats -v`` prints them)."""
+    ``load_phases`` say where the load's time went (``run --stats -v`` prints them).
+
+    ``isolate`` runs the model in a child process (:class:`localllm.enginechild.EngineProcess`,
+    used like an Engine) so that llama.cpp aborting does not end this one: the call in flight
+    raises :class:`~localllm.errors.EngineCrashed` instead, and ``reopen()`` loads it again.
+    ``None`` decides by :func:`localllm.enginechild.wants_isolation` (a profile with RPC
+    workers, or ``LOCALLLM_ISOLATE=1``). ``env`` is added to the child's environment and
+    ``endpoints`` (RPC ``host:port``) are checked when it dies, to name the one that failed.
+    """
+    from localllm import enginechild
+
     start = time.perf_counter()
     options = plan(
         path, profile, vocab_only=vocab_only, force=force, warn=warn, need_tokens=need_tokens
     )
     planned = time.perf_counter() - start
+    if isolate is None:
+        isolate = enginechild.wants_isolation(profile) and not vocab_only
+    if isolate:
+        from localllm import store
+
+        draft_ref = getattr(profile, "draft_model", None)
+        draft = store.resolve_model(str(draft_ref)) if draft_ref and not vocab_only else None
+        if draft is not None:
+            header_summary(draft)  # validated like the main model
+        process = enginechild.EngineProcess(
+            path, options, env=env, endpoints=endpoints or _endpoints(profile), draft=draft
+        )
+        process.load_phases.insert(0, ("read header + plan", planned))
+        return process  # type: ignore[return-value]  # an Engine in all but its class
     engine = Engine(path, options)
     engine.load_phases.insert(0, ("read header + plan", planned))
     draft_ref = getattr(profile, "draft_model", None)
@@ -238,6 +265,14 @@ def open_engine(
             engine.close()
             raise
     return engine
+
+
+def _endpoints(profile: Profile) -> tuple[str, ...]:
+    """The profile's RPC workers (``rpc``: a list, or one comma-separated string), if any."""
+    value = getattr(profile, "rpc", None) or ()
+    if isinstance(value, str):
+        value = value.split(",")
+    return tuple(str(v).strip() for v in value if str(v).strip())
 
 
 def _attach_draft(engine: Engine, ref: str, profile: Profile, options: LoadOptions) -> None:
