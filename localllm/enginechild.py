@@ -65,6 +65,13 @@ def wants_isolation(profile: Profile) -> bool:
     return os.environ.get(ISOLATE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def child_env(profile: Profile) -> dict[str, str]:
+    """What the engine process of ``profile`` adds to this process's environment when the
+    caller gives none (``open_engine(env=None)``): the place to choose another llama.cpp
+    build (``LLAMA_CPP_LIB_PATH``) for a profile that needs one. Nothing yet."""
+    return {}
+
+
 # -- framing ----------------------------------------------------------------------------------
 
 

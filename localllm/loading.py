@@ -251,7 +251,11 @@ def open_engine(
         if draft is not None:
             header_summary(draft)  # validated like the main model
         process = enginechild.EngineProcess(
-            path, options, env=env, endpoints=endpoints or _endpoints(profile), draft=draft
+            path,
+            options,
+            env=enginechild.child_env(profile) if env is None else env,
+            endpoints=endpoints or _endpoints(profile),
+            draft=draft,
         )
         process.load_phases.insert(0, ("read header + plan", planned))
         return process  # type: ignore[return-value]  # an Engine in all but its class

@@ -413,13 +413,16 @@ def test_the_chat_shows_the_crash_and_the_next_message_reloads(
     profile = GREEDY.replace(max_tokens=LIMIT, grammar=ENDLESS)
     app = ChatApp(tiny_model, profile)
     shown: list[str] = []
+    titles: list[str] = []
     notify = app.notify
 
     def spy(message: str, *args: Any, **kwargs: Any) -> None:
         shown.append(message)
+        titles.append(str(kwargs.get("title")))
         notify(message, *args, **kwargs)
 
     app.notify = spy  # type: ignore[method-assign]
+    pids: list[int | None] = []
 
     async def body(pilot: Pilot[Any]) -> None:
         await loaded(pilot)
@@ -431,6 +434,7 @@ def test_the_chat_shows_the_crash_and_the_next_message_reloads(
         engine.kill(signal.SIGKILL)
         await idle(pilot)
         assert any("killed by SIGKILL" in m for m in shown), shown
+        assert "The model's process died" in titles, titles
         assert not engine.alive
 
         # The app is still usable: the next message loads the model again and is answered.
@@ -439,6 +443,7 @@ def test_the_chat_shows_the_crash_and_the_next_message_reloads(
         assert answer.answer.strip()
         assert engine.alive and engine.pid != first
         assert app.session.engine is engine
+        pids.extend((first, engine.pid))
 
     async def main() -> None:
         async with app.run_test(size=SIZE) as pilot:
@@ -446,4 +451,4 @@ def test_the_chat_shows_the_crash_and_the_next_message_reloads(
         app.close_engine()
 
     asyncio.run(main())
-    assert app.session is None or not app.session.engine.alive
+    assert len(pids) == 2 and all(pid is not None and gone(pid) for pid in pids)  # no orphan
