@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from localllm.engine import Engine, Event, LoadOptions, ModelInfo, Steering
+from localllm.engine import Engine, Event, LoadOptions, ModelInfo, Steering, TextEvent
 from localllm.errors import EngineCrashed, InferenceError, LocalLLMError, UsageError
 from localllm.profiles import Profile
 
@@ -417,14 +417,16 @@ class EngineProcess:
                 message = self._recv()
                 kind = message[0]
                 if kind == "ask":
-                    yield from message[1]
+                    for item in message[1]:
+                        yield TextEvent(*item) if type(item) is tuple else item
                     if cancel is not None and cancel():
                         self._send(("stop",))
                     else:
                         self._send(("go", steering.take() if steering is not None else ""))
                 elif kind == "end":
                     finished = True
-                    yield from message[1]
+                    for item in message[1]:
+                        yield TextEvent(*item) if type(item) is tuple else item
                     return
                 else:
                     finished = True
@@ -598,7 +600,7 @@ class _Child:
         asks: bool,
     ) -> None:
         out = self.out
-        pending: list[Event] = []
+        pending: list[Any] = []  # text events as (text, tokens, injected): cheaper to pickle
         steering = Steering()
         stopped = False
 
@@ -630,7 +632,10 @@ class _Child:
                 special=special,
                 grammar_lazy_after=lazy_after,
             ):
-                pending.append(event)
+                if type(event) is TextEvent:
+                    pending.append((event.text, event.tokens, event.injected))
+                else:
+                    pending.append(event)
         except Exception as exc:
             _write(out, ("err", *_error_message(exc)))
             return
@@ -648,6 +653,10 @@ def _watch_parent() -> None:
 def main(argv: Sequence[str]) -> None:
     """The child process: ``python -m localllm.enginechild CMD_FD EVENT_FD``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    with contextlib.suppress(Exception):  # no multi-GB core file when llama.cpp aborts
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
     threading.Thread(target=_watch_parent, name="localllm-lifeline", daemon=True).start()
     commands = open(int(argv[0]), "rb", buffering=1 << 16)  # noqa: SIM115 - lives until exit
     child = _Child(commands, int(argv[1]))

@@ -175,8 +175,16 @@ def test_cancel_stops_within_a_token_and_the_stream_can_be_abandoned(tiny_model:
 # -- when the process dies --------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("sig", "said"),
+    [
+        (signal.SIGKILL, "killed by SIGKILL"),
+        (signal.SIGSEGV, "killed by SIGSEGV"),
+        (signal.SIGABRT, "killed by SIGABRT (llama.cpp aborted)"),
+    ],
+)
 def test_a_child_killed_mid_stream_raises_engine_crashed_and_reopens(
-    tiny_process: EngineProcess,
+    tiny_process: EngineProcess, sig: int, said: str
 ) -> None:
     first = tiny_process.pid
     assert first is not None and tiny_process.alive
@@ -187,10 +195,10 @@ def test_a_child_killed_mid_stream_raises_engine_crashed_and_reopens(
             if isinstance(event, TextEvent):
                 seen += 1
                 if seen == 5:
-                    tiny_process.kill(signal.SIGKILL)
+                    tiny_process.kill(sig)
     error = info.value
     assert seen >= 5
-    assert "engine process was killed by SIGKILL while running the model" in error.message
+    assert f"engine process was {said} while running the model" in error.message
     assert error.exit_code == 6 and error.hint
     assert not tiny_process.alive
     with pytest.raises(EngineCrashed, match="loaded again"):  # until it is reopened
