@@ -11,7 +11,8 @@ again.
 
 The protocol, over two pipes (frames: 4-byte length + pickle):
 
-* parent to child: ``("load", path, options, draft)``, ``("call", method, args, kwargs)``,
+* parent to child: ``("load", path, what, force, need_tokens)`` (``what``: LoadOptions, or a
+  Profile the child plans the load for), ``("call", method, args, kwargs)``,
   ``("gen", prompt, settings, grammar, special, lazy_after, asks)``, ``("close",)``;
 * child to parent: ``("ok", value)``, ``("err", class, message, hint)``, and while generating
   ``("ask", events)`` / ``("end", events)``.
@@ -122,7 +123,11 @@ def _rebuild_error(name: str, message: str, hint: str | None) -> BaseException:
 class EngineProcess:
     """A loaded model in a child process, used like :class:`~localllm.engine.Engine`.
 
-    ``env`` is added to the child's environment (e.g. ``LLAMA_CPP_LIB_PATH`` for an
+    ``load`` is either the :class:`LoadOptions` to open the file with, or a
+    :class:`Profile`: the child then runs :func:`localllm.loading.open_engine` itself (the
+    plan, the memory check, a draft model, RPC workers registered in *its* llama.cpp: this
+    process never connects to them), with ``force`` and ``need_tokens``; its warnings go to
+    ``warn``. ``env`` is added to the child's environment (e.g. ``LLAMA_CPP_LIB_PATH`` for an
     RPC-enabled llama.cpp build); ``endpoints`` are the RPC workers (``host:port``) checked
     when the process dies, so the error names the one that stopped answering. Not
     thread-safe, like the engine: one thread uses it at a time (:meth:`kill` excepted).
@@ -133,20 +138,26 @@ class EngineProcess:
     def __init__(
         self,
         path: str | Path,
-        options: LoadOptions,
+        load: LoadOptions | Profile,
         *,
         env: Mapping[str, str] | None = None,
         endpoints: Sequence[str] = (),
-        draft: str | Path | None = None,
+        force: bool = False,
+        need_tokens: int | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         self.path = Path(path)
-        self.options = options
+        self._load = load
+        self._force = force
+        self._need_tokens = need_tokens
+        self._warn = warn
+        self.options: LoadOptions = load if isinstance(load, LoadOptions) else None  # type: ignore[assignment]
         self.env = dict(env or {})
         self.endpoints = tuple(endpoints)
-        self.draft_path = Path(draft) if draft is not None else None
-        self.draft: Any = None  # the draft model lives in the child
+        self.draft: Any = None  # a draft model lives in the child
         self.info: ModelInfo
         self.load_phases: list[tuple[str, float]] = []
+        self.load_log: list[str] = []  # llama.cpp's load log, when the engine keeps one
         self._proc: subprocess.Popen[bytes] | None = None
         self._cmd = -1
         self._events: io.BufferedReader | None = None
@@ -201,7 +212,7 @@ class EngineProcess:
         self._tail = collections.deque(maxlen=STDERR_LINES)
         self._reader = threading.Thread(
             target=self._read_output,
-            args=(self._proc.stdout, self._tail, bool(self.options.verbose)),
+            args=(self._proc.stdout, self._tail, bool(self._load.verbose)),
             name="localllm-engine-output",
             daemon=True,
         )
@@ -211,12 +222,18 @@ class EngineProcess:
         self._n_ctx = 0
         spawned = time.perf_counter() - start
         try:
-            reply = self._call_raw(("load", str(self.path), self.options, self.draft_path))
+            reply = self._call_raw(
+                ("load", str(self.path), self._load, self._force, self._need_tokens)
+            )
         except BaseException:
             self._reap(kill=True)
             raise
-        self.info, self._n_ctx, self._n_vocab, phases = reply
+        self.info, self._n_ctx, self._n_vocab, phases, self.options, warnings, log = reply
         self.load_phases = [("start engine process", spawned), *phases]
+        self.load_log = list(log)
+        for warning in warnings:
+            if self._warn is not None:
+                self._warn(warning)
 
     @staticmethod
     def _read_output(stream: Any, tail: collections.deque[str], echo: bool) -> None:
@@ -560,22 +577,33 @@ class _Child:
             else:
                 _write(self.out, ("ok", reply))
 
-    def _load(self, path: str, options: LoadOptions, draft: Path | None) -> Any:
-        from dataclasses import replace
+    def _load(
+        self, path: str, load: LoadOptions | Profile, force: bool, need_tokens: int | None
+    ) -> Any:
+        warnings: list[str] = []
+        if isinstance(load, LoadOptions):
+            engine = Engine(path, load)
+        else:  # the whole open, as in-process: plan, memory check, draft, RPC workers
+            from localllm.loading import open_engine
 
-        engine = Engine(path, options)
-        if draft is not None:
-            start = time.perf_counter()
-            helper = Engine(draft, replace(options, n_layers_total=None, offload_reason=""))
-            try:
-                engine.attach_draft(helper)
-            except BaseException:
-                helper.close()
-                engine.close()
-                raise
-            engine.load_phases.append(("draft model", time.perf_counter() - start))
+            engine = open_engine(
+                path,
+                load,
+                force=force,
+                warn=warnings.append,
+                need_tokens=need_tokens,
+                isolate=False,
+            )
         self.engine = engine
-        return engine.info, engine.n_ctx, engine.n_vocab, list(engine.load_phases)
+        return (
+            engine.info,
+            engine.n_ctx,
+            engine.n_vocab,
+            list(engine.load_phases),
+            engine.options,
+            warnings,
+            [str(line) for line in getattr(engine, "load_log", None) or ()],
+        )
 
     def _method(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         engine = self._need()

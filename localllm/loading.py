@@ -230,35 +230,31 @@ def open_engine(
     ``isolate`` runs the model in a child process (:class:`localllm.enginechild.EngineProcess`,
     used like an Engine) so that llama.cpp aborting does not end this one: the call in flight
     raises :class:`~localllm.errors.EngineCrashed` instead, and ``reopen()`` loads it again.
+    The child runs this function (plan, memory check, draft model, RPC workers): this process
+    never loads the model nor connects to a worker (one serves one client at a time).
     ``None`` decides by :func:`localllm.enginechild.wants_isolation` (a profile with RPC
     workers, or ``LOCALLLM_ISOLATE=1``). ``env`` is added to the child's environment and
     ``endpoints`` (RPC ``host:port``) are checked when it dies, to name the one that failed.
     """
     from localllm import enginechild
 
+    if isolate is None:
+        isolate = enginechild.wants_isolation(profile)
+    if isolate and not vocab_only:  # the child plans and opens it, as below, in its process
+        return enginechild.EngineProcess(  # type: ignore[return-value]  # an Engine but in name
+            path,
+            profile,
+            force=force,
+            warn=warn,
+            need_tokens=need_tokens,
+            env=enginechild.child_env(profile) if env is None else env,
+            endpoints=endpoints or _endpoints(profile),
+        )
     start = time.perf_counter()
     options = plan(
         path, profile, vocab_only=vocab_only, force=force, warn=warn, need_tokens=need_tokens
     )
     planned = time.perf_counter() - start
-    if isolate is None:
-        isolate = enginechild.wants_isolation(profile) and not vocab_only
-    if isolate:
-        from localllm import store
-
-        draft_ref = getattr(profile, "draft_model", None)
-        draft = store.resolve_model(str(draft_ref)) if draft_ref and not vocab_only else None
-        if draft is not None:
-            header_summary(draft)  # validated like the main model
-        process = enginechild.EngineProcess(
-            path,
-            options,
-            env=enginechild.child_env(profile) if env is None else env,
-            endpoints=endpoints or _endpoints(profile),
-            draft=draft,
-        )
-        process.load_phases.insert(0, ("read header + plan", planned))
-        return process  # type: ignore[return-value]  # an Engine in all but its class
     engine = Engine(path, options)
     engine.load_phases.insert(0, ("read header + plan", planned))
     draft_ref = getattr(profile, "draft_model", None)

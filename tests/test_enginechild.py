@@ -33,6 +33,7 @@ from localllm.session import ChatSession
 GREEDY = Profile(temperature=0.0, max_tokens=48, seed=1, threads=1, gpu_layers=0)
 ENDLESS = "root ::= [a-z ] root"
 LIMIT = 3000  # far more tokens than a stream that is killed or stopped gets to make
+LONG = 30000  # the server's stream: ~10 s of the tiny model, where 3000 tokens take ~1 s
 
 
 @pytest.fixture
@@ -323,13 +324,30 @@ def test_open_engine_isolates_when_asked(tiny_model: Path, monkeypatch: pytest.M
     assert not enginechild.wants_isolation(GREEDY)
     monkeypatch.setenv("LOCALLLM_ISOLATE", "1")
     assert enginechild.wants_isolation(GREEDY)
-    isolated = open_engine(tiny_model, GREEDY)
+    # The child plans the load itself; its warnings come back to the caller's ``warn``.
+    long = GREEDY.replace(context_length=8192)  # longer than the 4096 it was trained on
+    here: list[str] = []
+    open_engine(tiny_model, long, warn=here.append, isolate=False).close()
+    there: list[str] = []
+    isolated = open_engine(tiny_model, long, warn=there.append)
     try:
         assert isinstance(isolated, EngineProcess)
-        assert isolated.load_phases[0][0] == "read header + plan"
-        assert isolated.load_phases[1][0] == "start engine process"
+        assert there == here and "longer than the 4096 tokens" in there[0]
+        assert [name for name, _ in isolated.load_phases[:2]] == [
+            "start engine process",
+            "read header + plan",
+        ]
+        assert isolated.options == plan(tiny_model, long)
+        assert isolated.n_ctx == 8192
+        with pytest.raises(EngineCrashed):  # reopen() plans again in the new child
+            isolated.kill()
+            events(isolated, "hi")
+        isolated.reopen()
+        assert isolated.options == plan(tiny_model, long) and isolated.n_ctx == 8192
     finally:
         isolated.close()
+    with pytest.raises(InvalidModelError):  # the child's refusal is the same error
+        open_engine(tiny_model.parent / "missing.gguf", GREEDY)
     vocab = open_engine(tiny_model, GREEDY, vocab_only=True)  # a tokenizer needs no child
     try:
         assert isinstance(vocab, Engine)
@@ -351,7 +369,10 @@ def test_the_server_answers_a_killed_engine_with_an_error_and_reloads(
     from serverproc import ServerProcess
 
     env = {"LOCALLLM_HOME": str(tmp_path), "LOCALLLM_ISOLATE": "1"}
-    with ServerProcess("-m", str(tiny_model), grammar=ENDLESS, env=env) as server:
+    # A long context and budget: the stream is still going (seconds of it) when the client,
+    # having read its fifth chunk, kills the engine process.
+    ctx = ("--ctx", str(LONG + 64))
+    with ServerProcess("-m", str(tiny_model), *ctx, grammar=ENDLESS, env=env) as server:
         api = openai.OpenAI(base_url=server.url + "/v1", api_key="x")
         api.chat.completions.create(model="default", messages=HI, max_tokens=2)
         worker = server.worker()
@@ -360,7 +381,7 @@ def test_the_server_answers_a_killed_engine_with_an_error_and_reloads(
 
         url = urlparse(server.url)
         conn = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
-        body = {"messages": HI, "stream": True, "max_tokens": LIMIT}
+        body = {"messages": HI, "stream": True, "max_tokens": LONG}
         conn.request(
             "POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"}
         )
@@ -412,14 +433,38 @@ HI = [{"role": "user", "content": "hi"}]
 def test_the_chat_shows_the_crash_and_the_next_message_reloads(
     tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from test_tui import SIZE, ask, idle, loaded, wait_for
+    from test_tui import SIZE, ask, loaded
     from textual.pilot import Pilot
 
     from localllm.tui.app import ChatApp
+    from localllm.tui.engine_host import default_engine
+
+    class KilledMidStream:
+        """The app's engine, whose process is killed once the fifth text event has come
+        through (in the worker thread, between two tokens: no race with the stream)."""
+
+        def __init__(self, engine: EngineProcess) -> None:
+            self.engine = engine
+            self.kill_at: int | None = 5
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.engine, name)
+
+        def generate(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+            seen = 0
+            for event in self.engine.generate(*args, **kwargs):
+                yield event
+                seen += isinstance(event, TextEvent)
+                if seen == self.kill_at:
+                    self.kill_at = None
+                    self.engine.kill(signal.SIGKILL)
+
+    def factory(path: Path, profile: Profile) -> Any:
+        return KilledMidStream(default_engine(path, profile))
 
     monkeypatch.setenv("LOCALLLM_ISOLATE", "1")  # the app's own engine factory isolates
     profile = GREEDY.replace(max_tokens=LIMIT, grammar=ENDLESS)
-    app = ChatApp(tiny_model, profile)
+    app = ChatApp(tiny_model, profile, engine_factory=factory)
     shown: list[str] = []
     titles: list[str] = []
     notify = app.notify
@@ -434,13 +479,10 @@ def test_the_chat_shows_the_crash_and_the_next_message_reloads(
 
     async def body(pilot: Pilot[Any]) -> None:
         await loaded(pilot)
-        engine = app.session.engine
+        engine = app.session.engine.engine
         assert isinstance(engine, EngineProcess)
         first = engine.pid
-        widget = await ask(pilot, "go on forever", wait=False)
-        await wait_for(pilot, lambda: len(widget.answer) > 10, what="the first words")
-        engine.kill(signal.SIGKILL)
-        await idle(pilot)
+        await ask(pilot, "go on forever")
         assert any("killed by SIGKILL" in m for m in shown), shown
         assert "The model's process died" in titles, titles
         assert not engine.alive
@@ -450,7 +492,7 @@ def test_the_chat_shows_the_crash_and_the_next_message_reloads(
         answer = await ask(pilot, "again")
         assert answer.answer.strip()
         assert engine.alive and engine.pid != first
-        assert app.session.engine is engine
+        assert app.session.engine.engine is engine
         pids.extend((first, engine.pid))
 
     async def main() -> None:
