@@ -502,3 +502,10 @@ def test_the_chat_shows_the_crash_and_the_next_message_reloads(
 
     asyncio.run(main())
     assert len(pids) == 2 and all(pid is not None and gone(pid) for pid in pids)  # no orphan
+
+
+def test_images_need_the_model_in_process(tiny_process: EngineProcess, tmp_path: Path) -> None:
+    from localllm import vision
+
+    with pytest.raises(UsageError, match="child process"):
+        vision.Projector(tiny_process, tmp_path / "mmproj.gguf")
