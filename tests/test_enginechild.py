@@ -509,3 +509,31 @@ def test_images_need_the_model_in_process(tiny_process: EngineProcess, tmp_path:
 
     with pytest.raises(UsageError, match="child process"):
         vision.Projector(tiny_process, tmp_path / "mmproj.gguf")
+
+
+def test_ctrl_c_on_run_stops_and_leaves_no_engine_process(starter_model: Path) -> None:
+    from test_interrupts import LONG as LONG_RUN
+    from test_interrupts import finish, read_at_least, small_pipe
+
+    # The terminal sends Ctrl-C to the whole process group: the child ignores it, and the
+    # parent stops the generation, says so, exits 130, and its engine process ends with it.
+    read_end, write_end = small_pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "localllm", "run", "-m", str(starter_model), *LONG_RUN],
+        stdin=subprocess.DEVNULL,
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "LOCALLLM_ISOLATE": "1"},
+        start_new_session=True,
+    )
+    os.close(write_end)
+    read_at_least(read_end, 20)  # answering: blocked on the full pipe, it cannot finish
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert len(children) == 1
+    engine = int(children[0])
+    assert "localllm.enginechild" in Path(f"/proc/{engine}/cmdline").read_text()
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = finish(proc, read_end)
+    assert proc.returncode == 130, err.decode()
+    assert b"interrupted" in err and b"Traceback" not in err
+    wait_until(lambda: gone(engine), "the engine process to end with run")
