@@ -151,7 +151,7 @@ class EngineProcess:
         self._force = force
         self._need_tokens = need_tokens
         self._warn = warn
-        self.options: LoadOptions = load if isinstance(load, LoadOptions) else None  # type: ignore[assignment]
+        self.options: LoadOptions | None = load if isinstance(load, LoadOptions) else None
         self.env = dict(env or {})
         self.endpoints = tuple(endpoints)
         self.draft: Any = None  # a draft model lives in the child
@@ -199,14 +199,12 @@ class EngineProcess:
                 env=env,
             )
         except OSError as exc:
-            for fd in (cmd_read, cmd_write, ev_read, ev_write):
+            for fd in (cmd_write, ev_read):
                 os.close(fd)
             raise InferenceError(f"could not start the engine process: {exc}") from exc
         finally:
-            with contextlib.suppress(OSError):
-                os.close(cmd_read)
-            with contextlib.suppress(OSError):
-                os.close(ev_write)
+            os.close(cmd_read)  # the child's ends: this process keeps only its own
+            os.close(ev_write)
         self._cmd = cmd_write
         self._events = open(ev_read, "rb", buffering=1 << 16)  # noqa: SIM115 - closed in _reap
         self._tail = collections.deque(maxlen=STDERR_LINES)
@@ -231,6 +229,7 @@ class EngineProcess:
         self.info, self._n_ctx, self._n_vocab, phases, self.options, warnings, log = reply
         self.load_phases = [("start engine process", spawned), *phases]
         self.load_log = list(log)
+        self._tail.clear()  # a later crash is told by what comes after the load
         for warning in warnings:
             if self._warn is not None:
                 self._warn(warning)
@@ -678,6 +677,20 @@ def _watch_parent() -> None:
     os._exit(0)
 
 
+class _LogToStderr:
+    """Takes llama.cpp's log lines (the engine's capture hook) to stderr, which the parent
+    keeps the end of: an RPC error logged before an abort then names the worker. With
+    ``verbose`` the engine prints them itself."""
+
+    def append(self, text: str) -> None:
+        from localllm import engine
+
+        if not engine._log_route.get("verbose"):
+            with contextlib.suppress(Exception):
+                sys.stderr.write(text)
+                sys.stderr.flush()
+
+
 def main(argv: Sequence[str]) -> None:
     """The child process: ``python -m localllm.enginechild CMD_FD EVENT_FD``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
@@ -686,6 +699,9 @@ def main(argv: Sequence[str]) -> None:
 
         resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
     threading.Thread(target=_watch_parent, name="localllm-lifeline", daemon=True).start()
+    from localllm import engine
+
+    engine._log_route["capture"] = _LogToStderr()
     commands = open(int(argv[0]), "rb", buffering=1 << 16)  # noqa: SIM115 - lives until exit
     child = _Child(commands, int(argv[1]))
     try:
