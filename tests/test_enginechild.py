@@ -30,6 +30,10 @@ from localllm.loading import open_engine, plan
 from localllm.profiles import Profile
 from localllm.session import ChatSession
 
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/stat").exists(), reason="watches processes through /proc (Linux)"
+)
+
 GREEDY = Profile(temperature=0.0, max_tokens=48, seed=1, threads=1, gpu_layers=0)
 ENDLESS = "root ::= [a-z ] root"
 LIMIT = 3000  # far more tokens than a stream that is killed or stopped gets to make
