@@ -49,6 +49,7 @@ LAYERS: dict[str, int] = {
     "localllm.engine": 3,
     "localllm.session": 3,
     "localllm.loading": 3,
+    "localllm.enginechild": 3,  # an engine in a child process (llama.cpp aborts stay there)
     "localllm.bench": 3,
     "localllm.streaming": 3,  # one turn batched for a screen (no UI)
     "localllm.embeddings": 3,  # texts to vectors (loads llama_cpp, like the engine)

@@ -27,7 +27,13 @@ from textual.worker import Worker, WorkerState
 
 from localllm import conversations
 from localllm.conversations import Conversation
-from localllm.errors import InferenceError, LocalLLMError, ProfileError, UsageError
+from localllm.errors import (
+    EngineCrashed,
+    InferenceError,
+    LocalLLMError,
+    ProfileError,
+    UsageError,
+)
 from localllm.profiles import MODES, Profile
 from localllm.streaming import Delta
 from localllm.textin import clean_text
@@ -406,7 +412,8 @@ class ChatApp(App[None]):
                     error.message,
                     hint="start a new chat (Ctrl+N), or use a profile with a larger context_length",
                 )
-            self.error(error, "The answer failed")
+            crashed = isinstance(error, EngineCrashed)  # the next message loads it again
+            self.error(error, "The model's process died" if crashed else "The answer failed")
         else:
             if result.history is not None and current:
                 state.history = result.history
