@@ -158,6 +158,7 @@ class EngineProcess:
         self.info: ModelInfo
         self.load_phases: list[tuple[str, float]] = []
         self.load_log: list[str] = []  # llama.cpp's load log, when the engine keeps one
+        self.rpc_devices: dict[str, str] = {}
         self._proc: subprocess.Popen[bytes] | None = None
         self._cmd = -1
         self._events: io.BufferedReader | None = None
@@ -226,7 +227,8 @@ class EngineProcess:
         except BaseException:
             self._reap(kill=True)
             raise
-        self.info, self._n_ctx, self._n_vocab, phases, self.options, warnings, log = reply
+        self.info, self._n_ctx, self._n_vocab, phases, self.options, warnings, log, devices = reply
+        self.rpc_devices = dict(devices)  # the child's RPC devices, for the split's labels
         self.load_phases = [("start engine process", spawned), *phases]
         self.load_log = list(log)
         self._tail.clear()  # a later crash is told by what comes after the load
@@ -602,6 +604,7 @@ class _Child:
             engine.options,
             warnings,
             [str(line) for line in getattr(engine, "load_log", None) or ()],
+            _rpc_devices(engine),
         )
 
     def _method(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -713,6 +716,15 @@ def main(argv: Sequence[str]) -> None:
             with contextlib.suppress(Exception):
                 child.engine.close()
     os._exit(0)
+
+
+def _rpc_devices(engine: Engine) -> dict[str, str]:
+    """The RPC devices the child registered (none without workers): names for the split."""
+    if not getattr(engine.options, "rpc", ()):
+        return {}
+    from localllm.rpc import rpc_device_names
+
+    return rpc_device_names()
 
 
 if __name__ == "__main__":

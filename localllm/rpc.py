@@ -242,10 +242,15 @@ def engine_split(engine: Any) -> list[DeviceShare]:
     lines = getattr(engine, "load_log", None)
     if not lines:
         return []
+    names = getattr(engine, "rpc_devices", None)  # a model in a child process brings its own
+    return parse_split(lines, names if names is not None else rpc_device_names())
+
+
+def rpc_device_names() -> dict[str, str]:
+    """This process's registered RPC devices: llama.cpp's name (``RPC0``) -> ``host:port``."""
     from localllm import engine as eng
 
-    names = {d.name: d.description for d in eng.devices() if d.backend == "RPC"}
-    return parse_split(lines, names)
+    return {d.name: d.description for d in eng.devices() if d.backend == "RPC"}
 
 
 def split_summary(shares: Sequence[DeviceShare]) -> str:
