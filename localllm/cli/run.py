@@ -456,8 +456,9 @@ def _stream(
     out = sys.stdout
     show_reasoning = settings.show_reasoning and not as_json
     reasoning_shown = False  # reasoning is on stderr and not yet ended by a newline
+    events = session.send(text, images=images or (), constraint=constraint)
     try:
-        for event in session.send(text, images=images or (), constraint=constraint):
+        for event in events:
             if isinstance(event, AnswerText):
                 if reasoning_shown:
                     sys.stderr.write("\n")
@@ -476,6 +477,11 @@ def _stream(
             out.flush()
         err("interrupted: stopped generating")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        # A closed stdout (`| head -c5`) raises from a write above: the turn's generator is
+        # closed there and then, so decoding stops at once (not when it is collected, and
+        # never after the engine under it was closed).
+        events.close()
     if reasoning_shown:
         sys.stderr.write("\n")
         sys.stderr.flush()
