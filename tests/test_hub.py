@@ -1045,3 +1045,63 @@ def test_starter_comes_from_the_hub(fake_hub: FakeHub, starter_model: Path) -> N
     assert fake_hub.sent(entry.filename) == entry.size + hub.HEADER_PREFIXES[0]
     assert plan.listing is not None and plan.listing.method == "header"
     assert plan.listing.shape is not None and plan.listing.shape.n_layer == 30
+
+
+# -- telemetry: off unless the user turns it on ------------------------------------------
+
+TELEMETRY_PROBE = """
+import sys
+from localllm.cli import main
+try:
+    main(["search", sys.argv[1], "--json"])
+except SystemExit as exc:
+    assert not exc.code, exc.code
+# what huggingface_hub calls to report usage: a request to {endpoint}/api/telemetry/...
+from huggingface_hub.utils import _telemetry, send_telemetry
+send_telemetry("localllm-probe", library_name="localllm", library_version="0")
+_telemetry._TELEMETRY_QUEUE.join()
+print("done")
+"""
+
+
+def _telemetry_requests(
+    fake_hub: FakeHub, tmp_path: Path, files: dict[str, Path], **env: str
+) -> list[str]:
+    repo = quant_repo(fake_hub, files)
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HF_HUB_DISABLE_TELEMETRY", "DISABLE_TELEMETRY", "DO_NOT_TRACK")
+    }
+    # a fresh HF_HOME: no agent-harness registry cached from an earlier day
+    clean.update(HF_HOME=str(tmp_path / "hf-home"), **env)
+    proc = subprocess.run(
+        [sys.executable, "-c", TELEMETRY_PROBE, repo],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=clean,
+    )
+    assert proc.returncode == 0 and proc.stdout.endswith("done\n"), proc.stderr
+    with fake_hub.lock:
+        seen = [path for _, path in fake_hub.requests]
+    assert any(p.startswith(f"/api/models/{repo}") for p in seen), seen  # it did reach the Hub
+    return [p for p in seen if p.startswith(("/api/telemetry", "/api/agent-harnesses"))]
+
+
+def test_no_telemetry_reaches_the_hub_by_default(
+    fake_hub: FakeHub, tmp_path: Path, files: dict[str, Path]
+) -> None:
+    """huggingface_hub reports usage unless HF_HUB_DISABLE_TELEMETRY is set; localllm (an
+    offline, private tool) turns that off when the user did not choose."""
+    assert _telemetry_requests(fake_hub, tmp_path, files) == []
+
+
+def test_telemetry_is_the_users_choice(
+    fake_hub: FakeHub, tmp_path: Path, files: dict[str, Path]
+) -> None:
+    """HF_HUB_DISABLE_TELEMETRY=0 set by the user turns it on (and shows the probe above sees
+    the library's requests when they are made)."""
+    sent = _telemetry_requests(fake_hub, tmp_path, files, HF_HUB_DISABLE_TELEMETRY="0")
+    assert "/api/agent-harnesses" in sent
+    assert any(p.startswith("/api/telemetry/localllm-probe") for p in sent), sent
