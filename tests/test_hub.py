@@ -84,7 +84,9 @@ def test_list_repo_marks_fit(fake_hub: FakeHub, files: dict[str, Path]) -> None:
     assert listing.shape is not None and listing.shape.n_layer == 2
     assert {r.verdict for r in listing.rows} == {"fits"}
     row = listing.rows[1]
-    assert row.estimate.weights == mid_need
+    # the projector pull fetches with the model loads beside it: its bytes count as weights
+    assert row.projector is not None and row.projector.name == "mmproj-Tiny-F16.gguf"
+    assert row.estimate.weights == mid_need + files["small"].stat().st_size
     # The shape comes from one header, the smallest file's (32 wide): K and V, f16.
     assert row.estimate.kv_cache == 2 * 2048 * 2 * 32 * 2
     # Against a small budget the marks differ per size.
@@ -94,6 +96,41 @@ def test_list_repo_marks_fit(fake_hub: FakeHub, files: dict[str, Path]) -> None:
     assert [r.verdict for r in listing.rows] == ["fits", "fits", "tight"]
     # Only one header was read per listing, and nothing was downloaded.
     assert fake_hub.sent("Tiny-Q4_K_M.gguf") == 0 and fake_hub.sent("Tiny-Q8_0.gguf") == 0
+
+
+def test_fit_marks_count_the_vision_projector_pull_fetches(
+    fake_hub: FakeHub, files: dict[str, Path]
+) -> None:
+    """A model that fits alone but only tightly with its projector is marked so (pull would
+    fetch both, run would load both), unless --mmproj none leaves the projector out; the
+    auto-pick follows the marks."""
+    fake_hub.add_repo(
+        "acme/Vision-GGUF",
+        {
+            "Vision-Q2_K.gguf": files["small"],
+            "Vision-Q4_K_M.gguf": files["mid"],
+            "mmproj-Vision-F16.gguf": files["big"],
+        },
+    )
+    alone = hub.list_repo("acme/Vision-GGUF", n_ctx=512, budget=ROOMY, mmproj="none")
+    assert all(r.projector is None for r in alone.rows)
+    need = alone.rows[1].estimate.total  # Q4_K_M without its projector
+    budget = fit.MemoryBudget(ram=int(need / 0.8) + 1)
+    without = hub.list_repo("acme/Vision-GGUF", n_ctx=512, budget=budget, mmproj="none")
+    assert [r.verdict for r in without.rows] == ["fits", "fits"]
+    listing = hub.list_repo("acme/Vision-GGUF", n_ctx=512, budget=budget)
+    projector = files["big"].stat().st_size
+    for r, bare in zip(listing.rows, without.rows, strict=True):
+        assert r.projector is not None and r.projector.name == "mmproj-Vision-F16.gguf"
+        assert r.estimate.weights == bare.estimate.weights + projector
+        assert r.estimate.kv_cache == bare.estimate.kv_cache
+    assert listing.rows[1].verdict == "tight"
+    plan = hub.plan_pull("acme/Vision-GGUF", n_ctx=512, budget=budget)
+    assert plan.projector is not None and plan.reason is not None
+    assert "tightly" in plan.reason  # nothing fits comfortably once the projector counts
+    plan = hub.plan_pull("acme/Vision-GGUF", n_ctx=512, budget=budget, mmproj="none")
+    assert plan.projector is None and plan.entry.name == "Vision-Q4_K_M.gguf"
+    assert plan.reason is not None and "tightly" not in plan.reason
 
 
 def test_list_repo_falls_back_to_size_heuristic(fake_hub: FakeHub, files: dict[str, Path]) -> None:
