@@ -204,6 +204,43 @@ def test_run_and_chat_refuse_an_encoder(tiny_bert: Path) -> None:
     assert "localllm embed" in (info.value.hint or "")
 
 
+def in_a_terminal(*args: str) -> subprocess.CompletedProcess[str]:
+    """``localllm ARGS`` with stdin and stdout on a pseudo-terminal (as `chat` needs), stderr
+    on a pipe."""
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "localllm", *args],
+            stdin=follower,
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
+
+
+def test_chat_refuses_an_encoder_before_the_screen_opens(tiny_bert: Path, tmp_path: Path) -> None:
+    """`localllm chat -m EMBEDDER` in a terminal: one error line and exit 2, no app started
+    (run and chat resolve and check the model through one function, loading.model_to_generate);
+    a file that is no GGUF is refused the same way, exit 3."""
+    proc = in_a_terminal("chat", "-m", str(tiny_bert))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "encoder-only" in lines[0]
+    assert "localllm embed" in lines[0]
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a model at all" * 10)
+    proc = in_a_terminal("chat", "-m", str(junk))
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
 def test_show_covers_embedding_models(tiny_bert: Path) -> None:
     result = runner.invoke(app, ["show", str(tiny_bert)])
     assert result.exit_code == 0, result.output

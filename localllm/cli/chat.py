@@ -41,7 +41,6 @@ def chat(
 ) -> None:
     """Chat with a model in a full-screen terminal app (F1 inside lists the keys)."""
     from localllm import profiles
-    from localllm.cli.run import resolve_model_path
     from localllm.errors import UsageError
 
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
@@ -52,11 +51,10 @@ def chat(
     settings = profiles.resolve(profile, {"mode": mode, "system_prompt": system})
     path = None
     if model or settings.model or not resume:
-        path = resolve_model_path(model or settings.model, lambda m: err(m, style="dim"))
-        from localllm.loading import refuse_encoder
-        from localllm.modelfile import read_info
+        from localllm.loading import model_to_generate
 
-        refuse_encoder(read_info(path))  # an embedding model cannot chat: say so up front
+        # an embedding model cannot chat: refused here, before the screen opens
+        path = model_to_generate(model or settings.model, lambda m: err(m, style="dim"))
 
     from localllm.tui.app import run_chat
 

@@ -137,17 +137,6 @@ def parse_gpu_layers(value: str | None) -> int | str | None:
     return layers
 
 
-def resolve_model_path(ref: str | None, say: Any) -> Path:
-    """The file to load: an explicit reference, else the starter (fetched on first use)."""
-    from localllm import store
-
-    if ref:
-        return store.resolve_model(ref)
-    from localllm.starter import ensure_starter
-
-    return ensure_starter(say)
-
-
 @app.command()
 def run(
     prompt: Annotated[
@@ -293,7 +282,7 @@ def run(
 ) -> None:
     """Answer one prompt, streaming the answer to stdout."""
     from localllm import profiles
-    from localllm.loading import need_tokens_for, open_engine
+    from localllm.loading import model_to_generate, need_tokens_for, open_engine
     from localllm.session import ChatSession
     from localllm.textin import TextInputs
 
@@ -336,7 +325,7 @@ def run(
     def say(message: str) -> None:
         err(message, style="dim")
 
-    path = resolve_model_path(model or settings.model, say)
+    path = model_to_generate(model or settings.model, say)
     if pictures and mmproj is None:
         from localllm import vision
 
