@@ -67,6 +67,11 @@ def main(argv: list[str] | None = None) -> None:
         # format_message; anything else is a bug and keeps its traceback.
         if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
             raise
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            # `localllm` or `localllm profile` alone: the help itself is the answer, not an
+            # "error: Usage: ..." wrapped around it (exit 2: no command was given).
+            print(exc.format_message(), file=sys.stderr)
+            sys.exit(exc.exit_code)
         ctx = getattr(exc, "ctx", None)
         where = ctx.command_path if ctx is not None else "localllm"
         print(f"error: {exc.format_message()} (see '{where} --help')", file=sys.stderr)
