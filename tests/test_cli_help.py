@@ -1,7 +1,7 @@
 """Every command's ``--help`` reads as a user's manual: option values are named for what they
-are (``--stop TEXT``, ``--alias NAME=MODEL``), never Python types such as ``<list[str]>``
-(Typer's rendering of a repeatable option; positional arguments still show their type, a
-known gap)."""
+are (``--stop TEXT``, ``--ctx INTEGER``, ``--alias NAME=MODEL``), never Python types such as
+``<str>`` or ``<list[str]>`` (Typer 0.29's rendering), and the usage line names arguments
+as ``MODEL`` / ``[PROMPT]``, not ``{model}``."""
 
 from __future__ import annotations
 
@@ -37,6 +37,10 @@ def test_help_names_no_python_types(words: tuple[str, ...]) -> None:
     options = proc.stdout.partition("Options:")[2]
     assert options, proc.stdout
     assert "list[" not in options, options
+    for python_type in ("<str>", "<int>", "<float>", "<bool>", "<path>"):
+        assert python_type not in proc.stdout, python_type  # TEXT, INTEGER, FLOAT, PATH
+    usage = proc.stdout.splitlines()[0]
+    assert "{" not in usage and usage == usage.replace("[prompt]", ""), usage  # MODEL, [PROMPT]
 
 
 @pytest.mark.parametrize("flag", ["--version", "-V"])

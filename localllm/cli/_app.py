@@ -139,6 +139,52 @@ def _install_plain_coercion() -> None:
 
 _install_plain_coercion()
 
+
+def _install_plain_metavars() -> None:
+    """Help that names values as click and most CLIs do (``--model TEXT``, ``--ctx INTEGER``,
+    ``show [OPTIONS] MODEL``, ``run [OPTIONS] [PROMPT]``) instead of Typer 0.29's Python types
+    (``--model <str>``, ``{model}``), which read as code to someone who is not a Python
+    programmer. Choices, ranges and explicit metavars keep Typer's rendering. A Typer whose
+    internals differ is left alone."""
+    try:
+        from typer import core
+    except ImportError:  # pragma: no cover
+        return
+    param = getattr(core, "_TyperParameter", None)
+    argument = getattr(core, "TyperArgument", None)
+    original = getattr(param, "display_type", None)
+    if (
+        original is None
+        or argument is None
+        or getattr(original, "_localllm", False)
+        or not hasattr(argument, "_usage_display_name")
+    ):  # pragma: no cover
+        return
+    plain = {"<str>": "TEXT", "<int>": "INTEGER", "<float>": "FLOAT", "<bool>": "BOOLEAN"}
+    plain.update({"<list[str]>": "TEXT", "<list[int]>": "INTEGER", "<list[float]>": "FLOAT"})
+
+    def display_type(self: Any, ctx: Any) -> str:
+        shown = original(self, ctx)
+        if shown in plain:
+            return plain[shown]
+        if getattr(self.type_descriptor, "is_path", False):
+            return "PATH"
+        return shown
+
+    def usage_name(self: Any) -> str:
+        name = self.display_name_raw
+        name = name if self.metavar is not None else name.upper()
+        if not self.required:
+            name = f"[{name}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+    display_type._localllm = True  # type: ignore[attr-defined]
+    param.display_type = display_type
+    argument._usage_display_name = usage_name
+
+
+_install_plain_metavars()
+
 app = typer.Typer(
     name="localllm",
     cls=_PlainHelpGroup,
