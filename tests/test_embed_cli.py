@@ -57,6 +57,14 @@ def test_stdin_lines_skip_blank_ones(tiny_bert: Path) -> None:
     assert [r["text"] for r in jsonl(result.stdout)] == ["hello", "world", "the end"]
 
 
+def test_a_lone_dash_reads_stdin(tiny_bert: Path) -> None:
+    """`... | localllm embed -m M -` embeds the piped lines, as `run -` reads its prompt from
+    stdin, rather than a vector of the text "-"."""
+    result = runner.invoke(app, ["embed", "-m", str(tiny_bert), "-"], input=b"hello\nworld\n")
+    assert result.exit_code == 0, result.output
+    assert [r["text"] for r in jsonl(result.stdout)] == ["hello", "world"]
+
+
 def test_json_format_and_no_normalize(tiny_bert: Path) -> None:
     result = runner.invoke(
         app, ["embed", "-m", str(tiny_bert), "--format", "json", "--no-normalize", "a", "b c"]
