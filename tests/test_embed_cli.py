@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ptyrun import in_a_terminal
 from typer.testing import CliRunner
 
 from localllm import catalog
@@ -210,27 +211,6 @@ def test_run_and_chat_refuse_an_encoder(tiny_bert: Path) -> None:
     with pytest.raises(UsageError, match="encoder-only") as info:
         refuse_encoder(read_info(tiny_bert))  # the check chat and the TUI load through
     assert "localllm embed" in (info.value.hint or "")
-
-
-def in_a_terminal(*args: str) -> subprocess.CompletedProcess[str]:
-    """``localllm ARGS`` with stdin and stdout on a pseudo-terminal (as `chat` needs), stderr
-    on a pipe."""
-    import pty
-
-    leader, follower = pty.openpty()
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "localllm", *args],
-            stdin=follower,
-            stdout=follower,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        _, stderr = proc.communicate(timeout=300)
-    finally:
-        os.close(follower)
-        os.close(leader)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
 
 
 def test_chat_refuses_an_encoder_before_the_screen_opens(tiny_bert: Path, tmp_path: Path) -> None:

@@ -49,6 +49,14 @@ def chat(
             hint='use `localllm run "PROMPT"` in scripts and pipes',
         )
     settings = profiles.resolve(profile, {"mode": mode, "system_prompt": system})
+    if resume:  # a mistyped id is said here, before the screen opens
+        from localllm import conversations
+
+        if not conversations.path_of(resume).is_file():
+            raise UsageError(
+                f"no saved conversation '{resume}'",
+                hint="start `localllm chat` and press Ctrl+L to list the saved ones",
+            )
     path = None
     if model or settings.model or not resume:
         from localllm.loading import model_to_generate
