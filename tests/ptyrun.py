@@ -8,9 +8,10 @@ import subprocess
 import sys
 
 
-def in_a_terminal(*args: str) -> subprocess.CompletedProcess[str]:
+def in_a_terminal(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """``localllm ARGS`` with stdin and stdout on a pseudo-terminal (as `chat` needs), stderr
-    on a pipe."""
+    on a pipe; for commands expected to end by themselves (killed, and a failure, when still
+    running after ``timeout`` seconds)."""
     import pty
 
     leader, follower = pty.openpty()
@@ -22,7 +23,14 @@ def in_a_terminal(*args: str) -> subprocess.CompletedProcess[str]:
             stderr=subprocess.PIPE,
             text=True,
         )
-        _, stderr = proc.communicate(timeout=300)
+        try:
+            _, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise AssertionError(
+                f"localllm {' '.join(args)} still ran after {timeout} s (did the app open?)"
+            ) from None
     finally:
         os.close(follower)
         os.close(leader)
