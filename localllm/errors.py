@@ -82,6 +82,13 @@ class InferenceError(LocalLLMError):
     exit_code = 6
 
 
+class EngineCrashed(InferenceError):
+    """The process running the model died (llama.cpp aborted, a signal, an RPC worker lost):
+    the front end survives it and loads the model again on the next request."""
+
+    exit_code = 6
+
+
 # Exit code for an interrupted command (128 + SIGINT), as shells expect.
 EXIT_INTERRUPTED = 130
 

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from localllm.cli._app import app, complete_mode, complete_model, complete_profile, err
+from localllm.cli.run import RPC_HELP
 
 
 @app.command()
@@ -32,6 +33,9 @@ def chat(
     resume: Annotated[
         str | None, typer.Option("--resume", help="Continue a saved conversation (its id).")
     ] = None,
+    rpc: Annotated[
+        str | None, typer.Option("--rpc", help=RPC_HELP, metavar="HOST:PORT,...")
+    ] = None,
     expand_reasoning: Annotated[
         bool,
         typer.Option(
@@ -41,6 +45,7 @@ def chat(
 ) -> None:
     """Chat with a model in a full-screen terminal app (F1 inside lists the keys)."""
     from localllm import profiles
+    from localllm.cli.run import prepare_rpc
     from localllm.errors import UsageError
 
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
@@ -48,7 +53,8 @@ def chat(
             "localllm chat needs an interactive terminal",
             hint='use `localllm run "PROMPT"` in scripts and pipes',
         )
-    settings = profiles.resolve(profile, {"mode": mode, "system_prompt": system})
+    settings = profiles.resolve(profile, {"mode": mode, "system_prompt": system, "rpc": rpc})
+    prepare_rpc(settings)
     if resume:  # a mistyped id is said here, before the screen opens
         from localllm import conversations
 

@@ -25,6 +25,29 @@ if TYPE_CHECKING:
     from localllm.textin import TextInputs
 
 GPU_LAYERS_HELP = "Layers to offload to the GPU: a number, 0 for none, or auto."
+RPC_HELP = (
+    "Split the model across llama.cpp RPC workers (`localllm worker` on each host): "
+    "HOST:PORT[,HOST:PORT...]."
+)
+
+
+def prepare_rpc(settings: Any) -> None:
+    """With workers in the profile or ``--rpc``, make sure an RPC-enabled llama.cpp is the one
+    that loads (before anything loads the bindings): a clear exit 2 otherwise."""
+    if getattr(settings, "rpc", ()):
+        from localllm.rpc import select_rpc_library
+
+        select_rpc_library()
+
+
+def rpc_split_line(engine: Any) -> str | None:
+    """``split: CPU 10 layers 40 MiB · 127.0.0.1:50052 ...`` for an engine loaded with
+    workers, else None."""
+    if not getattr(engine.options, "rpc", ()):
+        return None
+    from localllm import rpc
+
+    return rpc.split_summary(rpc.engine_split(engine)) or None
 
 
 def read_stdin(inputs: TextInputs) -> str:
@@ -179,6 +202,9 @@ def run(
     ctx: Annotated[int | None, typer.Option("--ctx", help="Context length in tokens.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads.")] = None,
     gpu_layers: Annotated[str | None, typer.Option("--gpu-layers", help=GPU_LAYERS_HELP)] = None,
+    rpc: Annotated[
+        str | None, typer.Option("--rpc", help=RPC_HELP, metavar="HOST:PORT,...")
+    ] = None,
     mode: Annotated[
         str | None, typer.Option(help="reasoning or instant.", autocompletion=complete_mode)
     ] = None,
@@ -304,6 +330,7 @@ def run(
         "context_length": ctx,
         "threads": threads,
         "gpu_layers": parse_gpu_layers(gpu_layers),
+        "rpc": rpc,
         "mode": mode,
         "show_reasoning": show_reasoning,
         "reasoning_budget": reasoning_budget,
@@ -315,6 +342,7 @@ def run(
     }
     settings = profiles.resolve(profile, overrides)
     settings = clean_profile_text(settings, inputs)
+    prepare_rpc(settings)
     constraint_args = constraint_options(json_schema, output_format, grammar_file, settings)
     pictures = read_images(image, prompt, allow_remote)
     text = read_prompt(prompt, inputs, stdin_taken="-" in (image or ()))
@@ -529,6 +557,8 @@ def _stream(
             f"KV {opts.kv_cache_type} · flash attention "
             f"{'auto' if opts.flash_attn is None else 'on' if opts.flash_attn else 'off'}"
         )
+        if (split := rpc_split_line(session.engine)) is not None:
+            err(split)
         if settings.verbose:
             phases = getattr(session.engine, "load_phases", [])
             err("load: " + " · ".join(f"{name} {s * 1000:.0f} ms" for name, s in phases))
