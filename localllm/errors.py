@@ -91,3 +91,7 @@ class EngineCrashed(InferenceError):
 
 # Exit code for an interrupted command (128 + SIGINT), as shells expect.
 EXIT_INTERRUPTED = 130
+
+# Exit code when whoever read our output closed it early (`localllm list | head -1`):
+# 128 + SIGPIPE, the status `cat` and other Unix tools end with there.
+EXIT_PIPE_CLOSED = 141

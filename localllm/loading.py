@@ -100,6 +100,29 @@ def plan(
     return options
 
 
+def resolve_model_path(ref: str | None, say: Warn) -> Path:
+    """The file a reference names (a path, an installed model, another tool's model), or
+    with no reference the starter model, fetched on first use (progress to ``say``)."""
+    from localllm import store
+
+    if ref:
+        return store.resolve_model(ref)
+    from localllm.starter import ensure_starter
+
+    return ensure_starter(say)
+
+
+def model_to_generate(ref: str | None, say: Warn) -> Path:
+    """The model file ``run`` and ``chat`` generate with (see :func:`resolve_model_path`),
+    validated, and refused up front when it is an encoder-only model, before anything loads
+    or a screen opens. The header is read through :func:`header_summary`, so the load that
+    follows reads it from the cache."""
+    path = resolve_model_path(ref, say)
+    info = header_summary(path)  # validates the file first (InvalidModelError)
+    _refuse_encoder(info["structure"], info["name"], info["architecture"], path)
+    return path
+
+
 def refuse_encoder(info: modelfile.ModelFileInfo) -> None:
     """Encoder-only models (BERT and its kin) turn text into vectors and cannot generate:
     everything that loads a model to generate text (run, chat, serve) refuses them here."""

@@ -376,9 +376,7 @@ def check_name(name: str) -> str:
     try:
         return _name(name)
     except _Invalid as exc:
-        raise ProfileError(
-            str(exc), hint="use letters, digits, '_', '.' and '-', e.g. my-profile"
-        ) from None
+        raise ProfileError(str(exc), hint="e.g. my-profile") from None
 
 
 def _did_you_mean(word: str, options: Iterable[str]) -> str | None:

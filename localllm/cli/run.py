@@ -160,17 +160,6 @@ def parse_gpu_layers(value: str | None) -> int | str | None:
     return layers
 
 
-def resolve_model_path(ref: str | None, say: Any) -> Path:
-    """The file to load: an explicit reference, else the starter (fetched on first use)."""
-    from localllm import store
-
-    if ref:
-        return store.resolve_model(ref)
-    from localllm.starter import ensure_starter
-
-    return ensure_starter(say)
-
-
 @app.command()
 def run(
     prompt: Annotated[
@@ -319,7 +308,7 @@ def run(
 ) -> None:
     """Answer one prompt, streaming the answer to stdout."""
     from localllm import profiles
-    from localllm.loading import need_tokens_for, open_engine
+    from localllm.loading import model_to_generate, need_tokens_for, open_engine
     from localllm.session import ChatSession
     from localllm.textin import TextInputs
 
@@ -364,7 +353,7 @@ def run(
     def say(message: str) -> None:
         err(message, style="dim")
 
-    path = resolve_model_path(model or settings.model, say)
+    path = model_to_generate(model or settings.model, say)
     if pictures and mmproj is None:
         from localllm import vision
 
@@ -484,8 +473,9 @@ def _stream(
     out = sys.stdout
     show_reasoning = settings.show_reasoning and not as_json
     reasoning_shown = False  # reasoning is on stderr and not yet ended by a newline
+    events = session.send(text, images=images or (), constraint=constraint)
     try:
-        for event in session.send(text, images=images or (), constraint=constraint):
+        for event in events:
             if isinstance(event, AnswerText):
                 if reasoning_shown:
                     sys.stderr.write("\n")
@@ -504,6 +494,11 @@ def _stream(
             out.flush()
         err("interrupted: stopped generating")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        # A closed stdout (`| head -c5`) raises from a write above: the turn's generator is
+        # closed there and then, so decoding stops at once (not when it is collected, and
+        # never after the engine under it was closed).
+        events.close()
     if reasoning_shown:
         sys.stderr.write("\n")
         sys.stderr.flush()

@@ -78,8 +78,9 @@ def serve(
 ) -> None:
     """Serve models over HTTP to OpenAI and Ollama clients (editors, agents, scripts)."""
     from localllm import profiles
-    from localllm.cli.run import parse_gpu_layers, prepare_rpc, resolve_model_path
+    from localllm.cli.run import parse_gpu_layers, prepare_rpc
     from localllm.errors import UsageError
+    from localllm.loading import resolve_model_path
 
     if queue < 1:
         raise UsageError(f"--queue must be at least 1, not {queue}")
