@@ -214,6 +214,7 @@ class LoadOptions:
     n_layers_total: int | None = None  # offloadable layers (n_layer + 1) when known
     offload_reason: str = ""
     backend: str = "CPU"
+    rpc: tuple[str, ...] = ()  # RPC workers registered before the load (localllm.rpc)
 
     @property
     def offload_summary(self) -> str:
@@ -380,6 +381,11 @@ def plan_load(
         room = -(-max(need_tokens, 1) // 256) * 256  # whole blocks of 256, as llama.cpp pads
         n_ctx = min(n_ctx, max(MIN_CONTEXT, room))
     threads = profile.threads or default_threads()
+    workers = tuple(getattr(profile, "rpc", ()) or ()) if not vocab_only else ()
+    if workers:
+        from localllm import rpc
+
+        rpc.attach(workers)  # probes and registers them: their devices count as GPUs below
 
     total: int | None = None
     reason = ""
@@ -417,6 +423,14 @@ def plan_load(
             layers, reason = 0, "this llama.cpp build has no GPU backend"
         if info is not None:
             total = info["n_layer"] + 1
+    if workers:
+        if layers == 0:
+            raise UsageError(
+                "--rpc needs layers offloaded to the workers, but none are"
+                + (f" ({reason})" if reason else " (--gpu-layers 0)"),
+                hint="use --gpu-layers N (N > 0) or auto",
+            )
+        backend = "RPC" if backend in ("CPU", "GPU", "RPC") else backend + "+RPC"
     if layers == 0:
         backend = "CPU"
     if flash_attn is None:
@@ -435,6 +449,7 @@ def plan_load(
         n_layers_total=total,
         offload_reason=reason,
         backend=backend,
+        rpc=workers,
     )
 
 
@@ -561,8 +576,13 @@ class Engine:
         timer("import llama_cpp")
         self._lib = lib
         _route_llama_logs(options.verbose)
+        self.load_log: list[str] = []  # llama.cpp's load log, kept for the RPC split
         try:
-            self._llm = _Native(lib, self.path, options)
+            if options.rpc:
+                with _capture_llama_log() as self.load_log:
+                    self._llm = _Native(lib, self.path, options)
+            else:
+                self._llm = _Native(lib, self.path, options)
         except ValueError as exc:
             if options.kv_cache_type != "f16" and "context" in str(exc):
                 raise InvalidModelError(
@@ -1646,9 +1666,17 @@ def _ggml() -> Any:
     if _ggml_lib is not None:
         return _ggml_lib
     _lib()  # loads libllama and libggml first
-    from llama_cpp import _ggml as ggml_mod
+    import os
 
-    lib = ctypes.CDLL(ggml_mod.libggml._name)
+    override = os.environ.get("LLAMA_CPP_LIB_PATH")  # llama_cpp._ggml ignores it
+    if override:
+        from localllm.rpcbuild import _shared_lib
+
+        lib = ctypes.CDLL(os.path.join(override, _shared_lib("ggml")))
+    else:
+        from llama_cpp import _ggml as ggml_mod
+
+        lib = ctypes.CDLL(ggml_mod.libggml._name)
     vp, sz, cp = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p
     for name, args, res in (
         ("ggml_backend_reg_count", [], sz),
@@ -1783,13 +1811,16 @@ def gpu_backend_name() -> str:
     """The GPU backend of this build (``CUDA``, ``Metal``, ``Vulkan``, ...), ``CPU`` if none."""
     if not gpu_offload_supported():
         return "CPU"
-    names = [b for b in backends() if b.upper() not in ("CPU", "BLAS", "RPC")]
+    compiled = backends()
+    names = [b for b in compiled if b.upper() not in ("CPU", "BLAS", "RPC")]
     for name in names:
         for key, label in _GPU_LABELS:
             if key.lower() in name.lower():
                 return label
     if names:
         return names[0]
+    if "RPC" in compiled:  # llama_supports_gpu_offload() is true for RPC builds alone
+        return "RPC"
     import sys
 
     return "Metal" if sys.platform == "darwin" else "GPU"

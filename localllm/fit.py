@@ -9,7 +9,7 @@ megabytes of a file that is not downloaded yet.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 Verdict = Literal["fits", "tight", "won't fit"]
@@ -123,6 +123,16 @@ def estimate_from_size(
     width = 2048 * max(params / 1e9, 0.05) ** 0.4
     overhead = BASE_OVERHEAD + int(file_size * WEIGHT_OVERHEAD) + int(n_ctx * width * 16)
     return MemoryEstimate(file_size, kv, overhead, n_ctx, "size")
+
+
+def add_weights(estimate: MemoryEstimate, extra: int) -> MemoryEstimate:
+    """``estimate`` with ``extra`` bytes of weights loaded beside the model's (a vision
+    projector), and the overhead share that weights bring; the KV cache is unchanged."""
+    return replace(
+        estimate,
+        weights=estimate.weights + extra,
+        overhead=estimate.overhead + int(extra * WEIGHT_OVERHEAD),
+    )
 
 
 def fit_verdict(estimate: MemoryEstimate | int, available: int) -> Verdict:
