@@ -35,6 +35,7 @@ class BenchConfig:
     kv_cache_type: str | None = None  # None: the profile's setting
     e2e: bool = True
     seed: int = 1234
+    rpc: tuple[str, ...] = ()  # llama.cpp RPC workers the model is split across
 
     def validate(self) -> None:
         """Raise :class:`UsageError` (exit code 2) for numbers that make no benchmark."""
@@ -124,6 +125,7 @@ class BenchResult:
     n_ctx: int
     repetitions: int
     tests: list[Measurement]
+    split: str = ""  # layers and MiB per device when split across RPC workers
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -139,7 +141,7 @@ class BenchResult:
             "n_ctx": self.n_ctx,
             "repetitions": self.repetitions,
             "results": [t.as_dict() for t in self.tests],
-        }
+        } | ({"split": self.split} if self.split else {})
 
     def get(self, test: str) -> Measurement | None:
         return next((t for t in self.tests if t.test == test), None)
@@ -177,7 +179,9 @@ def run_bench(
     config.validate()
     say = progress or (lambda _msg: None)
     model = describe_model(path)
-    profile = Profile().replace(threads=config.threads, gpu_layers=config.gpu_layers)
+    profile = Profile().replace(
+        threads=config.threads, gpu_layers=config.gpu_layers, rpc=config.rpc or None
+    )
     if config.kv_cache_type is not None:
         profile = replace(profile, kv_cache_type=config.kv_cache_type)
     if config.flash_attn is not None:
@@ -221,6 +225,11 @@ def run_bench(
             tests.append(m)
         if config.e2e and config.n_gen > 0:
             tests.extend(_end_to_end(engine, profile, config, tokens, say))
+        split = ""
+        if options.rpc:
+            from localllm import rpc
+
+            split = rpc.split_summary(rpc.engine_split(engine))
     return BenchResult(
         model=model,
         backend=options.backend,
@@ -234,6 +243,7 @@ def run_bench(
         n_ctx=n_ctx,
         repetitions=config.repetitions,
         tests=tests,
+        split=split,
     )
 
 

@@ -62,6 +62,11 @@ class Steering:
         if text:
             self._pending.append(text)
 
+    @property
+    def pending(self) -> bool:
+        """Whether text waits to be injected (asked once per token: kept cheap)."""
+        return bool(self._pending)
+
     def take(self) -> str:
         text = "".join(self._pending)
         self._pending.clear()
@@ -116,14 +121,40 @@ class Stats:
 Event = TextEvent | Stats
 
 
+def _linux_physical_cores() -> int | None:
+    """Distinct (package, core) pairs in sysfs, as psutil counts them; None off Linux.
+
+    Read directly: importing psutil costs a one-shot run about 10 ms of its start."""
+    root = "/sys/devices/system/cpu"
+    try:
+        names = [n for n in os.listdir(root) if n.startswith("cpu") and n[3:].isdigit()]
+    except OSError:
+        return None
+    cores: set[tuple[str, str]] = set()
+    for name in names:
+        try:
+            with open(f"{root}/{name}/topology/core_id", encoding="ascii") as f:
+                core = f.read().strip()
+            with open(f"{root}/{name}/topology/physical_package_id", encoding="ascii") as f:
+                package = f.read().strip()
+        except OSError:
+            continue  # an offline CPU has no topology
+        cores.add((package, core))
+    return len(cores) or None
+
+
 def physical_cores() -> int:
     """Physical cores this process may use: the default thread count."""
-    try:
-        import psutil
+    found = _linux_physical_cores()
+    if found is not None:
+        cores = found
+    else:
+        try:
+            import psutil
 
-        cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    except ImportError:  # pragma: no cover - psutil is a dependency
-        cores = os.cpu_count() or 1
+            cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+        except ImportError:  # pragma: no cover - psutil is a dependency
+            cores = os.cpu_count() or 1
     if hasattr(os, "sched_getaffinity"):
         cores = min(cores, len(os.sched_getaffinity(0)))
     return max(1, cores)
@@ -183,6 +214,7 @@ class LoadOptions:
     n_layers_total: int | None = None  # offloadable layers (n_layer + 1) when known
     offload_reason: str = ""
     backend: str = "CPU"
+    rpc: tuple[str, ...] = ()  # RPC workers registered before the load (localllm.rpc)
 
     @property
     def offload_summary(self) -> str:
@@ -349,6 +381,11 @@ def plan_load(
         room = -(-max(need_tokens, 1) // 256) * 256  # whole blocks of 256, as llama.cpp pads
         n_ctx = min(n_ctx, max(MIN_CONTEXT, room))
     threads = profile.threads or default_threads()
+    workers = tuple(getattr(profile, "rpc", ()) or ()) if not vocab_only else ()
+    if workers:
+        from localllm import rpc
+
+        rpc.attach(workers)  # probes and registers them: their devices count as GPUs below
 
     total: int | None = None
     reason = ""
@@ -386,6 +423,14 @@ def plan_load(
             layers, reason = 0, "this llama.cpp build has no GPU backend"
         if info is not None:
             total = info["n_layer"] + 1
+    if workers:
+        if layers == 0:
+            raise UsageError(
+                "--rpc needs layers offloaded to the workers, but none are"
+                + (f" ({reason})" if reason else " (--gpu-layers 0)"),
+                hint="use --gpu-layers N (N > 0) or auto",
+            )
+        backend = "RPC" if backend in ("CPU", "GPU", "RPC") else backend + "+RPC"
     if layers == 0:
         backend = "CPU"
     if flash_attn is None:
@@ -404,6 +449,7 @@ def plan_load(
         n_layers_total=total,
         offload_reason=reason,
         backend=backend,
+        rpc=workers,
     )
 
 
@@ -530,8 +576,13 @@ class Engine:
         timer("import llama_cpp")
         self._lib = lib
         _route_llama_logs(options.verbose)
+        self.load_log: list[str] = []  # llama.cpp's load log, kept for the RPC split
         try:
-            self._llm = _Native(lib, self.path, options)
+            if options.rpc:
+                with _capture_llama_log() as self.load_log:
+                    self._llm = _Native(lib, self.path, options)
+            else:
+                self._llm = _Native(lib, self.path, options)
         except ValueError as exc:
             if options.kv_cache_type != "f16" and "context" in str(exc):
                 raise InvalidModelError(
@@ -549,6 +600,7 @@ class Engine:
         timer("load weights + context")
         self._vocab = self._llm.vocab
         self._pieces: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
         # The tokens in the KV cache, in order (sequence 0): prompt, generated and injected
         # tokens alike, so a later prompt that repeats them is not evaluated again.
@@ -848,9 +900,10 @@ class Engine:
         trigger: str | None,
         speculative: str,
     ) -> Iterator[Event]:
-        lib = self._lib
         vocab = self._vocab
-        is_eog = lib.llama_vocab_is_eog
+        is_eog = self._lib.llama_vocab_is_eog
+        eog = self._eog  # token -> end of generation, asked of llama.cpp once per token id
+        clock = time.perf_counter
         cached = _common_prefix(self._kv, tokens)
         if cached == len(tokens):
             cached -= 1  # the last prompt token is evaluated again to get fresh logits
@@ -874,9 +927,9 @@ class Engine:
         if self.draft is not None:  # a draft model is attached only when the profile names one
             drafter = _ModelDrafter(self.draft, tokens)
         elif speculative == "ngram":
-            drafter = _NgramDrafter(tokens)
+            drafter = _NgramDrafter(tokens, size=SPECULATIVE_MAX_DRAFT, adaptive=True)
         elif speculative == "auto" and len(tokens) >= SPECULATIVE_AUTO_MIN_PROMPT:
-            drafter = _NgramDrafter(tokens, size=4, judge_speed=True)
+            drafter = _NgramDrafter(tokens, size=8, judge_speed=True, adaptive=True)
         # Speculation: after a draft is verified in one batch, ``token`` may already be in the
         # KV cache (an accepted draft token, at ``batch[vpos]``); the next token is then drawn
         # from that position's logits, so every token is sampled from exactly the logits, and
@@ -890,10 +943,13 @@ class Engine:
                 reason = "cancelled"
             token = sample() if reason != "cancelled" else -1
             while reason != "cancelled":
-                last = time.perf_counter()
+                last = clock()
                 if n == 0:
                     first = last
-                if is_eog(vocab, token):
+                end = eog.get(token)
+                if end is None:
+                    end = eog[token] = bool(is_eog(vocab, token))
+                if end:
                     reason = "stop"
                     break
                 n += 1
@@ -917,7 +973,7 @@ class Engine:
                 if cancel is not None and cancel():
                     reason = "cancelled"
                     break
-                extra = steering.take() if steering is not None else ""
+                extra = steering.take() if steering is not None and steering.pending else ""
                 if extra:
                     pending = decoder.decode(b"", final=True) + extra
                     if trigger is not None:
@@ -956,26 +1012,26 @@ class Engine:
                     else:
                         self._forget_after(base + vpos + 1)
                         in_kv = False
-                        drafter.verified(vpos)  # type: ignore[union-attr]
+                        drafter.verified(vpos, len(batch) - 1)  # type: ignore[union-attr]
                     continue
                 draft: Sequence[int] = ()
                 if drafter is not None and drafter.keep_going(drafted, accepted):
-                    most = min(drafter.size, limit - n - 1, room - context_len - 1)
+                    most = min(drafter.draft_size(), limit - n - 1, room - context_len - 1)
                     draft = drafter.draft(most) if most > 0 else ()
                 if not draft:
                     if drafter is None:
                         decode_one(token)
                     else:
-                        began = time.perf_counter()
+                        began = clock()
                         decode_one(token)
-                        drafter.timed_single(time.perf_counter() - began)
+                        drafter.timed_single(clock() - began)
                     token = sample()
                     continue
                 batch = [token, *draft]
                 base = len(self._kv)
-                began = time.perf_counter()
+                began = clock()
                 self._decode_all(batch)
-                drafter.timed_batch(time.perf_counter() - began)  # type: ignore[union-attr]
+                drafter.timed_batch(clock() - began, len(batch))  # type: ignore[union-attr]
                 drafted += len(draft)
                 vpos = 0
                 token = sampler.sample_at(0)
@@ -985,7 +1041,7 @@ class Engine:
                     in_kv = True
                 else:
                     self._forget_after(base + 1)
-                    drafter.verified(0)  # type: ignore[union-attr]
+                    drafter.verified(0, len(batch) - 1)  # type: ignore[union-attr]
             if in_kv:  # as plain decoding: the last sampled token is not in the cache
                 self._forget_after(base + vpos)
         except (RuntimeError, OSError) as exc:
@@ -1054,17 +1110,30 @@ class _NgramDrafter:
     NGRAMS = (4, 3, 2)
     PROBE = 32
 
-    def __init__(self, tokens: Sequence[int], size: int = 8, *, judge_speed: bool = False) -> None:
+    def __init__(
+        self,
+        tokens: Sequence[int],
+        size: int = 8,
+        *,
+        judge_speed: bool = False,
+        adaptive: bool = False,
+    ) -> None:
         self.history: list[int] = []
         self._index: dict[tuple[int, ...], int] = {}
         self._indexed = 0
         self.size = size
         self.active = True
         self.judge_speed = judge_speed
+        self.adaptive = adaptive
         self._single: float | None = None
         self._batch_s = 0.0
         self._gain: float | None = None
         self._verifies = 0
+        # adaptive draft length: the verify batch's cost per extra token, as a fraction of one
+        # decode (a prior until measured), and drafted tokens accepted / rejected (decayed)
+        self._slope = 0.6
+        self._hits = 2.0
+        self._misses = 1.0
         self.extend(tokens)
 
     def extend(self, tokens: Sequence[int]) -> None:
@@ -1092,10 +1161,37 @@ class _NgramDrafter:
     def timed_single(self, seconds: float) -> None:
         self._single = seconds if self._single is None else 0.8 * self._single + 0.2 * seconds
 
-    def timed_batch(self, seconds: float) -> None:
+    def timed_batch(self, seconds: float, n_tokens: int = 0) -> None:
         self._batch_s = seconds
+        if n_tokens > 1 and self._single:
+            slope = max(0.05, (seconds / self._single - 1.0) / (n_tokens - 1))
+            self._slope = 0.7 * self._slope + 0.3 * slope
 
-    def verified(self, accepted: int) -> None:
+    # Adaptive draft length. A draft of k tokens is verified in a batch of k + 1 that costs
+    # about (1 + slope * k) single decodes, slope measured on this machine; with each drafted
+    # token accepted with probability p (after the previous one was), the batch yields
+    # 1 + p + ... + p^k tokens on average. The draft length is the k that yields the most
+    # tokens per unit of time: long drafts while the answer copies its prompt, short ones
+    # when drafts keep failing, on hardware where a batch costs nearly one decode per token.
+
+    def draft_size(self) -> int:
+        if not self.adaptive:
+            return self.size
+        p = self._hits / (self._hits + self._misses)
+        best, best_rate = 1, 0.0
+        made, power = 1.0, 1.0
+        for k in range(1, self.size + 1):
+            power *= p
+            made += power
+            rate = made / (1.0 + self._slope * k)
+            if rate > best_rate:
+                best, best_rate = k, rate
+        return best
+
+    def verified(self, accepted: int, drafted: int | None = None) -> None:
+        self._hits = 0.9 * self._hits + accepted
+        whole = drafted is not None and accepted >= drafted  # no drafted token was rejected
+        self._misses = 0.9 * self._misses + (0 if whole else 1)
         if not self.judge_speed or self._single is None or self._batch_s <= 0:
             return
         gain = (accepted + 1) * self._single / self._batch_s
@@ -1570,9 +1666,17 @@ def _ggml() -> Any:
     if _ggml_lib is not None:
         return _ggml_lib
     _lib()  # loads libllama and libggml first
-    from llama_cpp import _ggml as ggml_mod
+    import os
 
-    lib = ctypes.CDLL(ggml_mod.libggml._name)
+    override = os.environ.get("LLAMA_CPP_LIB_PATH")  # llama_cpp._ggml ignores it
+    if override:
+        from localllm.rpcbuild import _shared_lib
+
+        lib = ctypes.CDLL(os.path.join(override, _shared_lib("ggml")))
+    else:
+        from llama_cpp import _ggml as ggml_mod
+
+        lib = ctypes.CDLL(ggml_mod.libggml._name)
     vp, sz, cp = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p
     for name, args, res in (
         ("ggml_backend_reg_count", [], sz),
@@ -1707,13 +1811,16 @@ def gpu_backend_name() -> str:
     """The GPU backend of this build (``CUDA``, ``Metal``, ``Vulkan``, ...), ``CPU`` if none."""
     if not gpu_offload_supported():
         return "CPU"
-    names = [b for b in backends() if b.upper() not in ("CPU", "BLAS", "RPC")]
+    compiled = backends()
+    names = [b for b in compiled if b.upper() not in ("CPU", "BLAS", "RPC")]
     for name in names:
         for key, label in _GPU_LABELS:
             if key.lower() in name.lower():
                 return label
     if names:
         return names[0]
+    if "RPC" in compiled:  # llama_supports_gpu_offload() is true for RPC builds alone
+        return "RPC"
     import sys
 
     return "Metal" if sys.platform == "darwin" else "GPU"

@@ -82,5 +82,16 @@ class InferenceError(LocalLLMError):
     exit_code = 6
 
 
+class EngineCrashed(InferenceError):
+    """The process running the model died (llama.cpp aborted, a signal, an RPC worker lost):
+    the front end survives it and loads the model again on the next request."""
+
+    exit_code = 6
+
+
 # Exit code for an interrupted command (128 + SIGINT), as shells expect.
 EXIT_INTERRUPTED = 130
+
+# Exit code when whoever read our output closed it early (`localllm list | head -1`):
+# 128 + SIGPIPE, the status `cat` and other Unix tools end with there.
+EXIT_PIPE_CLOSED = 141

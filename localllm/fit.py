@@ -9,7 +9,7 @@ megabytes of a file that is not downloaded yet.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 Verdict = Literal["fits", "tight", "won't fit"]
@@ -125,6 +125,16 @@ def estimate_from_size(
     return MemoryEstimate(file_size, kv, overhead, n_ctx, "size")
 
 
+def add_weights(estimate: MemoryEstimate, extra: int) -> MemoryEstimate:
+    """``estimate`` with ``extra`` bytes of weights loaded beside the model's (a vision
+    projector), and the overhead share that weights bring; the KV cache is unchanged."""
+    return replace(
+        estimate,
+        weights=estimate.weights + extra,
+        overhead=estimate.overhead + int(extra * WEIGHT_OVERHEAD),
+    )
+
+
 def fit_verdict(estimate: MemoryEstimate | int, available: int) -> Verdict:
     """Say "fits" within 80% of ``available`` bytes, "tight" within all of it, else "won't fit"."""
     need = estimate.total if isinstance(estimate, MemoryEstimate) else int(estimate)
@@ -161,7 +171,16 @@ def set_gpu_probe(probe: GpuProbe | None) -> None:
 
 
 def available_ram() -> int:
-    """Bytes of RAM available to a new process now (psutil's ``available``)."""
+    """Bytes of RAM available to a new process now (psutil's ``available``: on Linux the
+    kernel's MemAvailable, read here without importing psutil, which costs a one-shot run
+    about 10 ms of its start)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import psutil
 

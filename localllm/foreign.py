@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from localllm.errors import InvalidModelError, ModelNotFoundError, UsageError
-from localllm.refs import FOREIGN_PREFIXES, foreign_ref
+from localllm.refs import FOREIGN_PREFIXES, GGUFEntry, foreign_ref
 
 OLLAMA, LMSTUDIO, LLAMACPP = "ollama", "lmstudio", "llama.cpp"
 STORES = (OLLAMA, LMSTUDIO, LLAMACPP)
@@ -284,6 +284,33 @@ def _probe(path: Path) -> tuple[str | None, int]:
     return None, size
 
 
+def _measure(fm: ForeignModel) -> None:
+    """Add up the size of ``fm.files``, or mark ``fm`` broken by the first one that is not a
+    readable GGUF (its size is then 0)."""
+    for part in fm.files:
+        problem, size = _probe(part)
+        fm.size += size
+        if problem:
+            fm.broken, fm.size = problem, 0
+            return
+
+
+def _entry_model(
+    store: str, name: str, location: Path, folder: Path, entry: GGUFEntry, keys: set[str]
+) -> ForeignModel:
+    """The model a group of GGUF files in ``folder`` makes (one file, or a split model's
+    parts), known by ``keys``: its files and size, or why it is
+    broken (parts missing, a file that is no GGUF)."""
+    fm = ForeignModel(store, name, location=location, quant=entry.quant)
+    fm.files = [folder / f.path for f in entry.files]
+    fm.keys = keys
+    if entry.missing_parts:
+        fm.broken = f"split model {entry.name}: part(s) {entry.missing_parts} missing"
+    else:
+        _measure(fm)
+    return fm
+
+
 def _file_problem(path: Path) -> str | None:
     """Why ``path`` cannot be a model file (missing, dangling link, not a GGUF), else None."""
     return _probe(path)[0]
@@ -504,18 +531,8 @@ def _folder_models(
     for e in models:
         by_quant = quant_refs and e.quant and sum(1 for o in models if o.quant == e.quant) == 1
         name = f"{prefix_name}:{e.quant}" if by_quant else f"{prefix_name}/{e.name}"
-        fm = ForeignModel(store, name, location=folder, quant=e.quant)
-        fm.files = [folder / f.path for f in e.files]
-        fm.keys = {name.lower(), f"{prefix_name}/{e.name}".lower(), prefix_name.lower()}
-        if e.missing_parts:
-            fm.broken = f"split model {e.name}: part(s) {e.missing_parts} missing"
-        else:
-            for p in fm.files:
-                problem, size = _probe(p)
-                fm.size += size
-                if problem:
-                    fm.broken, fm.size = problem, 0
-                    break
+        keys = {name.lower(), f"{prefix_name}/{e.name}".lower(), prefix_name.lower()}
+        fm = _entry_model(store, name, folder, folder, e, keys)
         for proj in projectors:
             ppath = folder / proj.name
             if not _file_problem(ppath):
@@ -674,12 +691,7 @@ def _flat_models(cache: Path) -> list[ForeignModel]:
         if isinstance(sha, str) and _HEX64_RE.match(sha.lower()):
             fm.sha256 = {local: sha.lower()}
         if not fm.broken:
-            for part in fm.files:
-                problem, size = _probe(part)
-                fm.size += size
-                if problem:
-                    fm.broken, fm.size = problem, 0
-                    break
+            _measure(fm)
         proj = data.get("mmprojFile")
         pname = proj.get("rfilename") if isinstance(proj, dict) else None
         if isinstance(pname, str) and pname:
@@ -700,19 +712,8 @@ def _flat_models(cache: Path) -> list[ForeignModel]:
         if entry.mmproj:
             continue
         stem = re.sub(r"\.gguf$", "", refs.split_base(entry.name), flags=re.IGNORECASE)
-        fm = ForeignModel(LLAMACPP, stem, location=cache / entry.name, quant=entry.quant)
-        fm.files = [cache / f.path for f in entry.files]
-        fm.keys = {stem.lower(), entry.name.lower()}
-        if entry.missing_parts:
-            fm.broken = f"split model {entry.name}: part(s) {entry.missing_parts} missing"
-        else:
-            for part in fm.files:
-                problem, size = _probe(part)
-                fm.size += size
-                if problem:
-                    fm.broken, fm.size = problem, 0
-                    break
-        found.append(fm)
+        keys = {stem.lower(), entry.name.lower()}
+        found.append(_entry_model(LLAMACPP, stem, cache / entry.name, cache, entry, keys))
     return found
 
 

@@ -9,7 +9,7 @@ a load that would not fit unless the user forces it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,29 @@ def plan(
         if message and warn is not None:
             warn(message)
     return options
+
+
+def resolve_model_path(ref: str | None, say: Warn) -> Path:
+    """The file a reference names (a path, an installed model, another tool's model), or
+    with no reference the starter model, fetched on first use (progress to ``say``)."""
+    from localllm import store
+
+    if ref:
+        return store.resolve_model(ref)
+    from localllm.starter import ensure_starter
+
+    return ensure_starter(say)
+
+
+def model_to_generate(ref: str | None, say: Warn) -> Path:
+    """The model file ``run`` and ``chat`` generate with (see :func:`resolve_model_path`),
+    validated, and refused up front when it is an encoder-only model, before anything loads
+    or a screen opens. The header is read through :func:`header_summary`, so the load that
+    follows reads it from the cache."""
+    path = resolve_model_path(ref, say)
+    info = header_summary(path)  # validates the file first (InvalidModelError)
+    _refuse_encoder(info["structure"], info["name"], info["architecture"], path)
+    return path
 
 
 def refuse_encoder(info: modelfile.ModelFileInfo) -> None:
@@ -220,15 +243,47 @@ def open_engine(
     force: bool = False,
     warn: Warn | None = None,
     need_tokens: int | None = None,
+    isolate: bool | None = None,
+    env: Mapping[str, str] | None = None,
+    endpoints: Sequence[str] = (),
 ) -> Engine:
     """A loaded engine for ``path`` under ``profile`` (see :func:`plan`). Its
-    ``load_phases`` say where the load's time went (``run --stats -v`` prints them)."""
+    ``load_phases`` say where the load's time went (``run --stats -v`` prints them).
+
+    ``isolate`` runs the model in a child process (:class:`localllm.enginechild.EngineProcess`,
+    used like an Engine) so that llama.cpp aborting does not end this one: the call in flight
+    raises :class:`~localllm.errors.EngineCrashed` instead, and ``reopen()`` loads it again.
+    The child runs this function (plan, memory check, draft model, RPC workers): this process
+    never loads the model nor connects to a worker (one serves one client at a time).
+    ``None`` decides by :func:`localllm.enginechild.wants_isolation` (a profile with RPC
+    workers, or ``LOCALLLM_ISOLATE=1``). ``env`` is added to the child's environment and
+    ``endpoints`` (RPC ``host:port``) are checked when it dies, to name the one that failed.
+    """
+    from localllm import enginechild
+
+    if isolate is None:
+        isolate = enginechild.wants_isolation(profile)
+    if isolate and not vocab_only:  # the child plans and opens it, as below, in its process
+        return enginechild.EngineProcess(  # type: ignore[return-value]  # an Engine but in name
+            path,
+            profile,
+            force=force,
+            warn=warn,
+            need_tokens=need_tokens,
+            env=enginechild.child_env(profile) if env is None else env,
+            endpoints=endpoints or _endpoints(profile),
+        )
     start = time.perf_counter()
     options = plan(
         path, profile, vocab_only=vocab_only, force=force, warn=warn, need_tokens=need_tokens
     )
     planned = time.perf_counter() - start
-    engine = Engine(path, options)
+    warming = None if vocab_only else _warm_imports()
+    try:
+        engine = Engine(path, options)
+    finally:
+        if warming is not None:
+            warming.join()  # done by now: the load takes longer than the imports
     engine.load_phases.insert(0, ("read header + plan", planned))
     draft_ref = getattr(profile, "draft_model", None)
     if draft_ref and not vocab_only:  # naming a draft model turns draft-model speculation on
@@ -238,6 +293,39 @@ def open_engine(
             engine.close()
             raise
     return engine
+
+
+def _warm_imports() -> Any:
+    """Import what comes after the load (the session layer and jinja2 for the chat template,
+    some 30-50 ms) on a helper thread while llama.cpp loads the weights, which releases the
+    GIL; returns the thread (None when there is nothing left to import)."""
+    import sys
+    import threading
+
+    if "jinja2.sandbox" in sys.modules and "localllm.session" in sys.modules:
+        return None
+
+    def warm() -> None:
+        # a failure here is left to the main thread, which imports again and says what failed
+        try:
+            import localllm.session  # noqa: F401
+            from localllm import templates
+
+            templates.warm()
+        except Exception:
+            return
+
+    thread = threading.Thread(target=warm, name="localllm-warm-imports", daemon=True)
+    thread.start()
+    return thread
+
+
+def _endpoints(profile: Profile) -> tuple[str, ...]:
+    """The profile's RPC workers (``rpc``: a list, or one comma-separated string), if any."""
+    value = getattr(profile, "rpc", None) or ()
+    if isinstance(value, str):
+        value = value.split(",")
+    return tuple(str(v).strip() for v in value if str(v).strip())
 
 
 def _attach_draft(engine: Engine, ref: str, profile: Profile, options: LoadOptions) -> None:

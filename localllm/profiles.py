@@ -77,6 +77,7 @@ class Profile:
     draft_model: str | None = None  # a small model with the same vocabulary that drafts
     json_schema: dict[str, Any] | None = None
     grammar: str | None = None
+    rpc: tuple[str, ...] = ()  # llama.cpp RPC workers (HOST:PORT) the model is split across
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def replace(self, **changes: Any) -> Profile:
@@ -231,6 +232,47 @@ def _stop(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def parse_rpc_endpoint(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` of a llama.cpp RPC worker → (host, port); raises ValueError saying what
+    is wrong. The port is required (llama.cpp has no default) and IPv6 literals are refused
+    (llama.cpp splits the endpoint at its first colon)."""
+    text = text.strip()
+    host, sep, port_text = text.partition(":")
+    if not sep:
+        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 192.168.1.20:50052)")
+    if ":" in port_text or host.startswith("["):
+        raise ValueError(f"{text!r}: IPv6 addresses are not supported by llama.cpp's RPC")
+    if not host or any(c.isspace() or c in "/,@" for c in host):
+        raise ValueError(f"{text!r} has no valid host before the port")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
+    return host, int(port_text)
+
+
+def _rpc(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()] or [value]
+    if not isinstance(value, (list, tuple)):
+        raise _Invalid(f"must be a list of HOST:PORT workers, got {_describe(value)}")
+    out: list[str] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise _Invalid(f"item {i + 1} must be HOST:PORT, got {_describe(item)} (quote it)")
+        try:
+            host, port = parse_rpc_endpoint(item)
+        except ValueError as exc:
+            raise _Invalid(f"item {i + 1}: {exc}") from None
+        endpoint = f"{host}:{port}"
+        if endpoint in out:
+            raise _Invalid(f"item {i + 1}: {endpoint} is listed twice")
+        out.append(endpoint)
+    if len(out) > 16:  # GGML_RPC_MAX_SERVERS
+        raise _Invalid(f"at most 16 workers, got {len(out)}")
+    return tuple(out)
+
+
 def _json_schema(value: Any) -> dict[str, Any] | None:
     """A JSON schema the answer must match: a mapping in YAML, or its JSON text."""
     from localllm import structured
@@ -319,6 +361,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "draft_model": _string(nullable=True),
     "json_schema": _json_schema,
     "grammar": _grammar,
+    "rpc": _rpc,
 }
 assert set(_CHECKS) == set(field_names())
 
@@ -333,9 +376,7 @@ def check_name(name: str) -> str:
     try:
         return _name(name)
     except _Invalid as exc:
-        raise ProfileError(
-            str(exc), hint="use letters, digits, '_', '.' and '-', e.g. my-profile"
-        ) from None
+        raise ProfileError(str(exc), hint="e.g. my-profile") from None
 
 
 def _did_you_mean(word: str, options: Iterable[str]) -> str | None:
@@ -693,7 +734,7 @@ def validate_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
         flag = "--ctx" if key == "context_length" else "--" + str(key).replace("_", "-")
         if key not in settable:
             raise ProfileError(f"unknown option {flag}", hint=_did_you_mean(str(key), settable))
-        if key == "stop" and isinstance(value, (list, tuple)) and not value:
+        if key in ("stop", "rpc") and isinstance(value, (list, tuple)) and not value:
             continue  # a repeatable option that was not given
         if key == "gpu_layers" and isinstance(value, str) and value.strip().isdigit():
             value = int(value)

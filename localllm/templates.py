@@ -81,6 +81,11 @@ def _environment_class() -> Any:
     return StrictSandbox
 
 
+def warm() -> None:
+    """Import what rendering needs (jinja2's sandbox), e.g. on a thread while a model loads."""
+    _environment_class()
+
+
 @functools.lru_cache(maxsize=16)
 def _compile(source: str) -> Any:
     import jinja2

@@ -172,6 +172,12 @@ class Projector:
 
         from localllm import modelfile
 
+        if getattr(engine, "isolated", False):  # an enginechild.EngineProcess
+            raise UsageError(
+                "images need the model in this process, but it runs in a child process "
+                "(LOCALLLM_ISOLATE=1 or RPC workers)",
+                hint="unset LOCALLLM_ISOLATE to use images with this model",
+            )
         _keep_engine_log_route()
         self.path = Path(path)
         self.engine = engine

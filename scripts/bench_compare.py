@@ -13,6 +13,11 @@ report gives the median over rounds and the ratios against native as the median 
 ratios, which cancels drifts in machine speed (goals: decode >= 0.97x native tg and tg@d512,
 prompt processing >= 0.97x pp512).
 
+The "loop" contender (skip with --no-loop) splits the engine's token loop three ways in one
+process: random tokens with no sampling (what llama-bench's tg measures), the greedy sampler,
+and the default profile's sampling chain, and reports the time between two decodes of each:
+the loop's own cost per token, and what sampling adds to it.
+
 The "grounded" contender (skip with --no-grounded) has the engine rewrite a code file with one
 change, greedy, with n-gram speculation and without, and reports decode tokens/s of both
 against native tg (goal with speculation: >= 1.5x native tg128) and whether the two outputs
@@ -177,6 +182,73 @@ def grounded_worker(a: argparse.Namespace) -> None:
     print(json.dumps(out))
 
 
+def run_loop(model: Path, a: argparse.Namespace) -> dict[str, float]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker-loop", "--model",
+           str(model), "--threads", str(a.threads), "-n", str(a.n), "--reps", str(a.reps),
+           "--batch", str(a.batch), "--ubatch", str(a.ubatch)]  # fmt: skip
+    if a.flash_attn:
+        cmd.append("--flash-attn")
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def loop_worker(a: argparse.Namespace) -> None:
+    """The engine's token loop split three ways, tg{n} from an empty context like llama-bench,
+    interleaved in one process: ``decode`` feeds random tokens and samples nothing (what
+    llama-bench's tg measures), ``greedy`` samples with the greedy sampler (the least a
+    generation loop does), ``default`` with the default profile's chain (top-k 40, top-p 0.95,
+    min-p 0.05, temperature 0.7, seeded draw: what ``localllm bench`` and ``run`` measure).
+    Also the loop's own cost per token: the median time between two decodes in each mode."""
+    from localllm.engine import Engine, LoadOptions, _Sampler
+    from localllm.profiles import Profile
+
+    n_ctx = max(256, a.n + 8)
+    engine = Engine(a.model, LoadOptions(n_ctx=n_ctx, n_threads=a.threads, n_gpu_layers=0,
+                                         n_batch=min(a.batch, n_ctx),
+                                         n_ubatch=min(a.ubatch, a.batch, n_ctx),
+                                         flash_attn=a.flash_attn))  # fmt: skip
+    lib, llm = engine._lib, engine._llm
+    n_vocab = engine.n_vocab
+    rng = random.Random(3)
+    bos = lib.llama_vocab_bos(engine._vocab)
+    first = bos if bos >= 0 else 0
+    profiles = {"decode": None, "greedy": Profile(temperature=0.0), "default": Profile()}
+    clock = time.perf_counter
+
+    def once(profile: Profile | None) -> tuple[float, float]:
+        engine.reset()
+        sampler = _Sampler(engine, profile, 1, None, lazy=False) if profile else None
+        token, gaps = first, []
+        start = clock()
+        ended = start
+        for _ in range(a.n):
+            began = clock()
+            gaps.append(began - ended)
+            llm.one[0] = token
+            if lib.llama_decode(llm.ctx, llm.one_batch) != 0:
+                raise SystemExit("llama_decode failed")
+            ended = clock()
+            token = sampler.sample() if sampler else rng.randrange(n_vocab)
+        total = clock() - start
+        if sampler:
+            sampler.close()
+        return a.n / total, statistics.median(gaps[1:]) * 1e6
+
+    for profile in profiles.values():
+        once(profile)  # warm-up
+    rates: dict[str, list[float]] = {k: [] for k in profiles}
+    gaps: dict[str, list[float]] = {k: [] for k in profiles}
+    items = list(profiles.items())
+    for i in range(a.reps):
+        for name, profile in items if i % 2 == 0 else items[::-1]:
+            rate, gap = once(profile)
+            rates[name].append(rate)
+            gaps[name].append(gap)
+    out = {f"tg_{k}": statistics.fmean(v) for k, v in rates.items()}
+    out.update({f"gap_{k}_us": statistics.median(v) for k, v in gaps.items()})
+    print(json.dumps(out))
+
+
 def highlevel_worker(a: argparse.Namespace) -> None:
     """llama-cpp-python's own streaming: create_completion(stream=True). pp from the time to
     the first chunk of a prompt of p random tokens; tg from the chunks of a story after that."""
@@ -234,6 +306,8 @@ def main() -> None:
     parser.add_argument("--worker-highlevel", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-grounded", action="store_true")
     parser.add_argument("--worker-grounded", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-loop", action="store_true", help="skip the token-loop split")
+    parser.add_argument("--worker-loop", action="store_true", help=argparse.SUPPRESS)
     a = parser.parse_args()
     if a.threads is None:
         from localllm.engine import physical_cores
@@ -245,6 +319,9 @@ def main() -> None:
     if a.worker_grounded:
         grounded_worker(a)
         return
+    if a.worker_loop:
+        loop_worker(a)
+        return
     model = a.model or starter_path()
     native = find_llama_bench(a.llama_bench, a.build)
     if native is None or not native.exists():
@@ -252,11 +329,13 @@ def main() -> None:
               file=sys.stderr)  # fmt: skip
         native = None
     runs: dict[str, list[dict[str, float]]] = {
-        "localllm": [], "native": [], "highlevel": [], "grounded": []
+        "localllm": [], "native": [], "loop": [], "highlevel": [], "grounded": []
     }  # fmt: skip
     contenders: list[tuple[str, Any]] = [("localllm", lambda: run_localllm(model, a))]
     if native is not None:
         contenders.append(("native", lambda: run_native(native, model, a)))
+    if not a.no_loop:
+        contenders.append(("loop", lambda: run_loop(model, a)))
     if not a.no_highlevel:
         contenders.append(("highlevel", lambda: run_highlevel(model, a)))
     if not a.no_grounded:
@@ -283,7 +362,11 @@ def main() -> None:
     keys = ["pp", "tg", "tg@d", "ttft_ms", "e2e"]
     print(f"  {'':10s}" + "".join(f"{k:>10s}" for k in keys))
     for name in runs:
-        if runs[name]:
+        if name == "loop" and runs[name]:
+            cells = " · ".join(f"{k[3:]} {med(name, k):.1f}" for k in ("tg_decode", "tg_greedy",
+                               "tg_default"))  # fmt: skip
+            print(f"  {name:10s}  tg{a.n}: {cells}")
+        elif runs[name]:
             cells = "".join(f"{med(name, k):10.1f}" if med(name, k) is not None else f"{'-':>10s}"
                             for k in keys)  # fmt: skip
             print(f"  {name:10s}{cells}")
@@ -307,9 +390,23 @@ def main() -> None:
 
     print("  (median of the per-round ratios; each round runs the contenders back to back)")
     ratio(f"localllm pp{a.p} / native pp{a.p}", "localllm", "native", "pp", "pp", 0.97)
-    ratio(f"localllm tg{a.n} / native tg{a.n}", "localllm", "native", "tg", "tg", 0.97)
+    ratio(f"localllm bench tg{a.n} (samples as run does) / native tg{a.n}", "localllm", "native",
+          "tg", "tg", 0.97)  # fmt: skip
     ratio(f"localllm engine decode @ d{a.p} / native tg{a.n} @ d{a.p}", "localllm", "native",
           "tg@d", "tg@d", 0.97)  # fmt: skip
+    print("  the token loop alone (tg from an empty context; llama-bench samples nothing):")
+    ratio(f"  loop, random tokens, no sampling / native tg{a.n}", "loop", "native", "tg_decode",
+          "tg", None)  # fmt: skip
+    ratio(f"  loop, greedy sampler / native tg{a.n}", "loop", "native", "tg_greedy", "tg", 0.97)
+    ratio(f"  loop, default profile's sampling / native tg{a.n}", "loop", "native", "tg_default",
+          "tg", None)  # fmt: skip
+    if runs["loop"]:
+        gap = {k: statistics.median(r[f"gap_{k}_us"] for r in runs["loop"])
+               for k in ("decode", "greedy", "default")}  # fmt: skip
+        print(
+            f"    time between two decodes (median): no sampling {gap['decode']:.0f} us, "
+            f"greedy {gap['greedy']:.0f} us, default chain {gap['default']:.0f} us"
+        )
     ratio("llama-cpp-python streaming tg / native tg", "highlevel", "native", "tg", "tg", None)
     ratio("localllm tg / llama-cpp-python streaming tg", "localllm", "highlevel", "tg", "tg",
           None)  # fmt: skip

@@ -23,6 +23,19 @@ def generate(self: Engine, prompt: Any, settings: Any, **kwargs: Any) -> Any:
 
 Engine.generate = generate  # type: ignore[method-assign]
 
+# An engine in a child process (LOCALLLM_ISOLATE=1) gets the grammar across the pipe.
+from localllm.enginechild import EngineProcess  # noqa: E402
+
+_process_generate = EngineProcess.generate
+
+
+def process_generate(self: EngineProcess, prompt: Any, settings: Any, **kwargs: Any) -> Any:
+    kwargs["grammar"] = kwargs.get("grammar") or GRAMMAR
+    return _process_generate(self, prompt, settings, **kwargs)
+
+
+EngineProcess.generate = process_generate  # type: ignore[method-assign]
+
 if __name__ == "__main__":
     from localllm.cli import main
 

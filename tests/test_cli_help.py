@@ -1,7 +1,7 @@
 """Every command's ``--help`` reads as a user's manual: option values are named for what they
-are (``--stop TEXT``, ``--alias NAME=MODEL``), never Python types such as ``<list[str]>``
-(Typer's rendering of a repeatable option; positional arguments still show their type, a
-known gap)."""
+are (``--stop TEXT``, ``--ctx INTEGER``, ``--alias NAME=MODEL``), never Python types such as
+``<str>`` or ``<list[str]>`` (Typer 0.29's rendering), and the usage line names arguments
+as ``MODEL`` / ``[PROMPT]``, not ``{model}``."""
 
 from __future__ import annotations
 
@@ -37,3 +37,30 @@ def test_help_names_no_python_types(words: tuple[str, ...]) -> None:
     options = proc.stdout.partition("Options:")[2]
     assert options, proc.stdout
     assert "list[" not in options, options
+    for python_type in ("<str>", "<int>", "<float>", "<bool>", "<path>"):
+        assert python_type not in proc.stdout, python_type  # TEXT, INTEGER, FLOAT, PATH
+    usage = proc.stdout.splitlines()[0]
+    assert "{" not in usage and usage == usage.replace("[prompt]", ""), usage  # MODEL, [PROMPT]
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_names_localllm_and_llama_cpp_python(flag: str) -> None:
+    """`localllm --version`: ours first, then llama-cpp-python's with its build's backends,
+    without importing llama_cpp (as fast as --help)."""
+    from importlib import metadata
+
+    from localllm import __version__
+
+    code = (
+        "import sys; from localllm.cli import main\n"
+        "try:\n    main([sys.argv[1]])\n"
+        "except SystemExit as e:\n    print('exit', e.code, 'llama_cpp' in sys.modules)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, flag], capture_output=True, text=True, timeout=120
+    )
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"localllm {__version__}", proc.stdout + proc.stderr
+    assert lines[1].startswith(f"llama-cpp-python {metadata.version('llama-cpp-python')} ")
+    assert "CPU" in lines[1]  # every build carries the CPU backend
+    assert lines[-1] == "exit 0 False"

@@ -63,7 +63,9 @@ def test_pull_auto_picks_and_installs(repo: str, quants: dict[str, Path]) -> Non
     assert not (m.folder / "mmproj-Tiny-f16.gguf").exists()
 
 
-def test_pull_list_shows_fit_marks_and_downloads_nothing(repo: str, fake_hub: FakeHub) -> None:
+def test_pull_list_shows_fit_marks_and_downloads_nothing(
+    repo: str, fake_hub: FakeHub, quants: dict[str, Path]
+) -> None:
     result = runner.invoke(app, ["pull", repo, "--list", "--ctx", "2048"])
     assert result.exit_code == 0, result.output
     out = result.stdout
@@ -71,6 +73,8 @@ def test_pull_list_shows_fit_marks_and_downloads_nothing(repo: str, fake_hub: Fa
         assert q in out
     assert "fits" in out and "NEEDS @2048" in out
     assert "multimodal projector: mmproj-Tiny-f16.gguf" in out
+    assert "pulled with the model, counted in NEEDS" in out  # fit marks include it
+    assert out.count("+ projector") == 3
     assert "KV cache from the model's header" in out
     assert "auto-pick: Q4_K_M" in out
     result = runner.invoke(app, ["search", repo, "--json"])
@@ -79,6 +83,14 @@ def test_pull_list_shows_fit_marks_and_downloads_nothing(repo: str, fake_hub: Fa
     assert all(f["fit"] == "fits" for f in data["files"])
     assert data["auto_pick"] == "Tiny-Q4_K_M.gguf" and data["estimate_method"] == "header"
     assert data["projectors"][0]["name"] == "mmproj-Tiny-f16.gguf"
+    projector = quants["Q2_K"].stat().st_size
+    for f in data["files"]:
+        assert f["projector"] == {"name": "mmproj-Tiny-f16.gguf", "size": projector}
+        assert f["weights"] == f["size"] + projector
+    # --mmproj none: the projector is not pulled, so not counted
+    result = runner.invoke(app, ["pull", repo, "--list", "--mmproj", "none", "--json"])
+    data = json.loads(result.stdout)
+    assert all(f["projector"] is None and f["weights"] == f["size"] for f in data["files"])
     assert fake_hub.sent("Tiny-Q4_K_M.gguf") == 0 and store.installed() == []
 
 

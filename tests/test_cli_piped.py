@@ -125,3 +125,72 @@ def test_output_to_a_full_disk_is_one_line_and_exit_5() -> None:
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot write the output:"), lines
+
+
+# -- a reader that goes away (`localllm run "hi" | head -c5`) -------------------------------
+
+
+def closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``localllm ARGS`` with stdout on a pipe whose reader is already gone, as when
+    `head` has read all it wanted: the first write meets a closed pipe, whatever the timing."""
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "localllm", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(write_end)
+    os.close(read_end)
+    _, stderr = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["--version"],
+        ["run", "--help"],
+        ["list", "--json"],
+        ["profile", "list"],
+        ["show", "{model}", "--json"],
+        ["run", "-m", "{model}", "hi", "-n", "64"],
+    ],
+    ids=" ".join,
+)
+def test_a_closed_pipe_ends_quietly_with_141(args: list[str], tiny_model: Path) -> None:
+    """Like `cat big | head`: no traceback, no error line, exit 141 (128 + SIGPIPE, the
+    README's table), not click's exit 1."""
+    proc = closed_pipe(*(a.replace("{model}", str(tiny_model)) for a in args))
+    assert proc.returncode == 141, proc.stderr
+    assert proc.stderr == "", proc.stderr
+
+
+def test_a_closed_pipe_stops_the_generation_at_once(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run` stops decoding at the first write that fails: the answer is not generated into
+    a pipe nobody reads (one write attempt, not one per token of the 200 asked for)."""
+    import errno
+    import io
+
+    from localllm.cli import main
+
+    class GoneReader(io.TextIOBase):
+        writes = 0
+
+        def write(self, text: str) -> int:
+            GoneReader.writes += 1
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+        def isatty(self) -> bool:
+            return False
+
+    monkeypatch.setattr(sys, "stdout", GoneReader())
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "-m", str(tiny_model), "tell a long story", "-n", "200", "--temperature", "1"])
+    assert exc.value.code == 141
+    assert GoneReader.writes == 1

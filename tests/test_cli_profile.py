@@ -334,6 +334,35 @@ def test_editor_fallback(monkeypatch):
     assert cli_profile._editor_command() == ["code", "--wait"]
 
 
+def test_edit_without_an_editor_or_a_terminal_says_so():
+    """No $VISUAL/$EDITOR and no terminal (a script, a pipe): the fallback vi or nano would
+    garble the output and fail; one error line instead, exit 2, nothing started."""
+    write_user("mine", "temperature: 0.5\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("VISUAL", "EDITOR")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "localllm", "profile", "edit", "mine"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no $VISUAL or $EDITOR is set")
+    assert "localllm profile path mine" in lines[0] and proc.stdout == ""
+
+
+def test_a_group_without_its_command_shows_its_help():
+    """`localllm profile` (and `localllm`) alone: the group's help, not "error: Usage: …"."""
+    proc = run_cli()
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("Usage: localllm profile [OPTIONS] COMMAND")
+    assert "error" not in proc.stderr and "see 'localllm" not in proc.stderr
+    assert "validate" in proc.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # validate
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from ptyrun import in_a_terminal
 
 from localllm import conversations
 from localllm.conversations import Conversation
@@ -150,3 +151,19 @@ def test_long_first_question_makes_a_short_title() -> None:
     conversation.add_message("user", "word " * 40)
     assert len(conversation.display_title) <= 60
     assert conversation.display_title.endswith("…")
+
+
+def test_chat_resume_of_an_unknown_id_is_refused_before_the_screen_opens(
+    tiny_model: Path,
+) -> None:
+    """`localllm chat --resume TYPO` in a terminal: one error line, exit 2, and no app that
+    opens only to show an error; a malformed id is refused the same way."""
+    proc = in_a_terminal("chat", "-m", str(tiny_model), "--resume", "20990101-000000-abcd")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: no saved conversation '20990101-000000-abcd'")
+    assert "Ctrl+L" in lines[0]
+    proc = in_a_terminal("chat", "--resume", "../../etc/passwd")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: "), proc.stderr
+    assert "is not a conversation id" in proc.stderr

@@ -68,6 +68,7 @@ def test_json_schema(no_network: None) -> None:
         "hub",
         "gpu_hardware",
         "advice",
+        "rpc",  # whether models can be split across machines (tests/test_rpc.py)
     }
     llama = data["llama_cpp"]
     assert {"llama_cpp_python", "ggml", "ggml_commit", "system_info", "gpu_offload"} <= set(llama)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ptyrun import in_a_terminal
 from typer.testing import CliRunner
 
 from localllm import catalog
@@ -55,6 +56,14 @@ def test_stdin_lines_skip_blank_ones(tiny_bert: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert [r["text"] for r in jsonl(result.stdout)] == ["hello", "world", "the end"]
+
+
+def test_a_lone_dash_reads_stdin(tiny_bert: Path) -> None:
+    """`... | localllm embed -m M -` embeds the piped lines, as `run -` reads its prompt from
+    stdin, rather than a vector of the text "-"."""
+    result = runner.invoke(app, ["embed", "-m", str(tiny_bert), "-"], input=b"hello\nworld\n")
+    assert result.exit_code == 0, result.output
+    assert [r["text"] for r in jsonl(result.stdout)] == ["hello", "world"]
 
 
 def test_json_format_and_no_normalize(tiny_bert: Path) -> None:
@@ -202,6 +211,22 @@ def test_run_and_chat_refuse_an_encoder(tiny_bert: Path) -> None:
     with pytest.raises(UsageError, match="encoder-only") as info:
         refuse_encoder(read_info(tiny_bert))  # the check chat and the TUI load through
     assert "localllm embed" in (info.value.hint or "")
+
+
+def test_chat_refuses_an_encoder_before_the_screen_opens(tiny_bert: Path, tmp_path: Path) -> None:
+    """`localllm chat -m EMBEDDER` in a terminal: one error line and exit 2, no app started
+    (run and chat resolve and check the model through one function, loading.model_to_generate);
+    a file that is no GGUF is refused the same way, exit 3."""
+    proc = in_a_terminal("chat", "-m", str(tiny_bert))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "encoder-only" in lines[0]
+    assert "localllm embed" in lines[0]
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a model at all" * 10)
+    proc = in_a_terminal("chat", "-m", str(junk))
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
 
 
 def test_show_covers_embedding_models(tiny_bert: Path) -> None:

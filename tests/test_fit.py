@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,15 @@ def test_every_prefix_parses_to_a_subset_of_the_full_parse(kvs: list) -> None:
         assert all(head.metadata[k] == full.metadata[k] for k in keys)
         if head.complete:
             assert keys == list(full.metadata)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/meminfo")
+def test_available_ram_from_meminfo_is_what_psutil_reads() -> None:
+    """RAM available is read from /proc/meminfo without psutil: the kernel's MemAvailable,
+    which is psutil's ``available`` on Linux (the two reads are a moment apart, so the figure
+    may have moved a little)."""
+    import psutil
+
+    ours, theirs = fit.available_ram(), psutil.virtual_memory().available
+    assert 0 < ours <= psutil.virtual_memory().total
+    assert abs(ours - theirs) < max(theirs // 4, 64 << 20)

@@ -84,7 +84,9 @@ def test_list_repo_marks_fit(fake_hub: FakeHub, files: dict[str, Path]) -> None:
     assert listing.shape is not None and listing.shape.n_layer == 2
     assert {r.verdict for r in listing.rows} == {"fits"}
     row = listing.rows[1]
-    assert row.estimate.weights == mid_need
+    # the projector pull fetches with the model loads beside it: its bytes count as weights
+    assert row.projector is not None and row.projector.name == "mmproj-Tiny-F16.gguf"
+    assert row.estimate.weights == mid_need + files["small"].stat().st_size
     # The shape comes from one header, the smallest file's (32 wide): K and V, f16.
     assert row.estimate.kv_cache == 2 * 2048 * 2 * 32 * 2
     # Against a small budget the marks differ per size.
@@ -94,6 +96,41 @@ def test_list_repo_marks_fit(fake_hub: FakeHub, files: dict[str, Path]) -> None:
     assert [r.verdict for r in listing.rows] == ["fits", "fits", "tight"]
     # Only one header was read per listing, and nothing was downloaded.
     assert fake_hub.sent("Tiny-Q4_K_M.gguf") == 0 and fake_hub.sent("Tiny-Q8_0.gguf") == 0
+
+
+def test_fit_marks_count_the_vision_projector_pull_fetches(
+    fake_hub: FakeHub, files: dict[str, Path]
+) -> None:
+    """A model that fits alone but only tightly with its projector is marked so (pull would
+    fetch both, run would load both), unless --mmproj none leaves the projector out; the
+    auto-pick follows the marks."""
+    fake_hub.add_repo(
+        "acme/Vision-GGUF",
+        {
+            "Vision-Q2_K.gguf": files["small"],
+            "Vision-Q4_K_M.gguf": files["mid"],
+            "mmproj-Vision-F16.gguf": files["big"],
+        },
+    )
+    alone = hub.list_repo("acme/Vision-GGUF", n_ctx=512, budget=ROOMY, mmproj="none")
+    assert all(r.projector is None for r in alone.rows)
+    need = alone.rows[1].estimate.total  # Q4_K_M without its projector
+    budget = fit.MemoryBudget(ram=int(need / 0.8) + 1)
+    without = hub.list_repo("acme/Vision-GGUF", n_ctx=512, budget=budget, mmproj="none")
+    assert [r.verdict for r in without.rows] == ["fits", "fits"]
+    listing = hub.list_repo("acme/Vision-GGUF", n_ctx=512, budget=budget)
+    projector = files["big"].stat().st_size
+    for r, bare in zip(listing.rows, without.rows, strict=True):
+        assert r.projector is not None and r.projector.name == "mmproj-Vision-F16.gguf"
+        assert r.estimate.weights == bare.estimate.weights + projector
+        assert r.estimate.kv_cache == bare.estimate.kv_cache
+    assert listing.rows[1].verdict == "tight"
+    plan = hub.plan_pull("acme/Vision-GGUF", n_ctx=512, budget=budget)
+    assert plan.projector is not None and plan.reason is not None
+    assert "tightly" in plan.reason  # nothing fits comfortably once the projector counts
+    plan = hub.plan_pull("acme/Vision-GGUF", n_ctx=512, budget=budget, mmproj="none")
+    assert plan.projector is None and plan.entry.name == "Vision-Q4_K_M.gguf"
+    assert plan.reason is not None and "tightly" not in plan.reason
 
 
 def test_list_repo_falls_back_to_size_heuristic(fake_hub: FakeHub, files: dict[str, Path]) -> None:
@@ -1045,3 +1082,63 @@ def test_starter_comes_from_the_hub(fake_hub: FakeHub, starter_model: Path) -> N
     assert fake_hub.sent(entry.filename) == entry.size + hub.HEADER_PREFIXES[0]
     assert plan.listing is not None and plan.listing.method == "header"
     assert plan.listing.shape is not None and plan.listing.shape.n_layer == 30
+
+
+# -- telemetry: off unless the user turns it on ------------------------------------------
+
+TELEMETRY_PROBE = """
+import sys
+from localllm.cli import main
+try:
+    main(["search", sys.argv[1], "--json"])
+except SystemExit as exc:
+    assert not exc.code, exc.code
+# what huggingface_hub calls to report usage: a request to {endpoint}/api/telemetry/...
+from huggingface_hub.utils import _telemetry, send_telemetry
+send_telemetry("localllm-probe", library_name="localllm", library_version="0")
+_telemetry._TELEMETRY_QUEUE.join()
+print("done")
+"""
+
+
+def _telemetry_requests(
+    fake_hub: FakeHub, tmp_path: Path, files: dict[str, Path], **env: str
+) -> list[str]:
+    repo = quant_repo(fake_hub, files)
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HF_HUB_DISABLE_TELEMETRY", "DISABLE_TELEMETRY", "DO_NOT_TRACK")
+    }
+    # a fresh HF_HOME: no agent-harness registry cached from an earlier day
+    clean.update(HF_HOME=str(tmp_path / "hf-home"), **env)
+    proc = subprocess.run(
+        [sys.executable, "-c", TELEMETRY_PROBE, repo],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=clean,
+    )
+    assert proc.returncode == 0 and proc.stdout.endswith("done\n"), proc.stderr
+    with fake_hub.lock:
+        seen = [path for _, path in fake_hub.requests]
+    assert any(p.startswith(f"/api/models/{repo}") for p in seen), seen  # it did reach the Hub
+    return [p for p in seen if p.startswith(("/api/telemetry", "/api/agent-harnesses"))]
+
+
+def test_no_telemetry_reaches_the_hub_by_default(
+    fake_hub: FakeHub, tmp_path: Path, files: dict[str, Path]
+) -> None:
+    """huggingface_hub reports usage unless HF_HUB_DISABLE_TELEMETRY is set; localllm (an
+    offline, private tool) turns that off when the user did not choose."""
+    assert _telemetry_requests(fake_hub, tmp_path, files) == []
+
+
+def test_telemetry_is_the_users_choice(
+    fake_hub: FakeHub, tmp_path: Path, files: dict[str, Path]
+) -> None:
+    """HF_HUB_DISABLE_TELEMETRY=0 set by the user turns it on (and shows the probe above sees
+    the library's requests when they are made)."""
+    sent = _telemetry_requests(fake_hub, tmp_path, files, HF_HUB_DISABLE_TELEMETRY="0")
+    assert "/api/agent-harnesses" in sent
+    assert any(p.startswith("/api/telemetry/localllm-probe") for p in sent), sent

@@ -42,14 +42,20 @@ LAYERS: dict[str, int] = {
     "localllm.conversations": 2,
     "localllm.starter": 2,
     "localllm.foreign": 2,  # other tools' model stores, read in place
+    "localllm.rpcwire": 2,  # probing llama.cpp RPC workers over their own protocol (sockets)
+    "localllm.rpcbuild": 2,  # building llama.cpp with RPC from the vendored sources (cmake)
+    "localllm.rpcworker": 2,  # running the worker binary; the --mem relay (sockets)
     # the only modules that load llama_cpp; one turn of a conversation
     "localllm.engine": 3,
     "localllm.session": 3,
     "localllm.loading": 3,
+    "localllm.enginechild": 3,  # an engine in a child process (llama.cpp aborts stay there)
     "localllm.bench": 3,
     "localllm.streaming": 3,  # one turn batched for a screen (no UI)
     "localllm.embeddings": 3,  # texts to vectors (loads llama_cpp, like the engine)
     "localllm.vision": 3,  # the projector (mtmd) beside an engine
+    # registering RPC workers: ctypes on the libggml the bindings loaded, so engine level
+    "localllm.rpc": 3,
     # the front ends
     "localllm.cli": 4,
     "localllm.tui": 4,

@@ -3,6 +3,7 @@ plan_load decides on a CPU-only build and with a (pretended) GPU."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -302,3 +303,12 @@ def test_llama_cpp_warnings_stay_quiet_unless_verbose(
     assert "n_ctx" in capfd.readouterr().err
     engine.Engine(tiny_model, opts).close()
     assert capfd.readouterr().err == ""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux sysfs")
+def test_physical_cores_from_sysfs_match_psutil() -> None:
+    """The start-up path counts cores from sysfs instead of importing psutil (10 ms): the
+    same count psutil gives."""
+    import psutil
+
+    assert engine._linux_physical_cores() == psutil.cpu_count(logical=False)

@@ -328,3 +328,26 @@ def test_auto_drafting_stops_when_verifying_is_slower_than_decoding() -> None:
         explicit.timed_batch(0.050)
         explicit.verified(0)
     assert explicit.keep_going(drafted=8, accepted=8)
+
+
+def test_adaptive_draft_length_follows_acceptance_and_batch_cost() -> None:
+    """The draft length is the one that yields the most tokens per unit of time: long while
+    drafts are accepted whole and a batch is cheap, short when they fail or a batch costs
+    about one decode per token."""
+    copying = _NgramDrafter([1, 2, 1, 2], size=16, adaptive=True)
+    copying.timed_single(0.010)
+    for _ in range(10):
+        copying.timed_batch(0.014, 9)  # 8 drafted tokens for 1.4 decodes
+        copying.verified(8, 8)
+    assert copying.draft_size() >= 12
+    failing = _NgramDrafter([1, 2, 1, 2], size=16, adaptive=True)
+    failing.timed_single(0.010)
+    for _ in range(10):
+        failing.timed_batch(0.080, 9)  # a batch costs almost a decode per token
+        failing.verified(0, 8)
+    assert failing.draft_size() <= 2
+    fixed = _NgramDrafter([1, 2, 1, 2], size=8)  # not adaptive: the size given
+    fixed.timed_single(0.010)
+    fixed.timed_batch(0.080, 9)
+    fixed.verified(0, 8)
+    assert fixed.draft_size() == 8

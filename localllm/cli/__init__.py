@@ -3,7 +3,8 @@
 Exit codes (documented in the README):
 0 success, 1 unexpected internal error, 2 usage or profile error, 3 model not found or invalid,
 4 network or download failure, 5 not enough disk or memory, 6 inference failure,
-130 interrupted (Ctrl-C).
+130 interrupted (Ctrl-C), 141 the reader of stdout went away (``| head``: 128 + SIGPIPE, as
+``cat`` and other Unix tools end; quietly).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import sys
 from typing import Any
 
 from localllm.cli import commands as _commands  # noqa: F401  (registers the commands)
-from localllm.cli._app import app
-from localllm.errors import EXIT_INTERRUPTED, LocalLLMError, ResourceError
+from localllm.cli._app import OutputClosed, app
+from localllm.errors import EXIT_INTERRUPTED, EXIT_PIPE_CLOSED, LocalLLMError, ResourceError
 
 __all__ = ["app", "format_error", "main"]
 
@@ -36,6 +37,13 @@ def main(argv: list[str] | None = None) -> None:
         # Non-standalone: Typer returns the code of a typer.Exit (Ctrl-C becomes 130) and
         # raises usage errors for us to print as one line.
         code = command.main(args=argv, prog_name="localllm", standalone_mode=False)
+        sys.stdout.flush()  # what is still buffered must meet a closed pipe here, not at exit
+    except (OutputClosed, BrokenPipeError):
+        # `localllm run ... | head -c5`: the reader has what it wanted. Python's advice: point
+        # stdout at the null device so the interpreter's last flush cannot fail again, and
+        # leave without a word, as `cat big | head` does.
+        _drop_stdout()
+        sys.exit(EXIT_PIPE_CLOSED)
     except LocalLLMError as exc:
         print(format_error(exc), file=sys.stderr, flush=True)
         sys.exit(exc.exit_code)
@@ -59,6 +67,11 @@ def main(argv: list[str] | None = None) -> None:
         # format_message; anything else is a bug and keeps its traceback.
         if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
             raise
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            # `localllm` or `localllm profile` alone: the help itself is the answer, not an
+            # "error: Usage: ..." wrapped around it (exit 2: no command was given).
+            print(exc.format_message(), file=sys.stderr)
+            sys.exit(exc.exit_code)
         ctx = getattr(exc, "ctx", None)
         where = ctx.command_path if ctx is not None else "localllm"
         print(f"error: {exc.format_message()} (see '{where} --help')", file=sys.stderr)

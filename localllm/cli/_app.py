@@ -8,16 +8,38 @@ parts of the core (llama_cpp, textual, the Hub client) inside the command functi
 from __future__ import annotations
 
 import sys
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
 
 
+class OutputClosed(Exception):
+    """Whoever read our stdout went away (``localllm list | head -1``). Raised in place of the
+    ``BrokenPipeError`` so that click's own handling (exit 1, after swallowing it) never sees
+    it: :func:`localllm.cli.main` ends the command quietly with ``EXIT_PIPE_CLOSED``."""
+
+
 class _PlainHelpGroup(TyperGroup):
     """Plain (click-style) help. Typer's rich help imports rich.markdown, markdown-it, pygments
     and rich.traceback, which made ``localllm --help`` take twice as long as everything else
-    together. Command summaries wrap instead of being cut at the terminal width."""
+    together. Command summaries wrap instead of being cut at the terminal width.
+
+    A closed stdout, wherever it is noticed (help text, a table, a streamed answer), leaves
+    as :class:`OutputClosed`: parsing (``--help``, ``--version``) happens in ``make_context``,
+    the command itself (and a subcommand's ``--help``) in ``invoke``."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except BrokenPipeError as exc:
+            raise OutputClosed() from exc
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as exc:
+            raise OutputClosed() from exc
 
     def format_commands(self, ctx: Any, formatter: Any) -> None:
         rows = []
@@ -117,6 +139,52 @@ def _install_plain_coercion() -> None:
 
 _install_plain_coercion()
 
+
+def _install_plain_metavars() -> None:
+    """Help that names values as click and most CLIs do (``--model TEXT``, ``--ctx INTEGER``,
+    ``show [OPTIONS] MODEL``, ``run [OPTIONS] [PROMPT]``) instead of Typer 0.29's Python types
+    (``--model <str>``, ``{model}``), which read as code to someone who is not a Python
+    programmer. Choices, ranges and explicit metavars keep Typer's rendering. A Typer whose
+    internals differ is left alone."""
+    try:
+        from typer import core
+    except ImportError:  # pragma: no cover
+        return
+    param = getattr(core, "_TyperParameter", None)
+    argument = getattr(core, "TyperArgument", None)
+    original = getattr(param, "display_type", None)
+    if (
+        original is None
+        or argument is None
+        or getattr(original, "_localllm", False)
+        or not hasattr(argument, "_usage_display_name")
+    ):  # pragma: no cover
+        return
+    plain = {"<str>": "TEXT", "<int>": "INTEGER", "<float>": "FLOAT", "<bool>": "BOOLEAN"}
+    plain.update({"<list[str]>": "TEXT", "<list[int]>": "INTEGER", "<list[float]>": "FLOAT"})
+
+    def display_type(self: Any, ctx: Any) -> str:
+        shown = original(self, ctx)
+        if shown in plain:
+            return plain[shown]
+        if getattr(self.type_descriptor, "is_path", False):
+            return "PATH"
+        return shown
+
+    def usage_name(self: Any) -> str:
+        name = self.display_name_raw
+        name = name if self.metavar is not None else name.upper()
+        if not self.required:
+            name = f"[{name}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+    display_type._localllm = True  # type: ignore[attr-defined]
+    param.display_type = display_type
+    argument._usage_display_name = usage_name
+
+
+_install_plain_metavars()
+
 app = typer.Typer(
     name="localllm",
     cls=_PlainHelpGroup,
@@ -127,6 +195,84 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def version_text() -> str:
+    """``localllm --version``: our version, then llama-cpp-python's and the backends its
+    build carries (the ``libggml-*`` libraries it installed), read from the package metadata
+    and a directory listing: llama_cpp itself is never imported, so this stays as fast as
+    ``--help``."""
+    from localllm import __version__
+
+    lines = [f"localllm {__version__}"]
+    try:
+        from importlib import metadata
+
+        dist = metadata.distribution("llama-cpp-python")
+    except Exception:
+        lines.append("llama-cpp-python not installed")
+        return "\n".join(lines)
+    line = f"llama-cpp-python {dist.version}"
+    backends = _backends(dist)
+    if backends:
+        line += f" (backends: {', '.join(backends)})"
+    lines.append(line)
+    return "\n".join(lines)
+
+
+# libggml-<name>.so / .dylib / ggml-<name>.dll: the backends of a llama.cpp build
+_BACKEND_NAMES = {
+    "cpu": "CPU",
+    "cuda": "CUDA",
+    "metal": "Metal",
+    "vulkan": "Vulkan",
+    "hip": "ROCm",
+    "sycl": "SYCL",
+    "blas": "BLAS",
+    "opencl": "OpenCL",
+    "musa": "MUSA",
+    "cann": "CANN",
+    "rpc": "RPC",
+}
+
+
+def _backends(dist: Any) -> list[str]:
+    import re
+
+    try:
+        folder = dist.locate_file("llama_cpp/lib")
+        names = [p.name for p in folder.iterdir()]
+    except Exception:
+        return []
+    found = set()
+    for name in names:
+        m = re.match(r"^(?:lib)?ggml-([a-z]+)[.-]", name)
+        if m and m.group(1) in _BACKEND_NAMES:
+            found.add(m.group(1))
+    return [_BACKEND_NAMES[k] for k in _BACKEND_NAMES if k in found]
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(version_text() + "\n")
+        sys.stdout.flush()
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            help="Show the version of localllm and of llama-cpp-python, and exit.",
+            is_eager=True,
+            callback=_show_version,
+        ),
+    ] = False,
+) -> None:
+    """Run quantized large language models on your own machine."""
 
 
 # -- shell completion ---------------------------------------------------------------------

@@ -38,6 +38,14 @@ def bench(
     batch: Annotated[int, typer.Option("--batch", "-b", help="Logical batch size.")] = 2048,
     ubatch: Annotated[int, typer.Option("--ubatch", "-ub", help="Physical batch size.")] = 512,
     gpu_layers: Annotated[str, typer.Option("--gpu-layers", help=GPU_LAYERS_HELP)] = "auto",
+    rpc: Annotated[
+        str | None,
+        typer.Option(
+            "--rpc",
+            help="Split the model across llama.cpp RPC workers: HOST:PORT[,HOST:PORT...].",
+            metavar="HOST:PORT,...",
+        ),
+    ] = None,
     flash_attn: Annotated[
         bool | None,
         typer.Option(
@@ -57,9 +65,11 @@ def bench(
     """Measure prompt processing (pp) and generation (tg) speed, mean ± sd over repetitions."""
     from localllm import store
     from localllm.bench import BenchConfig, format_table, run_bench
-    from localllm.cli.run import parse_gpu_layers
+    from localllm.cli.run import parse_gpu_layers, prepare_rpc
+    from localllm.profiles import validate_overrides
 
     layers = parse_gpu_layers(gpu_layers)
+    workers = validate_overrides({"rpc": rpc}).get("rpc", ())
     config = BenchConfig(
         n_prompt=n_prompt,
         n_gen=n_gen,
@@ -71,7 +81,9 @@ def bench(
         flash_attn=flash_attn,
         kv_cache_type=kv_cache_type,
         e2e=not no_e2e,
+        rpc=workers,
     )
+    prepare_rpc(config)
     config.validate()  # bad numbers fail before the model is looked up or loaded
     path = store.resolve_model(model)
     interactive = sys.stderr.isatty()
@@ -85,6 +97,8 @@ def bench(
         print(json.dumps(result.as_dict(), indent=2))
         return
     print(format_table(result))
+    if result.split:
+        err(result.split)
     err(
         f"{result.offload} · flash attention "
         f"{'auto' if result.flash_attn is None else 'on' if result.flash_attn else 'off'} · "

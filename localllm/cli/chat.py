@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from localllm.cli._app import app, complete_mode, complete_model, complete_profile, err
+from localllm.cli.run import RPC_HELP
 
 
 @app.command()
@@ -32,6 +33,9 @@ def chat(
     resume: Annotated[
         str | None, typer.Option("--resume", help="Continue a saved conversation (its id).")
     ] = None,
+    rpc: Annotated[
+        str | None, typer.Option("--rpc", help=RPC_HELP, metavar="HOST:PORT,...")
+    ] = None,
     expand_reasoning: Annotated[
         bool,
         typer.Option(
@@ -41,7 +45,7 @@ def chat(
 ) -> None:
     """Chat with a model in a full-screen terminal app (F1 inside lists the keys)."""
     from localllm import profiles
-    from localllm.cli.run import resolve_model_path
+    from localllm.cli.run import prepare_rpc
     from localllm.errors import UsageError
 
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
@@ -49,14 +53,22 @@ def chat(
             "localllm chat needs an interactive terminal",
             hint='use `localllm run "PROMPT"` in scripts and pipes',
         )
-    settings = profiles.resolve(profile, {"mode": mode, "system_prompt": system})
+    settings = profiles.resolve(profile, {"mode": mode, "system_prompt": system, "rpc": rpc})
+    prepare_rpc(settings)
+    if resume:  # a mistyped id is said here, before the screen opens
+        from localllm import conversations
+
+        if not conversations.path_of(resume).is_file():
+            raise UsageError(
+                f"no saved conversation '{resume}'",
+                hint="start `localllm chat` and press Ctrl+L to list the saved ones",
+            )
     path = None
     if model or settings.model or not resume:
-        path = resolve_model_path(model or settings.model, lambda m: err(m, style="dim"))
-        from localllm.loading import refuse_encoder
-        from localllm.modelfile import read_info
+        from localllm.loading import model_to_generate
 
-        refuse_encoder(read_info(path))  # an embedding model cannot chat: say so up front
+        # an embedding model cannot chat: refused here, before the screen opens
+        path = model_to_generate(model or settings.model, lambda m: err(m, style="dim"))
 
     from localllm.tui.app import run_chat
 

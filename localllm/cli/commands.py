@@ -13,3 +13,4 @@ from localllm.cli import inspect
 from localllm.cli import profile
 from localllm.cli import bench
 from localllm.cli import doctor
+from localllm.cli import worker

@@ -5,7 +5,9 @@ in and their devices with free and total memory, the CPU and the instruction set
 uses, RAM, the model store, the Hub endpoint and offline state. When the machine has a GPU the
 build cannot use, it prints the command that reinstalls llama-cpp-python with that backend.
 
-It never opens a network connection.
+It never opens a network connection, except to the RPC workers named with ``--rpc``: each is
+asked its protocol version, devices and memory over llama.cpp's own RPC protocol (nothing is
+registered or loaded there).
 """
 
 from __future__ import annotations
@@ -157,7 +159,85 @@ def _foreign_text(entry: dict[str, Any]) -> str:
     return text
 
 
-def collect() -> dict[str, Any]:
+def rpc_report(backends: list[str], workers: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Whether this installation can split a model across machines, and what each worker in
+    ``workers`` (``HOST:PORT``) says about itself."""
+    from localllm import rpcbuild, rpcwire
+
+    out: dict[str, Any] = {"installed_build_has_rpc": "RPC" in backends}
+    try:
+        found = rpcbuild.find_build()
+    except Exception:  # no llama-cpp-python: reported above
+        found = None
+    out["localllm_build"] = (
+        {
+            "path": str(found.root),
+            "worker": str(found.worker),
+            "label": found.label,
+            "rpc_protocol": found.info.get("rpc_protocol"),
+        }
+        if found
+        else None
+    )
+    out["available"] = out["installed_build_has_rpc"] or found is not None
+    out["fix"] = (
+        None if out["available"] else f"localllm worker --build   (or: {rpcbuild.REINSTALL})"
+    )
+    expect = found.info.get("rpc_protocol") if found else None
+    expect = expect if expect and expect != "?" else None
+    out["workers"] = []
+    for endpoint in workers:
+        info = rpcwire.probe(endpoint, expect=expect)
+        out["workers"].append(
+            {
+                "endpoint": endpoint,
+                "reachable": info.reachable,
+                "protocol": info.protocol or None,
+                "same_protocol": (info.protocol == expect) if expect and info.protocol else None,
+                "devices": [{"free_bytes": f, "total_bytes": t} for f, t in info.devices],
+                "free_bytes": info.free if info.devices else None,
+                "total_bytes": info.total if info.devices else None,
+                "problem": info.problem or None,
+            }
+        )
+    return out
+
+
+def _rpc_rows(rpc: dict[str, Any]) -> list[tuple[str, str]]:
+    build = rpc.get("localllm_build")
+    if rpc.get("installed_build_has_rpc"):
+        state = "yes (the installed llama-cpp-python has it)"
+    elif build:
+        state = f"yes, through localllm's build (used by --rpc): {build['path']}"
+    else:
+        state = (
+            "no: this llama-cpp-python has no RPC backend (to split models across machines: "
+            f"{rpc.get('fix')})"
+        )
+    rows = [("RPC", state)]
+    if build:
+        rows.append(("RPC build", build["label"]))
+    for w in rpc.get("workers", []):
+        if not w["reachable"]:
+            text = f"unreachable: {w['problem']}"
+        elif not w["protocol"]:
+            text = f"not usable: {w['problem']}"
+        else:
+            text = f"reachable · RPC protocol {w['protocol']}"
+            if w["same_protocol"] is not None:
+                text += " (same as this build)" if w["same_protocol"] else " (DIFFERENT build)"
+            if w["devices"]:
+                text += (
+                    f" · {len(w['devices'])} device{'s' if len(w['devices']) != 1 else ''} · "
+                    f"{_bytes(w['free_bytes'])} free of {_bytes(w['total_bytes'])}"
+                )
+            if w["problem"]:
+                text += f" · problem: {w['problem']}"
+        rows.append((f"worker {w['endpoint']}", text))
+    return rows
+
+
+def collect(rpc_workers: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Everything ``doctor`` reports, JSON-ready."""
     from localllm import hub, paths
     from localllm.engine import physical_cores
@@ -209,6 +289,12 @@ def collect() -> dict[str, Any]:
     hardware = detect_gpu_hardware()
     report["gpu_hardware"] = hardware
     report["advice"] = reinstall_advice(hardware, llama["backends"])
+    report["rpc"] = rpc_report(llama["backends"], rpc_workers)
+    if report["rpc"]["fix"] and rpc_workers:
+        report["advice"].append(
+            "this installation cannot split a model across machines (no RPC backend); "
+            f"fix with:\n  {report['rpc']['fix']}"
+        )
     return report
 
 
@@ -275,6 +361,7 @@ def format_report(report: dict[str, Any]) -> str:
             hubinfo["endpoint"]
             + (" (offline: HF_HUB_OFFLINE is set)" if hubinfo["offline"] else " (online)"),
         ),
+        *(_rpc_rows(report["rpc"]) if "rpc" in report else ()),
     ]
     width = max(len(label) for label, _ in rows)
     lines = [f"{label.ljust(width)}  {value}" for label, value in rows]
@@ -287,9 +374,20 @@ def format_report(report: dict[str, Any]) -> str:
 @app.command()
 def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    rpc: Annotated[
+        str | None,
+        typer.Option(
+            "--rpc",
+            help="Also ask these RPC workers (HOST:PORT[,HOST:PORT...]) their version and memory.",
+            metavar="HOST:PORT,...",
+        ),
+    ] = None,
 ) -> None:
     """Show versions, backends, devices, CPU, memory and store; suggest fixes."""
-    report = collect()
+    from localllm.profiles import validate_overrides
+
+    workers = validate_overrides({"rpc": rpc}).get("rpc", ()) if rpc else ()
+    report = collect(workers)
     if as_json:
         print_json(report)
     else:

@@ -133,7 +133,7 @@ def embed(
     texts: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Texts to embed (default: one per line of stdin). With --rank: FILE or '-'.",
+            help="Texts to embed (none or '-': one per line of stdin). With --rank: FILE or '-'.",
             show_default=False,
         ),
     ] = None,
@@ -240,7 +240,7 @@ def embed(
         items = paragraphs(lines) if by_paragraph else lines
         if not items:
             raise UsageError(f"nothing to rank: {source} has no text")
-    elif texts:
+    elif texts and texts != ["-"]:  # a lone '-' reads stdin, as for `run` and `--rank`
         items = list(enumerate(inputs_in.texts(texts, "an argument"), start=1))
         source_name = "the arguments"
     else:

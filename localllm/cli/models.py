@@ -124,6 +124,10 @@ def _listing_json(listing: hub.Listing, pick: Any) -> dict[str, Any]:
                 "overhead": r.estimate.overhead,
                 "fit": r.verdict,
                 "gpu_fit": r.gpu_verdict,
+                # the vision projector `pull` fetches with this file, counted in "memory"
+                "projector": (
+                    {"name": r.projector.name, "size": r.projector.size} if r.projector else None
+                ),
                 "auto_pick": pick is not None and pick.entry.name == r.entry.name,
             }
             for r in listing.rows
@@ -164,6 +168,8 @@ def _print_listing(listing: hub.Listing, as_json: bool) -> None:
             notes.append(f"{len(e.files)} parts")
         if e.missing_parts:
             notes.append(f"incomplete: parts {e.missing_parts} missing")
+        if r.projector is not None:
+            notes.append(f"+ projector {_bytes(r.projector.size)}")
         if pick is not None and pick.entry.name == e.name:
             notes.append("← auto-pick")
         cells = [
@@ -186,8 +192,10 @@ def _print_listing(listing: hub.Listing, as_json: bool) -> None:
             markup=False,
             style="yellow",
         )
+    fetched = {r.projector.name for r in listing.rows if r.projector is not None}
     for p in listing.projectors:
-        out.print(f"multimodal projector: {p.name} ({_bytes(p.size)})", markup=False)
+        how = "pulled with the model, counted in NEEDS" if p.name in fetched else "not pulled"
+        out.print(f"multimodal projector: {p.name} ({_bytes(p.size)}; {how})", markup=False)
     if listing.method == "header" and listing.shape is not None:
         s = listing.shape
         how = (
@@ -256,7 +264,8 @@ def pull(
     if list_files:
         repo, revision = _repo_of(ref)
         _gpu_fit_marks()
-        _print_listing(hub.list_repo(repo, revision=revision, n_ctx=ctx), as_json)
+        listing = hub.list_repo(repo, revision=revision, n_ctx=ctx, mmproj=mmproj)
+        _print_listing(listing, as_json)
         return
     _gpu_fit_marks()
     plan = hub.plan_pull(ref, n_ctx=ctx, name=name, mmproj=mmproj)

@@ -6,6 +6,7 @@ prints them and exits 2.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -131,6 +132,13 @@ def new(
     typer.echo(str(path))
 
 
+def _editor_chosen() -> bool:
+    """Whether the user named an editor ($VISUAL or $EDITOR)."""
+    import os
+
+    return any(os.environ.get(v, "").strip() for v in ("VISUAL", "EDITOR"))
+
+
 def _editor_command() -> list[str]:
     import os
     import shlex
@@ -191,6 +199,13 @@ def edit(
         )
         from_builtin = True
 
+    if not _editor_chosen() and not (sys.stdin.isatty() and sys.stdout.isatty()):
+        # the fallbacks (nano, vi) need a terminal: without one they garble the output
+        raise ProfileError(
+            "no $VISUAL or $EDITOR is set, and the fallback editor needs a terminal",
+            hint="run it in a terminal, or set $EDITOR (e.g. EDITOR='code --wait'), or edit "
+            f"the file `localllm profile path {name}` prints",
+        )
     editor = _editor_command()
     workdir = Path(tempfile.mkdtemp(prefix="localllm-edit-"))
     draft = workdir / target.name

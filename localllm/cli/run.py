@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -25,6 +26,29 @@ if TYPE_CHECKING:
     from localllm.textin import TextInputs
 
 GPU_LAYERS_HELP = "Layers to offload to the GPU: a number, 0 for none, or auto."
+RPC_HELP = (
+    "Split the model across llama.cpp RPC workers (`localllm worker` on each host): "
+    "HOST:PORT[,HOST:PORT...]."
+)
+
+
+def prepare_rpc(settings: Any) -> None:
+    """With workers in the profile or ``--rpc``, make sure an RPC-enabled llama.cpp is the one
+    that loads (before anything loads the bindings): a clear exit 2 otherwise."""
+    if getattr(settings, "rpc", ()):
+        from localllm.rpc import select_rpc_library
+
+        select_rpc_library()
+
+
+def rpc_split_line(engine: Any) -> str | None:
+    """``split: CPU 10 layers 40 MiB · 127.0.0.1:50052 ...`` for an engine loaded with
+    workers, else None."""
+    if not getattr(engine.options, "rpc", ()):
+        return None
+    from localllm import rpc
+
+    return rpc.split_summary(rpc.engine_split(engine)) or None
 
 
 def read_stdin(inputs: TextInputs) -> str:
@@ -71,11 +95,11 @@ def read_prompt(
 def read_images(refs: list[str] | None, prompt: str | None, allow_remote: bool) -> list[Any]:
     """The ``--image`` files; ``-`` reads one image's bytes from stdin (the prompt must then
     be an argument)."""
+    if not refs:
+        return []
     from localllm import images
     from localllm.errors import UsageError
 
-    if not refs:
-        return []
     stdin_bytes = None
     if "-" in refs:
         if refs.count("-") > 1:
@@ -137,17 +161,6 @@ def parse_gpu_layers(value: str | None) -> int | str | None:
     return layers
 
 
-def resolve_model_path(ref: str | None, say: Any) -> Path:
-    """The file to load: an explicit reference, else the starter (fetched on first use)."""
-    from localllm import store
-
-    if ref:
-        return store.resolve_model(ref)
-    from localllm.starter import ensure_starter
-
-    return ensure_starter(say)
-
-
 @app.command()
 def run(
     prompt: Annotated[
@@ -190,6 +203,9 @@ def run(
     ctx: Annotated[int | None, typer.Option("--ctx", help="Context length in tokens.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads.")] = None,
     gpu_layers: Annotated[str | None, typer.Option("--gpu-layers", help=GPU_LAYERS_HELP)] = None,
+    rpc: Annotated[
+        str | None, typer.Option("--rpc", help=RPC_HELP, metavar="HOST:PORT,...")
+    ] = None,
     mode: Annotated[
         str | None, typer.Option(help="reasoning or instant.", autocompletion=complete_mode)
     ] = None,
@@ -293,8 +309,7 @@ def run(
 ) -> None:
     """Answer one prompt, streaming the answer to stdout."""
     from localllm import profiles
-    from localllm.loading import need_tokens_for, open_engine
-    from localllm.session import ChatSession
+    from localllm.loading import model_to_generate, need_tokens_for, open_engine
     from localllm.textin import TextInputs
 
     inputs = TextInputs()  # every text input, decoded once: invalid UTF-8 becomes U+FFFD
@@ -315,6 +330,7 @@ def run(
         "context_length": ctx,
         "threads": threads,
         "gpu_layers": parse_gpu_layers(gpu_layers),
+        "rpc": rpc,
         "mode": mode,
         "show_reasoning": show_reasoning,
         "reasoning_budget": reasoning_budget,
@@ -326,6 +342,7 @@ def run(
     }
     settings = profiles.resolve(profile, overrides)
     settings = clean_profile_text(settings, inputs)
+    prepare_rpc(settings)
     constraint_args = constraint_options(json_schema, output_format, grammar_file, settings)
     pictures = read_images(image, prompt, allow_remote)
     text = read_prompt(prompt, inputs, stdin_taken="-" in (image or ()))
@@ -336,7 +353,7 @@ def run(
     def say(message: str) -> None:
         err(message, style="dim")
 
-    path = resolve_model_path(model or settings.model, say)
+    path = model_to_generate(model or settings.model, say)
     if pictures and mmproj is None:
         from localllm import vision
 
@@ -353,6 +370,8 @@ def run(
     try:
         if pictures and not show_prompt:
             projector = open_projector(engine, mmproj, path, bool(settings.verbose))
+        from localllm.session import ChatSession  # imported while the model loaded
+
         session = ChatSession(engine, settings, projector=projector)
         if not session.is_chat and not as_json:
             err(
@@ -437,6 +456,9 @@ def constraint_options(
     return {}
 
 
+FLUSH_EVERY = 0.05  # seconds between flushes of an answer streamed to a pipe or a file
+
+
 def _stream(
     session: Any,
     text: str,
@@ -456,8 +478,14 @@ def _stream(
     out = sys.stdout
     show_reasoning = settings.show_reasoning and not as_json
     reasoning_shown = False  # reasoning is on stderr and not yet ended by a newline
+    # A terminal gets every token as it comes; a pipe or file gets the text at most every
+    # FLUSH_EVERY seconds (and at the end), not a write call per token.
+    every = 0.0 if out.isatty() else FLUSH_EVERY
+    flushed = -every
+    clock = time.monotonic
+    events = session.send(text, images=images or (), constraint=constraint)
     try:
-        for event in session.send(text, images=images or (), constraint=constraint):
+        for event in events:
             if isinstance(event, AnswerText):
                 if reasoning_shown:
                     sys.stderr.write("\n")
@@ -465,7 +493,11 @@ def _stream(
                     reasoning_shown = False
                 if not as_json:
                     out.write(event.text)
-                    out.flush()
+                    if not every:
+                        out.flush()
+                    elif (now := clock()) - flushed >= every:
+                        out.flush()
+                        flushed = now
             elif isinstance(event, ReasoningText) and show_reasoning:
                 sys.stderr.write(_dim(event.text))
                 sys.stderr.flush()
@@ -476,6 +508,11 @@ def _stream(
             out.flush()
         err("interrupted: stopped generating")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        # A closed stdout (`| head -c5`) raises from a write above: the turn's generator is
+        # closed there and then, so decoding stops at once (not when it is collected, and
+        # never after the engine under it was closed).
+        events.close()
     if reasoning_shown:
         sys.stderr.write("\n")
         sys.stderr.flush()
@@ -534,6 +571,8 @@ def _stream(
             f"KV {opts.kv_cache_type} · flash attention "
             f"{'auto' if opts.flash_attn is None else 'on' if opts.flash_attn else 'off'}"
         )
+        if (split := rpc_split_line(session.engine)) is not None:
+            err(split)
         if settings.verbose:
             phases = getattr(session.engine, "load_phases", [])
             err("load: " + " · ".join(f"{name} {s * 1000:.0f} ms" for name, s in phases))

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from localllm.cli._app import app, complete_model, complete_profile, err
-from localllm.cli.run import GPU_LAYERS_HELP
+from localllm.cli.run import GPU_LAYERS_HELP, RPC_HELP
 
 
 @app.command()
@@ -62,6 +62,9 @@ def serve(
     ctx: Annotated[int | None, typer.Option("--ctx", help="Context length in tokens.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads.")] = None,
     gpu_layers: Annotated[str | None, typer.Option("--gpu-layers", help=GPU_LAYERS_HELP)] = None,
+    rpc: Annotated[
+        str | None, typer.Option("--rpc", help=RPC_HELP, metavar="HOST:PORT,...")
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Load models even if they look too big for memory.")
     ] = False,
@@ -75,8 +78,9 @@ def serve(
 ) -> None:
     """Serve models over HTTP to OpenAI and Ollama clients (editors, agents, scripts)."""
     from localllm import profiles
-    from localllm.cli.run import parse_gpu_layers, resolve_model_path
+    from localllm.cli.run import parse_gpu_layers, prepare_rpc
     from localllm.errors import UsageError
+    from localllm.loading import resolve_model_path
 
     if queue < 1:
         raise UsageError(f"--queue must be at least 1, not {queue}")
@@ -96,9 +100,11 @@ def serve(
             "context_length": ctx,
             "threads": threads,
             "gpu_layers": parse_gpu_layers(gpu_layers),
+            "rpc": rpc,
             "verbose": verbose,
         },
     )
+    prepare_rpc(settings)
     key = api_key if api_key is not None else os.environ.get("LOCALLLM_API_KEY") or None
     path = resolve_model_path(model or settings.model, lambda m: err(m, style="dim"))
 

@@ -107,6 +107,22 @@ def _token_path() -> str:
     return os.path.join(os.path.expandvars(os.path.expanduser(home)), "token")
 
 
+def telemetry_disabled() -> bool:
+    """Whether huggingface_hub's telemetry stays off: yes unless the user set
+    ``HF_HUB_DISABLE_TELEMETRY`` themselves (to a false value, to opt in).
+
+    localllm is an offline, private tool: the library's telemetry (``send_telemetry`` to
+    ``/api/telemetry/...``, its once-a-day request of the agent-harness registry at
+    ``/api/agent-harnesses``, the extra user-agent fields) is off by default, whereas the
+    library turns it on unless told otherwise. ``DISABLE_TELEMETRY`` and ``DO_NOT_TRACK``
+    still turn it off whatever ``HF_HUB_DISABLE_TELEMETRY`` says, as in the library."""
+    if _env_true("DISABLE_TELEMETRY", "DO_NOT_TRACK"):
+        return True
+    if (os.environ.get("HF_HUB_DISABLE_TELEMETRY") or "").strip() == "":
+        return True
+    return _env_true("HF_HUB_DISABLE_TELEMETRY")
+
+
 def sync_library() -> None:
     """Bring huggingface_hub's import-time settings up to date with the environment: offline
     mode (its request hook refuses every request while it is on), telemetry and the token
@@ -118,11 +134,7 @@ def sync_library() -> None:
 
     constants.HF_HUB_OFFLINE = is_offline()
     constants.HF_TOKEN_PATH = _token_path()
-    # Telemetry includes a request of the library's own (the agent-harness registry, once a
-    # day, to the endpoint of import time): a user who turns it off later is obeyed too.
-    constants.HF_HUB_DISABLE_TELEMETRY = _env_true(
-        "HF_HUB_DISABLE_TELEMETRY", "DISABLE_TELEMETRY", "DO_NOT_TRACK"
-    )
+    constants.HF_HUB_DISABLE_TELEMETRY = telemetry_disabled()
     if not os.environ.get("HF_HUB_VERBOSITY") and not os.environ.get("HF_DEBUG"):
         logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 

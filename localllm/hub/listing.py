@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from localllm import fit, refs
@@ -67,9 +68,45 @@ def repo_info(repo: str, revision: str | None = None) -> RepoInfo:
 @dataclass
 class FitRow:
     entry: refs.GGUFEntry
-    estimate: fit.MemoryEstimate
+    estimate: fit.MemoryEstimate  # the model's weights and, when one comes with it, its projector's
     verdict: str
     gpu_verdict: str | None = None
+    projector: refs.GGUFEntry | None = None  # the vision projector `pull` fetches with it
+
+
+PROJECTOR_PREFERENCE = ("F16", "BF16", "F32", "Q8_0")
+
+
+def pick_projector(
+    entries: list[refs.GGUFEntry], choice: str | None, model: refs.GGUFEntry
+) -> refs.GGUFEntry | None:
+    """The projector to fetch with ``model``: ``choice`` is None (F16, else the closest to
+    it), ``none``, a quant (``Q8_0``) or a file name of the repo."""
+    projectors = [e for e in entries if e.mmproj and e.complete]
+    if choice is not None and choice.lower() == "none":
+        return None
+    if choice is not None:
+        for e in projectors:
+            if e.name == choice or Path(e.name).name == choice:
+                return e
+        wanted = [e for e in projectors if (e.quant or "").upper() == choice.upper()]
+        if not wanted:
+            have = ", ".join(Path(e.name).name for e in projectors) or "none"
+            raise UsageError(
+                f"no projector '{choice}' in this repository (projectors: {have})",
+                hint="pass --mmproj QUANT, a file name, or none",
+            )
+        return wanted[0]
+    if not projectors:
+        return None
+    # Prefer a projector beside the model (repos with one folder per quant), then by type.
+    folder = str(Path(model.name).parent)
+    near = [e for e in projectors if str(Path(e.name).parent) == folder] or projectors
+    for quant in PROJECTOR_PREFERENCE:
+        for e in near:
+            if (e.quant or "").upper() == quant:
+                return e
+    return near[0]
 
 
 @dataclass
@@ -142,8 +179,13 @@ def list_repo(
     n_ctx: int = 4096,
     read_header: bool = True,
     budget: fit.MemoryBudget | None = None,
+    mmproj: str | None = None,
 ) -> Listing:
-    """List ``repo``'s GGUFs with fit marks; raises :class:`NoGGUFError` when it has none."""
+    """List ``repo``'s GGUFs with fit marks; raises :class:`NoGGUFError` when it has none.
+
+    A vision model's mark counts the projector ``pull`` would fetch with it (``mmproj`` as
+    ``pull --mmproj`` takes it: None for the default pick, ``none`` for none): it is loaded
+    beside the model, so its weights need memory too."""
     info = repo_info(repo, revision)
     entries = info.ggufs
     models = [e for e in entries if not e.mmproj]
@@ -164,8 +206,11 @@ def list_repo(
             est = fit.estimate_for_shape(e.size, shape, n_ctx)
         else:
             est = fit.estimate_from_size(e.size, n_ctx, refs.quant_bits(e.quant))
+        projector = pick_projector(entries, mmproj, e)
+        if projector is not None:  # its weights load beside the model's (no KV cache of its own)
+            est = fit.add_weights(est, projector.size)
         gpu = fit.fit_verdict(est, budget.vram) if budget.vram is not None else None
-        rows.append(FitRow(e, est, fit.fit_verdict(est, budget.ram), gpu))
+        rows.append(FitRow(e, est, fit.fit_verdict(est, budget.ram), gpu, projector))
     projectors = [e for e in entries if e.mmproj]
     return Listing(info, rows, projectors, n_ctx, budget, "header" if shape else "size", shape)
 

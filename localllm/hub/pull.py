@@ -12,7 +12,7 @@ from localllm.errors import InvalidModelError, ModelNotFoundError, UsageError
 from localllm.hub import client, download
 from localllm.hub.client import GatedRepoError
 from localllm.hub.download import Partial, Progress, Say, check_disk_space, download_file
-from localllm.hub.listing import Listing, list_repo
+from localllm.hub.listing import Listing, list_repo, pick_projector
 
 
 @dataclass
@@ -59,41 +59,6 @@ def _unique_quant(entries: list[refs.GGUFEntry], entry: refs.GGUFEntry) -> bool:
     return sum(1 for e in entries if not e.mmproj and e.quant == entry.quant) == 1
 
 
-PROJECTOR_PREFERENCE = ("F16", "BF16", "F32", "Q8_0")
-
-
-def pick_projector(
-    entries: list[refs.GGUFEntry], choice: str | None, model: refs.GGUFEntry
-) -> refs.GGUFEntry | None:
-    """The projector to fetch with ``model``: ``choice`` is None (F16, else the closest to
-    it), ``none``, a quant (``Q8_0``) or a file name of the repo."""
-    projectors = [e for e in entries if e.mmproj and e.complete]
-    if choice is not None and choice.lower() == "none":
-        return None
-    if choice is not None:
-        for e in projectors:
-            if e.name == choice or Path(e.name).name == choice:
-                return e
-        wanted = [e for e in projectors if (e.quant or "").upper() == choice.upper()]
-        if not wanted:
-            have = ", ".join(Path(e.name).name for e in projectors) or "none"
-            raise UsageError(
-                f"no projector '{choice}' in this repository (projectors: {have})",
-                hint="pass --mmproj QUANT, a file name, or none",
-            )
-        return wanted[0]
-    if not projectors:
-        return None
-    # Prefer a projector beside the model (repos with one folder per quant), then by type.
-    folder = str(Path(model.name).parent)
-    near = [e for e in projectors if str(Path(e.name).parent) == folder] or projectors
-    for quant in PROJECTOR_PREFERENCE:
-        for e in near:
-            if (e.quant or "").upper() == quant:
-                return e
-    return near[0]
-
-
 def plan_pull(
     ref: str | refs.ModelRef,
     *,
@@ -132,7 +97,9 @@ def plan_pull(
         expected[entry_c.filename] = entry_c.sha256
         name = name or entry_c.alias
     assert parsed.repo is not None
-    found = list_repo(parsed.repo, revision=parsed.revision, n_ctx=n_ctx, budget=budget)
+    found = list_repo(
+        parsed.repo, revision=parsed.revision, n_ctx=n_ctx, budget=budget, mmproj=mmproj
+    )
     if found.info.gated and not client.token():
         raise GatedRepoError(
             f"{parsed.repo} is gated: downloading it needs a login",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from localllm.errors import (
+    EngineCrashed,
     InferenceError,
     InvalidModelError,
     LocalLLMError,
@@ -95,6 +96,8 @@ def from_core(exc: LocalLLMError) -> HTTPError:
         return HTTPError(400, message)
     if isinstance(exc, ResourceError):
         return HTTPError(503, message, code="insufficient_memory")
+    if isinstance(exc, EngineCrashed):  # the server is up; the next request loads again
+        return HTTPError(500, message, code="engine_crashed")
     if isinstance(exc, (InvalidModelError, InferenceError)):
         return HTTPError(500, message, code="model_error")
     return HTTPError(500, message)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localllm.errors import InferenceError, LocalLLMError, ModelNotFoundError
+from localllm.errors import EngineCrashed, InferenceError, LocalLLMError, ModelNotFoundError
 from localllm.profiles import Profile
 
 Log = Callable[[str], None]
@@ -173,11 +173,16 @@ class Worker:
         on_failed: Callable[[Worker], None],
         wait_for: list[threading.Thread],
         force: bool = False,
+        isolate: bool | None = None,
+        engine_env: dict[str, str] | None = None,
     ) -> None:
         self.entry = entry
         self.profile = profile
         self.log = log
         self.force = force
+        self.isolate = isolate  # None: as the profile asks (see loading.open_engine)
+        self.engine_env = engine_env
+        self.crashed: EngineCrashed | None = None  # the engine process died: reload first
         self.on_failed = on_failed
         self.wait_for = wait_for
         self.jobs: queue.Queue[Job | None] = queue.Queue()
@@ -220,7 +225,7 @@ class Worker:
                 job.cancel.set()
 
     def status(self) -> dict[str, Any]:
-        return {
+        status = {
             "name": self.entry.name,
             "state": self.state,
             "queued": self.waiting,
@@ -229,6 +234,10 @@ class Worker:
             "generated_tokens": self.generated,
             "last": self.last,
         }
+        if getattr(self.engine, "isolated", False):  # the model runs in a child process
+            status["engine_pid"] = self.engine.pid
+            status["engine_crashed"] = self.crashed.message if self.crashed else None
+        return status
 
     # -- the thread ----------------------------------------------------------------------
 
@@ -239,7 +248,12 @@ class Worker:
             from localllm.loading import open_engine
 
             self.engine = open_engine(
-                self.entry.path, self.profile, force=self.force, warn=self.log
+                self.entry.path,
+                self.profile,
+                force=self.force,
+                warn=self.log,
+                isolate=self.isolate,
+                env=self.engine_env,
             )
         except LocalLLMError as exc:
             self._fail(exc)
@@ -262,6 +276,10 @@ class Worker:
                 if job.cancel.is_set():  # the client left while waiting
                     job.emit(None)
                     continue
+                if (self.crashed is not None or not getattr(self.engine, "alive", True)) and (
+                    not self._reload(job)
+                ):
+                    continue
                 self._serve(job)
         finally:
             if self.projector is not None:
@@ -273,11 +291,31 @@ class Worker:
             self.state = "closed"
             self.log(f"unloaded {self.entry.name}")
 
+    def _reload(self, job: Job) -> bool:
+        """Load the model again after its engine process died; on failure ``job`` gets the
+        error (the next job tries again)."""
+        self.log(f"reloading {self.entry.name} after its engine process died")
+        self.state = "loading"
+        try:
+            self.engine.reopen()
+        except LocalLLMError as exc:
+            self.state = "ready"
+            self.log(f"error: could not reload {self.entry.name}: {exc.message}")
+            job.emit(exc)
+            return False
+        self.crashed = None
+        self.state = "ready"
+        self.log(f"reloaded {self.entry.name}")
+        return True
+
     def _load_projector(self) -> None:
         """Load the vision projector beside the model, if any; a bad one leaves the model
-        text-only (logged)."""
+        text-only (logged). An engine in a child process has none: the projector needs the
+        model in this process."""
         from localllm import vision
 
+        if getattr(self.engine, "isolated", False):
+            return
         found = vision.find_projector(self.entry.path)
         if found is None:
             return
@@ -322,6 +360,10 @@ class Worker:
                     stats = event
                 job.emit(event)
             job.emit(Done(session.last_turn))
+        except EngineCrashed as exc:  # the server stays up; the next job loads the model again
+            self.crashed = exc
+            self.log(f"error: {self.entry.name}: {exc.message}")
+            job.emit(exc)
         except LocalLLMError as exc:
             job.emit(exc)
         except Exception as exc:  # reported to the client, never a traceback
@@ -349,8 +391,12 @@ class ModelPool:
         aliases: dict[str, str] | None = None,
         log: Log = lambda _m: None,
         force: bool = False,
+        isolate: bool | None = None,
+        engine_env: dict[str, str] | None = None,
     ) -> None:
         self.default = default
+        self.isolate = isolate  # run engines in child processes (None: as the profile asks)
+        self.engine_env = engine_env  # added to those processes' environment
         self.profile = profile
         self.max_loaded = max(1, max_loaded)
         self.queue_size = max(1, queue_size)
@@ -456,6 +502,8 @@ class ModelPool:
                 on_failed=self._forget,
                 wait_for=evicted,
                 force=self.force,
+                isolate=self.isolate,
+                engine_env=self.engine_env,
             )
             self.workers[key] = worker
             worker.start()

@@ -27,7 +27,13 @@ from textual.worker import Worker, WorkerState
 
 from localllm import conversations
 from localllm.conversations import Conversation
-from localllm.errors import InferenceError, LocalLLMError, ProfileError, UsageError
+from localllm.errors import (
+    EngineCrashed,
+    InferenceError,
+    LocalLLMError,
+    ProfileError,
+    UsageError,
+)
 from localllm.profiles import MODES, Profile
 from localllm.streaming import Delta
 from localllm.textin import clean_text
@@ -235,7 +241,7 @@ class ChatApp(App[None]):
             quant=self._quant(message.path),
             ctx_total=getattr(engine, "n_ctx", None),
             ctx_used=None,
-            backend=message.backend,
+            backend=" ".join(x for x in (message.backend, _split_label(engine)) if x),
         )
         self.count_context()
         if switched:
@@ -406,7 +412,8 @@ class ChatApp(App[None]):
                     error.message,
                     hint="start a new chat (Ctrl+N), or use a profile with a larger context_length",
                 )
-            self.error(error, "The answer failed")
+            crashed = isinstance(error, EngineCrashed)  # the next message loads it again
+            self.error(error, "The model's process died" if crashed else "The answer failed")
         else:
             if result.history is not None and current:
                 state.history = result.history
@@ -886,3 +893,13 @@ def run_chat(
     finally:
         app.close_engine()
     return app.return_code or 0
+
+
+def _split_label(engine: object) -> str:
+    """``split 11+10+10`` when the model is split across RPC workers (layers per device)."""
+    try:
+        from localllm.rpc import status_label
+
+        return status_label(engine)
+    except Exception:  # a label must never break the app
+        return ""

@@ -160,11 +160,14 @@ class EngineHost:
 
         with self.lock:
             session = self.session
+            result: TurnResult | None = None
             if session is None:
                 result = TurnResult(
                     error=InferenceError("no model is loaded", hint="Ctrl+O picks one")
                 )
             else:
+                result = _revive(session)
+            if session is not None and result is None:
                 session.messages = [dict(m) for m in turn.history]
                 profile = turn.profile
                 if profile.system_prompt:
@@ -184,12 +187,29 @@ class EngineHost:
         self.app.post_message(TurnFinished(turn, result))
 
 
+def _revive(session: Any) -> TurnResult | None:
+    """Load the model again when its engine process died (an engine in a child process,
+    see :mod:`localllm.enginechild`); the result to report when that fails, else None."""
+    engine = session.engine
+    if not getattr(engine, "isolated", False) or engine.alive:
+        return None
+    try:
+        engine.reopen()
+    except Exception as exc:
+        return TurnResult(error=as_error(exc, "reloading the model failed"))
+    return None
+
+
 def _open_projector(engine: Any, path: Path, verbose: bool) -> tuple[Any, LocalLLMError | None]:
     """The vision projector found beside the model (its store manifest, else an
     ``mmproj*.gguf`` in its folder), loaded for ``engine``; (None, None) for a text-only
     model, (None, the error) when the projector is there but cannot be loaded: the model is
-    then used for text only."""
+    then used for text only. An engine in a child process has none (the projector needs the
+    model in this process)."""
     from localllm import vision
+
+    if getattr(engine, "isolated", False):
+        return None, None
 
     found = vision.find_projector(path)
     if found is None:
