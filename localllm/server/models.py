@@ -4,8 +4,8 @@ least-recently-used unloading.
 A llama.cpp context is not thread-safe, so each engine belongs to one thread for its whole
 life: the thread loads it, runs every request for it in arrival order, and closes it. The
 asynchronous side hands a :class:`Job` to :meth:`ModelPool.submit` and reads the job's events
-from an :class:`asyncio.Queue` the worker feeds with ``loop.call_soon_threadsafe``; it never
-waits on the token loop. A job's ``cancel`` event is checked between tokens (through the
+from the job's :class:`Events`, which the worker feeds and which wakes the loop only when it
+waits for an item; it never waits on the token loop. A job's ``cancel`` event is checked between tokens (through the
 session's ``cancel`` callback), so a client that goes away stops its generation within a token.
 """
 
