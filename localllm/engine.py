@@ -606,6 +606,8 @@ class Engine:
         # tokens alike, so a later prompt that repeats them is not evaluated again.
         self._kv: list[int] = []
         self.draft: Engine | None = None  # a draft model for speculative decoding
+        # Earlier prompts' KV states kept in memory (the server turns it on): see PromptCache.
+        self.prompt_cache: PromptCache | None = None
         self._greedy: Any = None  # its greedy sampler, when this engine drafts for another
         meta = self._llm.metadata()
         self.info = ModelInfo(
@@ -745,6 +747,28 @@ class Engine:
             return full
         return kv[:k] + tail
 
+    def _save_state(self) -> bytes | None:
+        """A copy of sequence 0's KV state (what :meth:`_load_state` puts back), or None."""
+        lib, ctx = self._lib, self._llm.ctx
+        size = lib.llama_state_seq_get_size(ctx, 0)
+        if size <= 0:
+            return None
+        buf = (ctypes.c_uint8 * size)()
+        written = lib.llama_state_seq_get_data(ctx, buf, size, 0)
+        return bytes(buf[:written]) if written else None
+
+    def _load_state(self, tokens: Sequence[int], state: bytes) -> bool:
+        """Make the KV cache hold ``tokens`` from their saved ``state``; False (and an empty
+        cache) when llama.cpp refuses it."""
+        self._forget_after(0)
+        lib = self._lib
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if lib.llama_state_seq_set_data(self._llm.ctx, buf, len(state), 0) != len(state):
+            lib.llama_memory_clear(self._llm.memory, True)
+            return False
+        self._kv[:] = tokens
+        return True
+
     def _forget_after(self, n: int) -> int:
         """Keep the first ``n`` tokens of the KV cache; returns how many are kept."""
         if n >= len(self._kv) and n > 0:
@@ -867,6 +891,8 @@ class Engine:
                 f"the prompt is {len(tokens)} tokens but the context holds {n_ctx}",
                 hint="raise the context with --ctx N, or shorten the prompt",
             )
+        if self.prompt_cache is not None:
+            self.prompt_cache.prepare(self, tokens)
         seed = settings.seed if settings.seed is not None else random.getrandbits(31)
         sampler = _Sampler(self, settings, seed, grammar, lazy=grammar_lazy_after is not None)
         try:
@@ -1514,6 +1540,65 @@ def sampling_kwargs(settings: Profile) -> dict[str, Any]:
         "frequency_penalty": settings.frequency_penalty,
         "presence_penalty": settings.presence_penalty,
     }
+
+
+class PromptCache:
+    """KV states of earlier prompts, kept in memory so that a prompt which starts like one of
+    them is not evaluated again when other prompts came in between (llama-server's
+    ``--cache-ram``). One context serves requests one after another; without this, clients
+    that take turns (each with its own conversation, or the same prompt again) each find the
+    other's tokens in the KV cache and evaluate their whole prompt again.
+
+    Before a prompt is evaluated (:meth:`prepare`): when the KV cache would lose tokens, its
+    state is saved here; when a saved state shares a longer prefix with the prompt than the KV
+    cache does, it is loaded in its place. The restored cells are the very values computed
+    before, so the output is what keeping those tokens in the KV cache would have given.
+    Least recently used states go first past ``limit_bytes``. Prompts with images (negative
+    placeholder ids) are left alone.
+    """
+
+    def __init__(self, limit_bytes: int, min_tokens: int = 8) -> None:
+        self.limit_bytes = limit_bytes
+        self.min_tokens = min_tokens  # shorter states are not worth a copy
+        self.entries: list[tuple[list[int], bytes]] = []  # least recently used first
+        self.hits = 0  # prompts that started from a saved state (tests read it)
+
+    @property
+    def size(self) -> int:
+        return sum(len(state) for _, state in self.entries)
+
+    def prepare(self, engine: Engine, tokens: Sequence[int]) -> None:
+        """Save the KV cache if ``tokens`` would cut it; load the best saved state."""
+        kv = engine._kv
+        if any(t < 0 for t in tokens) or any(t < 0 for t in kv):
+            return
+        here = _common_prefix(kv, tokens)
+        best, best_n = -1, here
+        for i, (saved, _) in enumerate(self.entries):
+            n = _common_prefix(saved, tokens)
+            if n > best_n + 1:  # one token more is not worth a state copy
+                best, best_n = i, n
+        chosen = self.entries[best] if best >= 0 else None
+        if here < len(kv) - 1 and len(kv) >= self.min_tokens:
+            self._store(engine)
+        if chosen is None or not any(e is chosen for e in self.entries):
+            return
+        self.entries = [e for e in self.entries if e is not chosen]  # it lives in the KV now
+        tokens_saved, state = chosen
+        if engine._load_state(tokens_saved, state):
+            self.hits += 1
+
+    def _store(self, engine: Engine) -> None:
+        kv = list(engine._kv)
+        state = engine._save_state()
+        if state is None or len(state) > self.limit_bytes:
+            return
+        # a state this one extends is of no more use
+        self.entries = [e for e in self.entries if _common_prefix(e[0], kv) < len(e[0])]
+        self.entries.append((kv, state))
+        total = self.size
+        while total > self.limit_bytes and self.entries:
+            total -= len(self.entries.pop(0)[1])
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

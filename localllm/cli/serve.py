@@ -51,6 +51,14 @@ def serve(
     max_loaded: Annotated[
         int, typer.Option("--max-loaded", help="Models kept loaded at once (LRU unloads).")
     ] = 1,
+    cache_ram: Annotated[
+        int,
+        typer.Option(
+            "--cache-ram",
+            help="MiB of memory per model for earlier prompts' KV states (0: off).",
+            metavar="MIB",
+        ),
+    ] = 1024,
     alias: Annotated[
         list[str] | None,
         typer.Option(
@@ -86,6 +94,8 @@ def serve(
         raise UsageError(f"--queue must be at least 1, not {queue}")
     if max_loaded < 1:
         raise UsageError(f"--max-loaded must be at least 1, not {max_loaded}")
+    if cache_ram < 0:
+        raise UsageError(f"--cache-ram must be 0 or more MiB, not {cache_ram}")
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be between 0 and 65535, not {port}")
     aliases: dict[str, str] = {}
@@ -117,6 +127,7 @@ def serve(
         settings,
         max_loaded=max_loaded,
         queue_size=queue,
+        cache_ram=cache_ram * 1024 * 1024,
         aliases=aliases,
         log=stderr_log,
         force=force,

@@ -5,8 +5,9 @@ A llama.cpp context is not thread-safe, so each engine belongs to one thread for
 life: the thread loads it, runs every request for it in arrival order, and closes it. The
 asynchronous side hands a :class:`Job` to :meth:`ModelPool.submit` and reads the job's events
 from the job's :class:`Events`, which the worker feeds and which wakes the loop only when it
-waits for an item; it never waits on the token loop. A job's ``cancel`` event is checked between tokens (through the
-session's ``cancel`` callback), so a client that goes away stops its generation within a token.
+waits for an item; it never waits on the token loop. A job's ``cancel`` event is checked
+between tokens (through the session's ``cancel`` callback), so a client that goes away stops
+its generation within a token.
 """
 
 from __future__ import annotations
@@ -175,8 +176,10 @@ class Worker:
         force: bool = False,
         isolate: bool | None = None,
         engine_env: dict[str, str] | None = None,
+        cache_ram: int = 0,
     ) -> None:
         self.entry = entry
+        self.cache_ram = cache_ram  # bytes of earlier prompts' KV states (engine.PromptCache)
         self.profile = profile
         self.log = log
         self.force = force
@@ -262,6 +265,10 @@ class Worker:
             self._fail(InferenceError(f"could not load {self.entry.name}: {exc}"))
             return
         self._load_projector()
+        if self.cache_ram > 0 and hasattr(self.engine, "prompt_cache"):  # not in a child
+            from localllm.engine import PromptCache
+
+            self.engine.prompt_cache = PromptCache(self.cache_ram)
         if self.state == "loading":
             self.state = "ready"
         self.loaded.set()
@@ -388,6 +395,7 @@ class ModelPool:
         *,
         max_loaded: int = 1,
         queue_size: int = 16,
+        cache_ram: int = 0,
         aliases: dict[str, str] | None = None,
         log: Log = lambda _m: None,
         force: bool = False,
@@ -400,6 +408,7 @@ class ModelPool:
         self.profile = profile
         self.max_loaded = max(1, max_loaded)
         self.queue_size = max(1, queue_size)
+        self.cache_ram = max(0, cache_ram)  # bytes per loaded model (engine.PromptCache)
         self.aliases = dict(aliases or {})
         self.log = log
         self.force = force
@@ -504,6 +513,7 @@ class ModelPool:
                 force=self.force,
                 isolate=self.isolate,
                 engine_env=self.engine_env,
+                cache_ram=self.cache_ram,
             )
             self.workers[key] = worker
             worker.start()
