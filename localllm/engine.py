@@ -755,7 +755,7 @@ class Engine:
             return None
         buf = (ctypes.c_uint8 * size)()
         written = lib.llama_state_seq_get_data(ctx, buf, size, 0)
-        return bytes(buf[:written]) if written else None
+        return ctypes.string_at(buf, written) if written else None
 
     def _load_state(self, tokens: Sequence[int], state: bytes) -> bool:
         """Make the KV cache hold ``tokens`` from their saved ``state``; False (and an empty
