@@ -12,7 +12,7 @@ from typing import Any
 from localllm.errors import InferenceError
 from localllm.profiles import Profile
 from localllm.server import app, openai
-from localllm.server.models import Job
+from localllm.server.models import Done, Job
 from localllm.session import AnswerText, ReasoningText
 
 
@@ -40,6 +40,26 @@ def test_the_worker_wakes_the_loop_only_when_it_waits() -> None:
         assert (await waiting).text == "a"
         assert events.wakeups == 1  # one wake-up for two items
         assert events.get_nowait().text == "b"
+
+    asyncio.run(main())
+
+
+def test_a_reply_not_streamed_wakes_the_loop_once_at_the_end() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        job = _job(loop)
+        watcher = loop.create_task(asyncio.Event().wait())
+        running = app.Running(job, None, watcher, 0.0)  # type: ignore[arg-type]
+        collect = asyncio.ensure_future(app._collect(running, AnswerText("a")))
+        await asyncio.sleep(0)  # let it start waiting
+        _from_thread(lambda: [job.events.put_threadsafe(AnswerText(s)) for s in "bcdef"])
+        await asyncio.sleep(0)
+        assert job.events.wakeups == 0 and not collect.done()  # tokens do not wake the loop
+        turn = object()
+        _from_thread(lambda: job.events.put_threadsafe(Done(turn)))
+        assert await collect is turn
+        assert job.events.wakeups == 1
+        watcher.cancel()
 
     asyncio.run(main())
 

@@ -598,18 +598,24 @@ def event_stream(
 
 
 async def _collect(running: Running, first: Any) -> Any:
-    """Wait for the whole turn; ``None`` when the client went away first."""
-    item = first
+    """Wait for the whole turn; ``None`` when the client went away first. The worker wakes
+    the loop only for the end (``Events.final_only``), not once per token: on a machine whose
+    cores all run llama.cpp, each wake-up of the loop slows the token loop."""
+    events = running.job.events
+    events.final_only = True
+    items = [first, *events.drain()]
     while True:
-        if item is GONE:
-            return None
-        if item is None:  # cancelled before it started: the server is stopping
-            raise STOPPING
-        if isinstance(item, BaseException):
-            raise item
-        if isinstance(item, Done):
-            return item.turn
-        item = await running.job.events.get()
+        for item in items:
+            if item is GONE:
+                return None
+            if item is None:  # cancelled before it started: the server is stopping
+                raise STOPPING
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item, Done):
+                return item.turn
+        await events.wait()
+        items = events.drain()
 
 
 def _template_info(entry: ModelEntry) -> tuple[str | None, list[str]]:

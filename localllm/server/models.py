@@ -66,12 +66,17 @@ class Events:
         self._items: collections.deque[Any] = collections.deque()
         self._lock = threading.Lock()
         self._waiter: asyncio.Future[None] | None = None
+        # True: the consumer wants the end only (a reply that is not streamed), so the worker
+        # wakes the loop for the last item (or an error), not for each token on the way.
+        self.final_only = False
         self.wakeups = 0  # times the worker woke the loop (tests and benchmarks read it)
 
     def put_threadsafe(self, item: Any) -> None:
         """Add ``item`` (from any thread); wake the loop only if it waits for one."""
         with self._lock:
             self._items.append(item)
+            if self.final_only and not is_final(item):
+                return
             waiter, self._waiter = self._waiter, None
         if waiter is not None:
             self.wakeups += 1
@@ -122,6 +127,12 @@ class Events:
             with self._lock:
                 if self._items:
                     return self._items.popleft()
+
+
+def is_final(item: Any) -> bool:
+    """Whether ``item`` ends a job's stream: its :class:`Done`, an error, or None (the job
+    was dropped before it started)."""
+    return item is None or isinstance(item, (Done, BaseException))
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
