@@ -194,6 +194,18 @@ def test_kv_prefix_reuse_shows_cached_tokens(sentence_server: ServerProcess) -> 
     assert cached < second.usage.prompt_tokens
 
 
+def test_clients_taking_turns_find_their_prompt_cached(sentence_server: ServerProcess) -> None:
+    c = client(sentence_server)
+    a = [{"role": "user", "content": "apples and pears for the first client, please"}]
+    b = [{"role": "user", "content": "bananas for another client, thank you"}]
+    first = c.chat.completions.create(model="default", messages=a)
+    c.chat.completions.create(model="default", messages=b)  # A's KV state is set aside
+    again = c.chat.completions.create(model="default", messages=a)  # and loaded back
+    assert again.choices[0].message.content == first.choices[0].message.content
+    assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1
+    assert first.usage.prompt_tokens_details.cached_tokens < first.usage.prompt_tokens - 5
+
+
 def test_seed_reproducibility(free_server: ServerProcess) -> None:
     c = client(free_server)
 
@@ -435,6 +447,7 @@ def test_api_key(tiny_model: Path, tmp_path: Path) -> None:
     [
         (["-m", "no-such-model"], 3, "error: no model named 'no-such-model'"),
         (["--queue", "0"], 2, "error: --queue must be at least 1"),
+        (["--cache-ram", "-1"], 2, "error: --cache-ram must be 0 or more MiB"),
         (["--alias", "gpt-4o"], 2, "error: --alias takes NAME=MODEL"),
         (["--alias", "gpt-4o=nope"], 2, "error: --alias gpt-4o=nope"),
     ],
