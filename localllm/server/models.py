@@ -5,8 +5,9 @@ A llama.cpp context is not thread-safe, so each engine belongs to one thread for
 life: the thread loads it, runs every request for it in arrival order, and closes it. The
 asynchronous side hands a :class:`Job` to :meth:`ModelPool.submit` and reads the job's events
 from the job's :class:`Events`, which the worker feeds and which wakes the loop only when it
-waits for an item; it never waits on the token loop. A job's ``cancel`` event is checked between tokens (through the
-session's ``cancel`` callback), so a client that goes away stops its generation within a token.
+waits for an item; it never waits on the token loop. A job's ``cancel`` event is checked
+between tokens (through the session's ``cancel`` callback), so a client that goes away stops its
+generation within a token.
 """
 
 from __future__ import annotations
