@@ -6,13 +6,8 @@ life: the thread loads it, runs every request for it in arrival order, and close
 asynchronous side hands a :class:`Job` to :meth:`ModelPool.submit` and reads the job's events
 from the job's :class:`Events`, which the worker feeds and which wakes the loop only when it
 waits for an item; it never waits on the token loop. A job's ``cancel`` event is checked
-<<<<<<< ours
-between tokens (through the session's ``cancel`` callback), so a client that goes away stops
-its generation within a token.
-=======
 between tokens (through the session's ``cancel`` callback), so a client that goes away stops its
 generation within a token.
->>>>>>> theirs
 """
 
 from __future__ import annotations
