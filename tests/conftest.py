@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import zipfile
@@ -35,6 +36,13 @@ settings.register_profile(
     derandomize=bool(os.environ.get("CI")),
 )
 settings.load_profile("localllm")
+
+# Started in the background by a non-interactive shell (`cmd &`, nohup), pytest inherits SIGINT
+# ignored, every child it starts inherits that too, and Python then installs no Ctrl-C handler:
+# the tests that send SIGINT to `localllm` would wait for an interrupt that never lands. A
+# handled signal is reset to its default in a child at exec, so handling it here is enough.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
