@@ -415,7 +415,7 @@ def test_the_server_answers_a_killed_engine_with_an_error_and_reloads(
         assert result.usage.completion_tokens == 5
         worker = server.worker()
         assert worker["engine_pid"] != first and worker["engine_crashed"] is None
-        assert any("reloaded" in line for line in server.lines)
+        server.wait_line("reloaded")  # stderr is read by a thread: wait for the line, never race it
 
         # Killed while idle: the next request finds it dead and loads the model first.
         second = worker["engine_pid"]

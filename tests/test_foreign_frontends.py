@@ -6,6 +6,7 @@ HOME, with tiny generated GGUFs as the model files."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ def test_server_lists_and_loads_an_ollama_model_in_place(
         assert result.usage.completion_tokens == 4
         worker = server.worker(REF)
         assert worker["state"] == "ready" and worker["jobs"] == 1
-        assert any(f"loaded {REF}" in line for line in server.lines)
+        server.wait_line(re.escape(f"loaded {REF}"))  # stderr is read by a thread: wait for it
         # The same model under Ollama's looser spelling: the same worker, no second load.
         again = client.chat.completions.create(model="ollama:TINY:1b", messages=HI, max_tokens=3)
         assert again.usage.completion_tokens == 3

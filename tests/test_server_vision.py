@@ -45,7 +45,7 @@ def test_openai_image_url_data_part(vision_server: ServerProcess) -> None:
     assert status == 200, body
     assert body["choices"][0]["message"]["content"] == "a red square"
     assert body["usage"]["prompt_tokens"] > 16  # the image's 16 positions count
-    assert any("projector" in line for line in vision_server.lines)
+    vision_server.wait_line("projector")  # stderr is read by a thread: wait for the line
 
 
 def test_openai_remote_url_is_400(vision_server: ServerProcess) -> None:
