@@ -52,10 +52,17 @@ def events(engine: Any, prompt: str, settings: Profile = GREEDY, **kwargs: Any) 
 
 
 def gone(pid: int) -> bool:
-    """The process has ended (a zombie waiting for a parent that is gone counts)."""
+    """The process has ended (a zombie waiting for a parent that is gone counts).
+
+    Its main thread shows "Z" as soon as it is killed, but waitpid() (its parent's poll())
+    reports the exit only once every other thread has ended too (llama.cpp's and the
+    lifeline): until then the parent rightly still sees it running. So a zombie counts as
+    gone when it is the last thread of its process."""
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+            if f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                return False
+        return len(os.listdir(f"/proc/{pid}/task")) <= 1
     except FileNotFoundError:
         return True
 
