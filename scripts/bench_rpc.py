@@ -63,7 +63,9 @@ def start_worker(env: dict[str, str], threads: int, cache: bool) -> tuple[subpro
 
 def stop(procs: list[subprocess.Popen]) -> None:
     for p in procs:
-        p.send_signal(signal.SIGINT)
+        # SIGTERM, not SIGINT: a script started in the background (cmd &, nohup) hands its
+        # children SIGINT ignored
+        p.send_signal(signal.SIGTERM)
     for p in procs:
         p.wait(timeout=30)
 
