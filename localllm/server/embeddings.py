@@ -231,6 +231,16 @@ def routes(state: Any) -> list[Any]:
             }
         )
 
+    def ollama_model(body: dict[str, Any]) -> tuple[str, Any]:
+        """Ollama's required ``model`` and the pool entry it names."""
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise bad_request("'model' is required")
+        try:
+            return model, state.pool.lookup(model)
+        except LocalLLMError as exc:
+            raise from_core(exc) from None
+
     async def ollama_embed(request: Any) -> Response:
         t0 = time.perf_counter()
         body = await read_json(request)
@@ -244,13 +254,7 @@ def routes(state: Any) -> list[Any]:
         truncate = body.get("truncate", True)
         if not isinstance(truncate, bool):
             raise bad_request("'truncate' must be true or false")
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise bad_request("'model' is required")
-        try:
-            entry = state.pool.lookup(model)
-        except LocalLLMError as exc:
-            raise from_core(exc) from None
+        model, entry = ollama_model(body)
         _, result, load_s = await embed(entry.path, inputs, truncate=truncate)
         log("/api/embed", entry.name, result, 200)
         return JSONResponse(
@@ -270,13 +274,7 @@ def routes(state: Any) -> list[Any]:
         prompt = body.get("prompt", "")
         if not isinstance(prompt, str):
             raise bad_request("'prompt' must be a string")
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise bad_request("'model' is required")
-        try:
-            entry = state.pool.lookup(model)
-        except LocalLLMError as exc:
-            raise from_core(exc) from None
+        _, entry = ollama_model(body)
         if not prompt:
             await host.run(entry.path, lambda embedder: None)
             log("/api/embeddings", entry.name, None, 200)
