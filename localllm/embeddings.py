@@ -194,9 +194,9 @@ class Embedder:
         from localllm.engine import (
             _flash_attn_mode,
             _route_llama_logs,
-            default_threads,
             gpu_offload_supported,
         )
+        from localllm.hardware import default_threads
 
         if gpu_layers in (None, "auto"):
             layers = -1 if gpu_offload_supported() else 0

@@ -310,7 +310,7 @@ def main() -> None:
     parser.add_argument("--worker-loop", action="store_true", help=argparse.SUPPRESS)
     a = parser.parse_args()
     if a.threads is None:
-        from localllm.engine import physical_cores
+        from localllm.hardware import physical_cores
 
         a.threads = physical_cores()
     if a.worker_highlevel:

@@ -81,7 +81,8 @@ def help_time(runs: int = 5) -> float:
 def main() -> None:
     from llama_cpp import Llama
 
-    from localllm.engine import Engine, LoadOptions, physical_cores
+    from localllm.engine import Engine, LoadOptions
+    from localllm.hardware import physical_cores
     from localllm.profiles import Profile
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -168,7 +168,7 @@ def main() -> int:
     from llama_cpp import Llama
 
     from localllm.embeddings import Embedder
-    from localllm.engine import default_threads
+    from localllm.hardware import default_threads
 
     model = args.model or default_model()
     threads = args.threads or default_threads()

@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "localllm.rpcwire": 2,  # probing llama.cpp RPC workers over their own protocol (sockets)
     "localllm.rpcbuild": 2,  # building llama.cpp with RPC from the vendored sources (cmake)
     "localllm.rpcworker": 2,  # running the worker binary; the --mem relay (sockets)
+    "localllm.hardware": 2,  # cores and CPU load from sysfs and /proc (no llama_cpp)
     # the only modules that load llama_cpp; one turn of a conversation
     "localllm.engine": 3,
     "localllm.session": 3,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from localllm import engine, offload
+from localllm import engine, hardware, offload
 from localllm.errors import UsageError
 from localllm.offload import (
     DEFAULT_MARGIN,
@@ -243,16 +243,16 @@ def test_default_threads_leave_busy_cpus_alone(
     import os
 
     samples = iter(running)
-    monkeypatch.setattr(engine, "physical_cores", lambda: 8)
+    monkeypatch.setattr(hardware, "physical_cores", lambda: 8)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
-    monkeypatch.setattr(engine, "_runnable_tasks", lambda: next(samples))
-    assert engine.default_threads() == expected
+    monkeypatch.setattr(hardware, "_runnable_tasks", lambda: next(samples))
+    assert hardware.default_threads() == expected
 
 
 def test_default_threads_without_proc(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine, "physical_cores", lambda: 6)
-    monkeypatch.setattr(engine, "_runnable_tasks", lambda: None)
-    assert engine.default_threads() == 6
+    monkeypatch.setattr(hardware, "physical_cores", lambda: 6)
+    monkeypatch.setattr(hardware, "_runnable_tasks", lambda: None)
+    assert hardware.default_threads() == 6
     assert engine.plan_load(Profile(threads=3)).n_threads == 3
 
 
@@ -311,4 +311,4 @@ def test_physical_cores_from_sysfs_match_psutil() -> None:
     same count psutil gives."""
     import psutil
 
-    assert engine._linux_physical_cores() == psutil.cpu_count(logical=False)
+    assert hardware._linux_physical_cores() == psutil.cpu_count(logical=False)

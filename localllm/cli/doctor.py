@@ -240,7 +240,7 @@ def _rpc_rows(rpc: dict[str, Any]) -> list[tuple[str, str]]:
 def collect(rpc_workers: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Everything ``doctor`` reports, JSON-ready."""
     from localllm import hub, paths
-    from localllm.engine import physical_cores
+    from localllm.hardware import physical_cores
 
     report: dict[str, Any] = {
         "python": {

@@ -221,7 +221,7 @@ class ChatApp(App[None]):
         if self.profile.threads:
             return self.profile.threads
         try:
-            from localllm.engine import default_threads
+            from localllm.hardware import default_threads
 
             return default_threads()
         except Exception:  # an engine without the helper: let it choose
