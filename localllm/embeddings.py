@@ -191,10 +191,10 @@ class Embedder:
             raise UsageError(f"context of {n_ctx} tokens is too small for embeddings")
         self.n_ctx = n_ctx
 
-        from localllm.engine import (
-            _flash_attn_mode,
-            _route_llama_logs,
+        from localllm.backend import (
+            flash_attn_mode,
             gpu_offload_supported,
+            route_llama_logs,
         )
         from localllm.hardware import default_threads
 
@@ -205,7 +205,7 @@ class Embedder:
         default_batch = DEFAULT_BATCH_TOKENS if layers == 0 else n_ctx
         self.batch_tokens = max(1, min(batch_tokens or default_batch, n_ctx))
         self.threads = threads or default_threads()
-        _route_llama_logs(verbose)
+        route_llama_logs(verbose)
         import llama_cpp
         from llama_cpp import Llama
 
@@ -214,7 +214,7 @@ class Embedder:
             # Flash attention defaults to llama.cpp's auto, which takes it on the CPU too: an
             # encoder attends over the whole batch, and all-MiniLM-L6-v2 needed a third less
             # CPU time with it (same vectors to 1e-6), unlike decoding (see plan_load).
-            with _flash_attn_mode(flash_attn):
+            with flash_attn_mode(flash_attn):
                 self._llm = self._load(Llama, layers, chosen, bool(flash_attn), verbose)
         except ValueError as exc:
             raise InvalidModelError(

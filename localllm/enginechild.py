@@ -686,9 +686,9 @@ class _LogToStderr:
     ``verbose`` the engine prints them itself."""
 
     def append(self, text: str) -> None:
-        from localllm import engine
+        from localllm import backend
 
-        if not engine._log_route.get("verbose"):
+        if not backend.log_route.get("verbose"):
             with contextlib.suppress(Exception):
                 sys.stderr.write(text)
                 sys.stderr.flush()
@@ -702,9 +702,9 @@ def main(argv: Sequence[str]) -> None:
 
         resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
     threading.Thread(target=_watch_parent, name="localllm-lifeline", daemon=True).start()
-    from localllm import engine
+    from localllm import backend
 
-    engine._log_route["capture"] = _LogToStderr()
+    backend.log_route["capture"] = _LogToStderr()
     commands = open(int(argv[0]), "rb", buffering=1 << 16)  # noqa: SIM115 - lives until exit
     child = _Child(commands, int(argv[1]))
     try:

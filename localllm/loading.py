@@ -88,7 +88,7 @@ def plan(
             kv_bytes_per_elem(options.kv_cache_type),
         )
         if options.n_gpu_layers != 0:
-            from localllm.engine import install_fit_probe
+            from localllm.backend import install_fit_probe
 
             install_fit_probe()
         budget = fit.available_memory()

@@ -123,21 +123,21 @@ def _rpc_reg(ggml: Any) -> Any:
 
 def build_has_rpc() -> bool:
     """Whether the loaded llama.cpp build has the RPC backend (loads the bindings)."""
-    from localllm import engine
+    from localllm import backend
 
-    return bool(_rpc_reg(engine._ggml()))
+    return bool(_rpc_reg(backend.ggml_lib()))
 
 
 def attach(endpoints: Sequence[str], *, timeout: float = 5.0) -> list[WorkerInfo]:
     """Register ``endpoints`` as offload devices (once per process each) and return what each
     worker reported. A worker that is down, busy or of another version raises
     :class:`InferenceError` naming it, before llama.cpp could abort on it."""
-    from localllm import engine, rpcwire
+    from localllm import backend, rpcwire
 
     if not endpoints:
         return []
     select_rpc_library()
-    ggml = engine._ggml()
+    ggml = backend.ggml_lib()
     reg = _rpc_reg(ggml)
     if not reg:
         raise no_rpc_error(f"{lib_dir()} lacks it")
@@ -248,9 +248,9 @@ def engine_split(engine: Any) -> list[DeviceShare]:
 
 def rpc_device_names() -> dict[str, str]:
     """This process's registered RPC devices: llama.cpp's name (``RPC0``) -> ``host:port``."""
-    from localllm import engine as eng
+    from localllm import backend
 
-    return {d.name: d.description for d in eng.devices() if d.backend == "RPC"}
+    return {d.name: d.description for d in backend.devices() if d.backend == "RPC"}
 
 
 def split_summary(shares: Sequence[DeviceShare]) -> str:

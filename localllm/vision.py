@@ -78,9 +78,9 @@ def _keep_engine_log_route() -> None:
     callback; put the engine's back, so llama.cpp stays quiet unless verbose."""
     import llama_cpp
 
-    from localllm import engine as engine_module
+    from localllm import backend
 
-    route = getattr(engine_module, "_log_route", None)
+    route = getattr(backend, "log_route", None)
     callback = route.get("callback") if isinstance(route, dict) else None
     if callback is not None:
         llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from localllm import engine
+from localllm import backend
 from localllm.cli import app, doctor
 
 runner = CliRunner()
@@ -128,7 +128,7 @@ def test_no_advice_when_the_backend_is_there() -> None:
 
 def test_advice_is_printed_as_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(doctor, "detect_gpu_hardware", lambda: {"nvidia": ["NVIDIA H200"]})
-    monkeypatch.setattr(engine, "backends", lambda: ["CPU"])
+    monkeypatch.setattr(backend, "backends", lambda: ["CPU"])
     result = runner.invoke(app, ["doctor"])
     assert result.exit_code == 0
     assert "warning: NVIDIA H200 found" in result.stdout
@@ -139,7 +139,7 @@ def test_a_broken_llama_cpp_is_reported_not_raised(monkeypatch: pytest.MonkeyPat
     def broken() -> dict[str, str]:
         raise OSError("libllama.so: cannot open shared object file")
 
-    monkeypatch.setattr(engine, "llama_cpp_versions", broken)
+    monkeypatch.setattr(backend, "llama_cpp_versions", broken)
     result = runner.invoke(app, ["doctor", "--json"])
     assert result.exit_code == 0
     assert "libllama.so" in json.loads(result.stdout)["llama_cpp"]["error"]
@@ -152,10 +152,10 @@ def test_system_info_parsing() -> None:
         "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | AVX512 = 0 | LLAMAFILE = 1 | OPENMP = 1 | "
         "CUDA : ARCHS = 900 | USE_GRAPHS = 1 |"
     )
-    sections = engine.parse_system_info(info)
+    sections = backend.parse_system_info(info)
     assert sections["CPU"]["AVX2"] == "1" and sections["CUDA"]["ARCHS"] == "900"
-    assert engine.simd_features(info) == ["SSE3", "AVX", "AVX2"]
-    assert engine.simd_features("CPU : NEON = 1 | ARM_FMA = 1 | DOTPROD = 1 |") == [
+    assert backend.simd_features(info) == ["SSE3", "AVX", "AVX2"]
+    assert backend.simd_features("CPU : NEON = 1 | ARM_FMA = 1 | DOTPROD = 1 |") == [
         "NEON",
         "ARM_FMA",
         "DOTPROD",
@@ -163,12 +163,12 @@ def test_system_info_parsing() -> None:
 
 
 def test_devices_and_backends_from_llama_cpp() -> None:
-    names = engine.backends()
+    names = backend.backends()
     assert "CPU" in names
-    devs = engine.devices()
+    devs = backend.devices()
     assert any(d.kind == "cpu" for d in devs)
-    if not engine.gpu_offload_supported():
-        assert engine.gpu_free_memory() is None
-        assert engine.gpu_backend_name() == "CPU"
-        assert engine.backend_name(10) == "CPU"
-    assert engine.backend_name(0) == "CPU"
+    if not backend.gpu_offload_supported():
+        assert backend.gpu_free_memory() is None
+        assert backend.gpu_backend_name() == "CPU"
+        assert backend.backend_name(10) == "CPU"
+    assert backend.backend_name(0) == "CPU"

@@ -47,6 +47,7 @@ LAYERS: dict[str, int] = {
     "localllm.rpcworker": 2,  # running the worker binary; the --mem relay (sockets)
     "localllm.hardware": 2,  # cores and CPU load from sysfs and /proc (no llama_cpp)
     # the only modules that load llama_cpp; one turn of a conversation
+    "localllm.backend": 3,  # loading llama.cpp's library; its backends, devices, log
     "localllm.engine": 3,
     "localllm.session": 3,
     "localllm.loading": 3,
@@ -70,7 +71,13 @@ LAZY_FRONT_END_IMPORTS = {("localllm.cli", "localllm.tui"), ("localllm.cli", "lo
 HEAVY = {"llama_cpp": 3}
 # Who may import each heavy or front-end library at all (DESIGN: "the only modules that ...").
 OWNERS = {
-    "llama_cpp": ("localllm.engine", "localllm.session", "localllm.embeddings", "localllm.vision"),
+    "llama_cpp": (
+        "localllm.backend",  # loads the bindings; libggml's device API through ctypes
+        "localllm.engine",
+        "localllm.session",
+        "localllm.embeddings",
+        "localllm.vision",
+    ),
     "huggingface_hub": ("localllm.hub",),
     "textual": ("localllm.tui",),
     "typer": ("localllm.cli",),

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from localllm import engine, hardware, offload
+from localllm import backend, engine, hardware, offload
 from localllm.errors import UsageError
 from localllm.offload import (
     DEFAULT_MARGIN,
@@ -127,7 +127,7 @@ def test_unknown_cache_type_is_an_error() -> None:
 def test_cpu_only_build_chooses_zero_layers_silently(
     tiny_model: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    if engine.gpu_offload_supported():
+    if backend.gpu_offload_supported():
         pytest.skip("this llama.cpp build has a GPU backend")
     opts = engine.plan_load(Profile(gpu_layers="auto"), path=tiny_model)
     assert opts.n_gpu_layers == 0
@@ -138,7 +138,7 @@ def test_cpu_only_build_chooses_zero_layers_silently(
 
 
 def test_cpu_only_build_ignores_an_explicit_layer_count(tiny_model: Path) -> None:
-    if engine.gpu_offload_supported():
+    if backend.gpu_offload_supported():
         pytest.skip("this llama.cpp build has a GPU backend")
     opts = engine.plan_load(Profile(gpu_layers=10), path=tiny_model)
     assert opts.n_gpu_layers == 0
@@ -147,8 +147,8 @@ def test_cpu_only_build_ignores_an_explicit_layer_count(tiny_model: Path) -> Non
 
 @pytest.fixture
 def pretend_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine, "gpu_offload_supported", lambda: True)
-    monkeypatch.setattr(engine, "gpu_backend_name", lambda: "CUDA")
+    monkeypatch.setattr(backend, "gpu_offload_supported", lambda: True)
+    monkeypatch.setattr(backend, "gpu_backend_name", lambda: "CUDA")
 
 
 def test_auto_with_a_roomy_gpu_offloads_everything(tiny_model: Path, pretend_gpu: None) -> None:
@@ -269,8 +269,8 @@ def test_flash_attention_auto(tiny_model: Path, monkeypatch: pytest.MonkeyPatch)
     assert engine.plan_load(profile()).flash_attn is False  # CPU: off
     q8 = engine.plan_load(profile(kv_cache_type="q8_0"))
     assert q8.flash_attn is True
-    monkeypatch.setattr(engine, "gpu_offload_supported", lambda: True)
-    monkeypatch.setattr(engine, "gpu_backend_name", lambda: "CUDA")
+    monkeypatch.setattr(backend, "gpu_offload_supported", lambda: True)
+    monkeypatch.setattr(backend, "gpu_backend_name", lambda: "CUDA")
     gpu = engine.plan_load(profile(), path=tiny_model, gpu_free=1 << 40)
     assert gpu.n_gpu_layers > 0 and gpu.flash_attn is None  # llama.cpp's auto
     off = engine.plan_load(profile(flash_attn=False), path=tiny_model, gpu_free=1 << 40)

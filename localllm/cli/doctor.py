@@ -256,14 +256,14 @@ def collect(rpc_workers: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     }
     llama: dict[str, Any] = {}
     try:
-        from localllm import engine
+        from localllm import backend
 
-        llama.update(engine.llama_cpp_versions())
-        llama["system_info"] = engine.system_info()
-        llama["gpu_offload"] = engine.gpu_offload_supported()
-        llama["backends"] = engine.backends()
-        llama["devices"] = [d.as_dict() for d in engine.devices()]
-        simd = engine.simd_features(llama["system_info"])
+        llama.update(backend.llama_cpp_versions())
+        llama["system_info"] = backend.system_info()
+        llama["gpu_offload"] = backend.gpu_offload_supported()
+        llama["backends"] = backend.backends()
+        llama["devices"] = [d.as_dict() for d in backend.devices()]
+        simd = backend.simd_features(llama["system_info"])
     except Exception as exc:  # a broken llama_cpp install is exactly what doctor is for
         llama["error"] = f"{type(exc).__name__}: {exc}"
         llama.setdefault("backends", [])

@@ -635,7 +635,7 @@ def verify(
 
 def _gpu_fit_marks() -> None:
     """Judge fit against free GPU memory too, when this build can offload."""
-    from localllm.engine import gpu_offload_supported, install_fit_probe
+    from localllm.backend import gpu_offload_supported, install_fit_probe
 
     if gpu_offload_supported():
         install_fit_probe()

@@ -38,7 +38,7 @@ def default_engine(path: Path, profile: Profile) -> Any:
 
 def backend_of(engine: Any) -> str:
     try:
-        from localllm.engine import backend_name
+        from localllm.backend import backend_name
 
         return backend_name(getattr(getattr(engine, "options", None), "n_gpu_layers", None))
     except Exception:  # a stand-in engine, or a build without the helper
