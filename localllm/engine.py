@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import codecs
 import ctypes
-import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -28,6 +27,7 @@ from localllm import backend, templates
 from localllm.errors import InferenceError, InvalidModelError, UsageError
 from localllm.hardware import default_threads
 from localllm.profiles import Profile
+from localllm.sampling import Sampler, watch_trigger
 
 StopReason = Literal["stop", "length", "context", "cancelled"]
 DEFAULT_CONTEXT = 4096
@@ -737,7 +737,7 @@ class Engine:
         if self.prompt_cache is not None:
             self.prompt_cache.prepare(self, tokens)
         seed = settings.seed if settings.seed is not None else random.getrandbits(31)
-        sampler = _Sampler(self, settings, seed, grammar, lazy=grammar_lazy_after is not None)
+        sampler = Sampler(self, settings, seed, grammar, lazy=grammar_lazy_after is not None)
         try:
             speculative = str(getattr(settings, "speculative", "off") or "off")
             yield from self._run(
@@ -762,7 +762,7 @@ class Engine:
         self,
         tokens: list[int],
         settings: Profile,
-        sampler: _Sampler,
+        sampler: Sampler,
         cancel: Callable[[], bool] | None,
         steering: Steering | None,
         special: bool,
@@ -826,7 +826,7 @@ class Engine:
                 context_len += 1
                 raw_text = decoder.decode(piece(token, special))
                 if trigger is not None and raw_text:
-                    seen = _watch(seen, raw_text, trigger, sampler)
+                    seen = watch_trigger(seen, raw_text, trigger, sampler)
                     if seen is None:
                         trigger, seen = None, ""
                 text, hit = stopper.feed(raw_text)
@@ -846,7 +846,7 @@ class Engine:
                 if extra:
                     pending = decoder.decode(b"", final=True) + extra
                     if trigger is not None:
-                        seen = _watch(seen, pending, trigger, sampler)
+                        seen = watch_trigger(seen, pending, trigger, sampler)
                         if seen is None:
                             trigger, seen = None, ""
                     text, hit = stopper.feed(pending)
@@ -948,16 +948,6 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _watch(seen: str, text: str, trigger: str, sampler: _Sampler) -> str | None:
-    """Look for ``trigger`` at the end of the output; when found, switch the sampler's grammar
-    on and return None, else the tail worth keeping."""
-    seen += text
-    if trigger in seen:
-        sampler.enable_grammar()
-        return None
-    return seen[-(len(trigger) - 1) :] if len(trigger) > 1 else ""
 
 
 SPECULATIVE_AUTO_MIN_PROMPT = 256  # speculative: auto drafts for prompts this long
@@ -1225,170 +1215,6 @@ class _Native:
             self.model = None
 
 
-class _Sampler:
-    """llama.cpp's sampler chain for one generation, as llama-cpp-python builds it: penalties
-    over the last 64 generated tokens, the grammar, then greedy (temperature 0) or top-k,
-    top-p, min-p, temperature and a seeded draw.
-
-    A grammar is applied the way llama.cpp's own common sampler does it when it can be: the
-    token is drawn without the grammar, the grammar checks that one token, and only when it is
-    rejected is the token drawn again through a second chain (grammar, then the same final
-    samplers). Running the grammar over the whole vocabulary at every position cost 4-26 ms a
-    token on a 49k vocabulary; checking one token costs microseconds. Greedy output is the same
-    either way (the best allowed token). With repetition penalties the grammar stays inside the
-    one chain: the penalties keep a history of drawn tokens, which a rejected draw would spoil.
-
-    With ``lazy`` the grammar is parsed now (a bad one fails before any decoding) but takes
-    effect only when :meth:`enable_grammar` is called.
-    """
-
-    PENALTY_LAST_N = 64
-
-    def __init__(
-        self, engine: Engine, settings: Profile, seed: int, grammar: str | None, lazy: bool
-    ) -> None:
-        lib = engine._lib
-        self._lib = lib
-        self._ctx = engine._llm.ctx
-        self._settings = settings
-        self._seed = seed
-        params = lib.llama_sampler_chain_default_params()
-        params.no_perf = True
-        self.chain = lib.llama_sampler_chain_init(params)
-        self._grammar: Any = None  # parsed, waiting for enable_grammar
-        self._gchain: Any = None  # grammar + final samplers: the redraw after a rejection
-        self._check: Any = None  # the grammar sampler inside _gchain
-        self._has_penalties = False
-        self._tail_start = 0
-        try:
-            penalties = (
-                settings.repeat_penalty,
-                settings.frequency_penalty,
-                settings.presence_penalty,
-            )
-            if penalties != (1.0, 0.0, 0.0):
-                init = lib.llama_sampler_init_penalties
-                args = (self.PENALTY_LAST_N, *penalties)
-                if len(getattr(init, "argtypes", None) or ()) == 5:  # bindings with n_vocab
-                    args = (engine.n_vocab, *args)
-                lib.llama_sampler_chain_add(self.chain, init(*args))
-                self._has_penalties = True
-            self._tail_start = lib.llama_sampler_chain_n(self.chain)
-            for smpl in _tail_samplers(lib, settings, seed):
-                lib.llama_sampler_chain_add(self.chain, smpl)
-            if grammar is not None:
-                self._grammar = _parse_grammar(engine, grammar)
-                if not lazy:
-                    self.enable_grammar()
-        except BaseException:
-            self.close()
-            raise
-        self._sample = lib.llama_sampler_sample
-
-    def sample(self) -> int:
-        return self.sample_at(-1)
-
-    def sample_at(self, index: int) -> int:
-        """Sample from the logits of position ``index`` of the last batch (-1: the last)."""
-        token = int(self._sample(self.chain, self._ctx, index))
-        check = self._check
-        if check is None:
-            return token
-        lib = self._lib
-        one = self._one
-        one[0].id, one[0].logit, one[0].p = token, 0.0, 0.0
-        cur = lib.llama_token_data_array(one, 1, -1, False)
-        lib.llama_sampler_apply(check, ctypes.byref(cur))
-        if one[0].logit == -math.inf:  # rejected: draw again among the allowed tokens
-            return int(self._sample(self._gchain, self._ctx, index))
-        lib.llama_sampler_accept(check, token)
-        return token
-
-    def accept_injected(self, tokens: Sequence[int]) -> None:
-        """Injected tokens count for the penalties (never for the grammar)."""
-        if self._has_penalties:
-            first = self._lib.llama_sampler_chain_get(self.chain, 0)
-            for token in tokens:
-                self._lib.llama_sampler_accept(first, token)
-
-    def enable_grammar(self) -> None:
-        """Let the waiting grammar constrain every token from now on."""
-        if self._grammar is None:
-            return
-        lib, chain = self._lib, self.chain
-        grammar, self._grammar = self._grammar, None
-        if self._has_penalties:  # inside the chain, in front of the final samplers
-            tail = []
-            while lib.llama_sampler_chain_n(chain) > self._tail_start:
-                tail.append(lib.llama_sampler_chain_remove(chain, self._tail_start))
-            lib.llama_sampler_chain_add(chain, grammar)
-            for smpl in tail:
-                lib.llama_sampler_chain_add(chain, smpl)
-            return
-        params = lib.llama_sampler_chain_default_params()
-        params.no_perf = True
-        self._gchain = lib.llama_sampler_chain_init(params)
-        lib.llama_sampler_chain_add(self._gchain, grammar)
-        for smpl in _tail_samplers(lib, self._settings, (self._seed + 1) & 0xFFFFFFFF):
-            lib.llama_sampler_chain_add(self._gchain, smpl)
-        self._check = lib.llama_sampler_chain_get(self._gchain, 0)
-        self._one = (lib.llama_token_data * 1)()
-
-    def close(self) -> None:
-        self._check = None
-        if self._gchain is not None:
-            self._lib.llama_sampler_free(self._gchain)
-            self._gchain = None
-        if self._grammar is not None:
-            self._lib.llama_sampler_free(self._grammar)
-            self._grammar = None
-        if self.chain is not None:
-            self._lib.llama_sampler_free(self.chain)
-            self.chain = None
-
-
-def _tail_samplers(lib: Any, settings: Profile, seed: int) -> list[Any]:
-    if settings.temperature <= 0:
-        return [lib.llama_sampler_init_greedy()]
-    return [
-        lib.llama_sampler_init_top_k(settings.top_k),
-        lib.llama_sampler_init_top_p(settings.top_p, 1),
-        lib.llama_sampler_init_min_p(settings.min_p, 1),
-        lib.llama_sampler_init_temp(settings.temperature),
-        lib.llama_sampler_init_dist(seed),
-    ]
-
-
-def _parse_grammar(engine: Engine, grammar: str) -> Any:
-    """A grammar sampler for ``grammar`` (GBNF, root rule ``root``), or a UsageError that
-    quotes llama.cpp's own complaint."""
-    lib = engine._lib
-    with backend.capture_llama_log() as lines:
-        smpl = lib.llama_sampler_init_grammar(engine._vocab, grammar.encode("utf-8"), b"root")
-    if not smpl:
-        said = "; ".join(
-            line.strip() for line in lines if line.strip() and "failed to parse" not in line
-        )
-        raise UsageError(
-            "the grammar does not parse" + (f": {said}" if said else ""),
-            hint="check the GBNF syntax (rules `name ::= ...`, a `root` rule, quoted literals)",
-        )
-    return smpl
-
-
-def sampling_kwargs(settings: Profile) -> dict[str, Any]:
-    """A profile's sampling settings as ``Llama.generate`` keyword arguments."""
-    return {
-        "top_k": settings.top_k,
-        "top_p": settings.top_p,
-        "min_p": settings.min_p,
-        "temp": settings.temperature,
-        "repeat_penalty": settings.repeat_penalty,
-        "frequency_penalty": settings.frequency_penalty,
-        "presence_penalty": settings.presence_penalty,
-    }
-
-
 class PromptCache:
     """KV states of earlier prompts, kept in memory so that a prompt which starts like one of
     them is not evaluated again when other prompts came in between (llama-server's
@@ -1482,7 +1308,7 @@ def bench_generate(engine: Engine, first: int, n: int, settings: Profile) -> flo
         return 0.0
     room = engine.n_ctx - 1
     seed = settings.seed if settings.seed is not None else 0
-    sampler = _Sampler(engine, settings, seed, None, lazy=False)
+    sampler = Sampler(engine, settings, seed, None, lazy=False)
     try:
         start = time.perf_counter()
         engine._decode_one(first)

@@ -199,8 +199,9 @@ def loop_worker(a: argparse.Namespace) -> None:
     generation loop does), ``default`` with the default profile's chain (top-k 40, top-p 0.95,
     min-p 0.05, temperature 0.7, seeded draw: what ``localllm bench`` and ``run`` measure).
     Also the loop's own cost per token: the median time between two decodes in each mode."""
-    from localllm.engine import Engine, LoadOptions, _Sampler
+    from localllm.engine import Engine, LoadOptions
     from localllm.profiles import Profile
+    from localllm.sampling import Sampler
 
     n_ctx = max(256, a.n + 8)
     engine = Engine(a.model, LoadOptions(n_ctx=n_ctx, n_threads=a.threads, n_gpu_layers=0,
@@ -217,7 +218,7 @@ def loop_worker(a: argparse.Namespace) -> None:
 
     def once(profile: Profile | None) -> tuple[float, float]:
         engine.reset()
-        sampler = _Sampler(engine, profile, 1, None, lazy=False) if profile else None
+        sampler = Sampler(engine, profile, 1, None, lazy=False) if profile else None
         token, gaps = first, []
         start = clock()
         ended = start
