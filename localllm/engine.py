@@ -27,6 +27,7 @@ from localllm import backend, templates
 from localllm.errors import InferenceError, InvalidModelError, UsageError
 from localllm.hardware import default_threads
 from localllm.profiles import Profile
+from localllm.promptcache import PromptCache, common_prefix
 from localllm.sampling import Sampler, watch_trigger
 
 StopReason = Literal["stop", "length", "context", "cancelled"]
@@ -562,7 +563,7 @@ class Engine:
         """
         full = self.tokenize(prompt)
         kv = self._kv
-        if not kv or _common_prefix(kv, full) >= len(kv) - 1:
+        if not kv or common_prefix(kv, full) >= len(kv) - 1:
             return full
         raw = prompt.encode("utf-8")
         lib = self._lib
@@ -579,7 +580,7 @@ class Engine:
                 break
             pos += len(piece)
             k += 1
-        if k <= _common_prefix(kv, full) or pos == 0:
+        if k <= common_prefix(kv, full) or pos == 0:
             return full
         try:  # a match may end inside a character whose first bytes agree
             rest = raw[pos:].decode("utf-8", errors="strict")
@@ -773,7 +774,7 @@ class Engine:
         is_eog = self._lib.llama_vocab_is_eog
         eog = self._eog  # token -> end of generation, asked of llama.cpp once per token id
         clock = time.perf_counter
-        cached = _common_prefix(self._kv, tokens)
+        cached = common_prefix(self._kv, tokens)
         if cached == len(tokens):
             cached -= 1  # the last prompt token is evaluated again to get fresh logits
         cached = self._forget_after(cached)
@@ -1095,7 +1096,7 @@ class _ModelDrafter(_NgramDrafter):
         most = min(most, room - len(history))
         if most <= 0 or len(history) >= room:
             return []
-        cached = _common_prefix(e._kv, history)
+        cached = common_prefix(e._kv, history)
         if cached == len(history):
             cached -= 1
         e._forget_after(cached)
@@ -1213,74 +1214,6 @@ class _Native:
         if self.model is not None:
             self._lib.llama_model_free(self.model)
             self.model = None
-
-
-class PromptCache:
-    """KV states of earlier prompts, kept in memory so that a prompt which starts like one of
-    them is not evaluated again when other prompts came in between (llama-server's
-    ``--cache-ram``). One context serves requests one after another; without this, clients
-    that take turns (each with its own conversation, or the same prompt again) each find the
-    other's tokens in the KV cache and evaluate their whole prompt again.
-
-    Before a prompt is evaluated (:meth:`prepare`): when the KV cache would lose tokens, its
-    state is saved here; when a saved state shares a longer prefix with the prompt than the KV
-    cache does, it is loaded in its place. The restored cells are the very values computed
-    before, so the output is what keeping those tokens in the KV cache would have given.
-    Least recently used states go first past ``limit_bytes``. Prompts with images (negative
-    placeholder ids) are left alone.
-    """
-
-    def __init__(self, limit_bytes: int, min_tokens: int = 8) -> None:
-        self.limit_bytes = limit_bytes
-        self.min_tokens = min_tokens  # shorter states are not worth a copy
-        self.entries: list[tuple[list[int], bytes]] = []  # least recently used first
-        self.hits = 0  # prompts that started from a saved state (tests read it)
-
-    @property
-    def size(self) -> int:
-        return sum(len(state) for _, state in self.entries)
-
-    def prepare(self, engine: Engine, tokens: Sequence[int]) -> None:
-        """Save the KV cache if ``tokens`` would cut it; load the best saved state."""
-        kv = engine._kv
-        if any(t < 0 for t in tokens) or any(t < 0 for t in kv):
-            return
-        here = _common_prefix(kv, tokens)
-        best, best_n = -1, here
-        for i, (saved, _) in enumerate(self.entries):
-            n = _common_prefix(saved, tokens)
-            if n > best_n + 1:  # one token more is not worth a state copy
-                best, best_n = i, n
-        chosen = self.entries[best] if best >= 0 else None
-        if here < len(kv) - 1 and len(kv) >= self.min_tokens:
-            self._store(engine)
-        if chosen is None or not any(e is chosen for e in self.entries):
-            return
-        self.entries = [e for e in self.entries if e is not chosen]  # it lives in the KV now
-        tokens_saved, state = chosen
-        if engine._load_state(tokens_saved, state):
-            self.hits += 1
-
-    def _store(self, engine: Engine) -> None:
-        kv = list(engine._kv)
-        state = engine._save_state()
-        if state is None or len(state) > self.limit_bytes:
-            return
-        # a state this one extends is of no more use
-        self.entries = [e for e in self.entries if _common_prefix(e[0], kv) < len(e[0])]
-        self.entries.append((kv, state))
-        total = self.size
-        while total > self.limit_bytes and self.entries:
-            total -= len(self.entries.pop(0)[1])
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 # Primitives for `localllm bench` (localllm.bench): they time llama.cpp through the same

@@ -1,4 +1,4 @@
-"""engine.PromptCache on the real starter model: clients that take turns on one context find
+"""promptcache.PromptCache on the real starter model: clients that take turns on one context find
 their earlier prompt's KV state again, and greedy output does not change."""
 
 from __future__ import annotations
@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from localllm.engine import Engine, LoadOptions, PromptCache, Stats
+from localllm.engine import Engine, LoadOptions, Stats
 from localllm.profiles import Profile
+from localllm.promptcache import PromptCache
 
 GREEDY = Profile(temperature=0.0, max_tokens=12, seed=0)
 

@@ -277,7 +277,7 @@ class Worker:
             return
         self._load_projector()
         if self.cache_ram > 0 and hasattr(self.engine, "prompt_cache"):  # not in a child
-            from localllm.engine import PromptCache
+            from localllm.promptcache import PromptCache
 
             self.engine.prompt_cache = PromptCache(self.cache_ram)
         if self.state == "loading":
