@@ -51,6 +51,7 @@ LAYERS: dict[str, int] = {
     "localllm.engine": 3,
     "localllm.sampling": 3,  # the sampler chain and grammars (llama.cpp via the engine)
     "localllm.promptcache": 3,  # saved KV states of earlier prompts (through the engine)
+    "localllm.speculative": 3,  # drafters for speculative decoding (n-grams, a draft model)
     "localllm.session": 3,
     "localllm.loading": 3,
     "localllm.enginechild": 3,  # an engine in a child process (llama.cpp aborts stay there)

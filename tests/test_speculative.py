@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from localllm.engine import Engine, LoadOptions, Stats, Steering, TextEvent, _NgramDrafter
+from localllm.engine import Engine, LoadOptions, Stats, Steering, TextEvent
 from localllm.errors import UsageError
 from localllm.profiles import Profile
+from localllm.speculative import NgramDrafter
 
 PASSAGE = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu"
 
@@ -196,7 +197,7 @@ def test_auto_drafts_only_for_long_prompts(engine: Engine) -> None:
 
 
 def test_drafting_turns_itself_off_when_drafts_keep_failing() -> None:
-    drafter = _NgramDrafter([1, 2, 3, 1, 2, 3, 1, 2])
+    drafter = NgramDrafter([1, 2, 3, 1, 2, 3, 1, 2])
     assert drafter.draft(4) == [3, 1, 2]
     assert drafter.keep_going(drafted=16, accepted=0)  # too early to judge
     assert not drafter.keep_going(drafted=40, accepted=5)
@@ -204,7 +205,7 @@ def test_drafting_turns_itself_off_when_drafts_keep_failing() -> None:
 
 
 def test_the_drafter_prefers_the_longest_and_latest_match() -> None:
-    drafter = _NgramDrafter([7, 1, 2, 9, 9, 5, 1, 2, 8, 8, 3, 1, 2])
+    drafter = NgramDrafter([7, 1, 2, 9, 9, 5, 1, 2, 8, 8, 3, 1, 2])
     # "1 2" occurred twice before; the latest continues with 8 8; no 3-gram "3 1 2" before
     assert drafter.draft(2) == [8, 8]
     drafter.extend([4])
@@ -310,19 +311,19 @@ def test_run_with_a_draft_model_reports_drafted_tokens(
 
 def test_auto_drafting_stops_when_verifying_is_slower_than_decoding() -> None:
     """The speed check works on the durations it is given (no clock in the test)."""
-    slow = _NgramDrafter([1, 2, 1, 2], judge_speed=True)
+    slow = NgramDrafter([1, 2, 1, 2], judge_speed=True)
     slow.timed_single(0.010)
     for _ in range(3):  # a verify batch costs 5 decodes and yields one token
         slow.timed_batch(0.050)
         slow.verified(0)
     assert not slow.keep_going(drafted=12, accepted=0)
-    fast = _NgramDrafter([1, 2, 1, 2], judge_speed=True)
+    fast = NgramDrafter([1, 2, 1, 2], judge_speed=True)
     fast.timed_single(0.010)
     for _ in range(5):  # a batch of 4 drafts costs 2 decodes and yields 5 tokens
         fast.timed_batch(0.020)
         fast.verified(4)
     assert fast.keep_going(drafted=20, accepted=20)
-    explicit = _NgramDrafter([1, 2, 1, 2])  # speculative: ngram never judges speed
+    explicit = NgramDrafter([1, 2, 1, 2])  # speculative: ngram never judges speed
     explicit.timed_single(0.010)
     for _ in range(5):
         explicit.timed_batch(0.050)
@@ -334,19 +335,19 @@ def test_adaptive_draft_length_follows_acceptance_and_batch_cost() -> None:
     """The draft length is the one that yields the most tokens per unit of time: long while
     drafts are accepted whole and a batch is cheap, short when they fail or a batch costs
     about one decode per token."""
-    copying = _NgramDrafter([1, 2, 1, 2], size=16, adaptive=True)
+    copying = NgramDrafter([1, 2, 1, 2], size=16, adaptive=True)
     copying.timed_single(0.010)
     for _ in range(10):
         copying.timed_batch(0.014, 9)  # 8 drafted tokens for 1.4 decodes
         copying.verified(8, 8)
     assert copying.draft_size() >= 12
-    failing = _NgramDrafter([1, 2, 1, 2], size=16, adaptive=True)
+    failing = NgramDrafter([1, 2, 1, 2], size=16, adaptive=True)
     failing.timed_single(0.010)
     for _ in range(10):
         failing.timed_batch(0.080, 9)  # a batch costs almost a decode per token
         failing.verified(0, 8)
     assert failing.draft_size() <= 2
-    fixed = _NgramDrafter([1, 2, 1, 2], size=8)  # not adaptive: the size given
+    fixed = NgramDrafter([1, 2, 1, 2], size=8)  # not adaptive: the size given
     fixed.timed_single(0.010)
     fixed.timed_batch(0.080, 9)
     fixed.verified(0, 8)

@@ -1,0 +1,180 @@
+"""Speculative decoding's drafters: proposing the next few tokens cheaply, for the target
+model to verify in one batch.
+
+:class:`NgramDrafter` looks the context's last n-gram up earlier in the context (prompt
+lookup); :class:`ModelDrafter` asks a small model with the same vocabulary. Both adapt the
+draft length to the acceptance rate and this machine's batch cost, and stop drafting when it
+does not pay. Not for verifying drafts or sampling: the engine's token loop verifies each
+draft with the same sampler plain decoding uses, so the output does not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from localllm.promptcache import common_prefix
+
+if TYPE_CHECKING:
+    from localllm.engine import Engine
+
+
+SPECULATIVE_AUTO_MIN_PROMPT = 256  # speculative: auto drafts for prompts this long
+SPECULATIVE_MAX_DRAFT = 16
+
+
+class NgramDrafter:
+    """Prompt-lookup drafting: the last few tokens of the context are looked up earlier in the
+    context (the prompt and the answer so far), and the tokens that followed them there are
+    proposed as the next ones. Answers that copy from their prompt (edits, extraction,
+    summaries with quotes) then verify several tokens per decode.
+
+    An index from each 2-, 3- and 4-gram to the end of its latest occurrence makes a lookup a
+    few dictionary probes; the longest n-gram that occurred before wins. Drafting stops for the
+    rest of a generation when fewer than a quarter of the drafted tokens were accepted after
+    :attr:`PROBE` of them: a failing draft costs a wider decode for nothing.
+    """
+
+    NGRAMS = (4, 3, 2)
+    PROBE = 32
+
+    def __init__(
+        self,
+        tokens: Sequence[int],
+        size: int = 8,
+        *,
+        judge_speed: bool = False,
+        adaptive: bool = False,
+    ) -> None:
+        self.history: list[int] = []
+        self._index: dict[tuple[int, ...], int] = {}
+        self._indexed = 0
+        self.size = size
+        self.active = True
+        self.judge_speed = judge_speed
+        self.adaptive = adaptive
+        self._single: float | None = None
+        self._batch_s = 0.0
+        self._gain: float | None = None
+        self._verifies = 0
+        # adaptive draft length: the verify batch's cost per extra token, as a fraction of one
+        # decode (a prior until measured), and drafted tokens accepted / rejected (decayed)
+        self._slope = 0.6
+        self._hits = 2.0
+        self._misses = 1.0
+        self.extend(tokens)
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        self.history.extend(tokens)
+
+    def _index_upto(self, end: int) -> None:
+        history, index = self.history, self._index
+        for stop in range(self._indexed + 1, end + 1):
+            for n in self.NGRAMS:
+                if stop >= n:
+                    index[tuple(history[stop - n : stop])] = stop
+        self._indexed = max(self._indexed, end)
+
+    def keep_going(self, drafted: int, accepted: int) -> bool:
+        if self.active and drafted >= self.PROBE and accepted * 4 < drafted:
+            self.active = False
+        return self.active
+
+    # Speed check (``speculative: auto``): a verify batch of k+1 tokens costs more than one
+    # token's decode, by how much depends on the hardware (on a small CPU, prompt processing
+    # is barely faster per token than decoding). After each verification the tokens it
+    # yielded per second are compared with plain decoding's; when drafting has not been
+    # faster over the last few (a moving average), it stops for the rest of the generation.
+
+    def timed_single(self, seconds: float) -> None:
+        self._single = seconds if self._single is None else 0.8 * self._single + 0.2 * seconds
+
+    def timed_batch(self, seconds: float, n_tokens: int = 0) -> None:
+        self._batch_s = seconds
+        if n_tokens > 1 and self._single:
+            slope = max(0.05, (seconds / self._single - 1.0) / (n_tokens - 1))
+            self._slope = 0.7 * self._slope + 0.3 * slope
+
+    # Adaptive draft length. A draft of k tokens is verified in a batch of k + 1 that costs
+    # about (1 + slope * k) single decodes, slope measured on this machine; with each drafted
+    # token accepted with probability p (after the previous one was), the batch yields
+    # 1 + p + ... + p^k tokens on average. The draft length is the k that yields the most
+    # tokens per unit of time: long drafts while the answer copies its prompt, short ones
+    # when drafts keep failing, on hardware where a batch costs nearly one decode per token.
+
+    def draft_size(self) -> int:
+        if not self.adaptive:
+            return self.size
+        p = self._hits / (self._hits + self._misses)
+        best, best_rate = 1, 0.0
+        made, power = 1.0, 1.0
+        for k in range(1, self.size + 1):
+            power *= p
+            made += power
+            rate = made / (1.0 + self._slope * k)
+            if rate > best_rate:
+                best, best_rate = k, rate
+        return best
+
+    def verified(self, accepted: int, drafted: int | None = None) -> None:
+        self._hits = 0.9 * self._hits + accepted
+        whole = drafted is not None and accepted >= drafted  # no drafted token was rejected
+        self._misses = 0.9 * self._misses + (0 if whole else 1)
+        if not self.judge_speed or self._single is None or self._batch_s <= 0:
+            return
+        gain = (accepted + 1) * self._single / self._batch_s
+        self._gain = gain if self._gain is None else 0.6 * self._gain + 0.4 * gain
+        self._verifies += 1
+        if self._verifies >= 3 and self._gain < 1.0:
+            self.active = False
+
+    def draft(self, most: int) -> list[int]:
+        """Up to ``most`` tokens that followed the current n-gram where it last occurred."""
+        history = self.history
+        end = len(history)
+        self._index_upto(end - 1)  # every earlier occurrence, never the current one
+        for n in self.NGRAMS:
+            if end < n:
+                continue
+            found = self._index.get(tuple(history[end - n :]))
+            if found is not None:
+                return history[found : found + most]
+        return []
+
+
+class ModelDrafter(NgramDrafter):
+    """Draft-model speculation: a small model with the same vocabulary proposes the next
+    tokens greedily from the same context; its own KV cache follows the target's context,
+    reusing the common prefix between drafts."""
+
+    def __init__(self, draft: Engine, tokens: Sequence[int], size: int = 6) -> None:
+        super().__init__((), size)
+        self.engine = draft
+        self.history = list(tokens)
+        if draft._greedy is None:
+            draft._greedy = draft._lib.llama_sampler_init_greedy()
+        self._greedy = draft._greedy
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        self.history.extend(tokens)
+
+    def draft(self, most: int) -> list[int]:
+        e, history = self.engine, self.history
+        room = e.n_ctx - 1
+        most = min(most, room - len(history))
+        if most <= 0 or len(history) >= room:
+            return []
+        cached = common_prefix(e._kv, history)
+        if cached == len(history):
+            cached -= 1
+        e._forget_after(cached)
+        e._decode(history[e.n_kv :])
+        sample = e._lib.llama_sampler_sample
+        out: list[int] = []
+        for i in range(most):
+            token = int(sample(self._greedy, e._llm.ctx, -1))
+            out.append(token)
+            if e.is_end_of_generation(token) or i + 1 == most:
+                break
+            e._decode_one(token)
+        return out
