@@ -1,15 +1,21 @@
-"""The inference engine: the only module that imports ``llama_cpp``.
+"""The inference engine: a loaded model, its context and the token loop.
 
-It loads a GGUF, renders prompts with the model's chat template (through
-:mod:`localllm.templates`), and runs its own token loop over ``Llama.generate``:
+It plans a load (:func:`plan_load`), loads a GGUF through llama.cpp's C API, renders prompts
+with the model's chat template (through :mod:`localllm.templates`), and runs its own token
+loop:
 
 * incremental, UTF-8-safe detokenization: bytes of a character split over several tokens are
   held back until the character is whole;
 * stop sequences matched across token boundaries, with no partial stop text ever emitted;
 * typed events (:class:`TextEvent`, :class:`Stats`) that the CLI and the TUI both consume.
 
-``Llama.generate`` keeps the longest matching prefix of the previous call in the KV cache, so a
-multi-turn chat whose rendered history stays identical only evaluates the new tokens.
+The KV cache keeps the longest matching prefix of the previous call, so a multi-turn chat
+whose rendered history stays identical only evaluates the new tokens.
+
+Its neighbours: :mod:`localllm.backend` loads the shared library and reports on the build and
+its devices; :mod:`localllm.sampling` builds the sampler chain that picks each token;
+:mod:`localllm.speculative` drafts tokens for the loop to verify; :mod:`localllm.promptcache`
+keeps earlier prompts' KV states; :mod:`localllm.hardware` counts cores for the thread count.
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ def test_completion_imports_no_engine_tui_or_network() -> None:
     imported = complete("localllm run -m ", importtime=True).stderr
     assert " typer\n" in imported  # the format this test reads
     heavy = ("llama_cpp", "textual", "huggingface_hub", "starlette", "uvicorn")
-    heavy += ("localllm.engine", "localllm.hub")
+    heavy += ("localllm.engine", "localllm.backend", "localllm.hub")
     for module in heavy:
         assert f" {module}\n" not in imported and f" {module}." not in imported, module
 
