@@ -139,6 +139,28 @@ def test_streaming_with_the_client(sentence_server: ServerProcess) -> None:
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
 
 
+def test_a_fast_stream_shares_chunks_within_the_stream_interval(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """With --stream-interval 1000 every token after the first waits for company (the tiny
+    model makes them in far less than a second), so the answer comes in fewer content chunks
+    than tokens, the same text, and still ends as the protocol says."""
+    with ServerProcess(
+        "-m", str(tiny_model), "--stream-interval", "1000", grammar=SENTENCE,
+        env={"LOCALLLM_HOME": str(tmp_path)},
+    ) as server:  # fmt: skip
+        stream = client(server).chat.completions.create(
+            model="default", messages=HI, stream=True, stream_options={"include_usage": True}
+        )
+        chunks = list(stream)
+    content = [c.choices[0].delta.content for c in chunks if c.choices]
+    content = [text for text in content if text]
+    assert "".join(content) == "alpha beta gamma delta epsilon"
+    tokens = chunks[-1].usage.completion_tokens
+    assert tokens >= 3 and len(content) < tokens, (content, tokens)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+
+
 def test_sse_byte_format(sentence_server: ServerProcess) -> None:
     status, headers, body = sentence_server.request(
         "POST",
@@ -448,6 +470,7 @@ def test_api_key(tiny_model: Path, tmp_path: Path) -> None:
         (["-m", "no-such-model"], 3, "error: no model named 'no-such-model'"),
         (["--queue", "0"], 2, "error: --queue must be at least 1"),
         (["--cache-ram", "-1"], 2, "error: --cache-ram must be 0 or more MiB"),
+        (["--stream-interval", "-5"], 2, "error: --stream-interval must be between 0 and 1000"),
         (["--alias", "gpt-4o"], 2, "error: --alias takes NAME=MODEL"),
         (["--alias", "gpt-4o=nope"], 2, "error: --alias gpt-4o=nope"),
     ],

@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from typing import Any
 
 from localllm.errors import InferenceError
 from localllm.profiles import Profile
 from localllm.server import app, openai
-from localllm.server.models import Done, Job
+from localllm.server.models import Done, Events, Job
 from localllm.session import AnswerText, ReasoningText
 
 
@@ -40,6 +41,44 @@ def test_the_worker_wakes_the_loop_only_when_it_waits() -> None:
         assert (await waiting).text == "a"
         assert events.wakeups == 1  # one wake-up for two items
         assert events.get_nowait().text == "b"
+
+    asyncio.run(main())
+
+
+def test_paced_items_wait_for_company_up_to_the_interval() -> None:
+    """After a paced item woke the loop, the next ones within ``interval`` do not wake it; an
+    item of another kind does, at once, and takes them along; with nothing else coming, the
+    loop's timer sends them once ``interval`` has passed since the last paced wake-up."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        events = Events(loop, interval=3600, paced=(AnswerText,))
+        waiting = asyncio.ensure_future(events.wait())
+        await asyncio.sleep(0)
+        _from_thread(lambda: events.put_threadsafe(AnswerText("a")))  # the first: at once
+        await waiting
+        assert events.wakeups == 1 and [e.text for e in events.drain()] == ["a"]
+        waiting = asyncio.ensure_future(events.wait())
+        await asyncio.sleep(0)
+        _from_thread(lambda: [events.put_threadsafe(AnswerText(s)) for s in "bc"])
+        await asyncio.sleep(0)
+        assert events.wakeups == 1 and not waiting.done()  # waiting for company
+        _from_thread(lambda: events.put_threadsafe(ReasoningText("r")))  # not paced: at once
+        await waiting
+        assert events.wakeups == 2
+        assert [e.text for e in events.drain()] == ["b", "c", "r"]
+
+        # The timer: due one second after the last paced wake-up.
+        events.interval = 1.0
+        start = events._paced_at = time.monotonic()  # as if a paced item had just woken it
+        waiting = asyncio.ensure_future(events.wait())
+        await asyncio.sleep(0)
+        _from_thread(lambda: events.put_threadsafe(AnswerText("d")))
+        put_at = time.monotonic()
+        await waiting  # sent by the timer, or by the worker if the put came late: never lost
+        assert [e.text for e in events.drain()] == ["d"]
+        if put_at < start + 1.0:  # it came before the deadline: the worker left it to the timer
+            assert events.wakeups == 2
 
     asyncio.run(main())
 

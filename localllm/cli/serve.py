@@ -59,6 +59,15 @@ def serve(
             metavar="MIB",
         ),
     ] = 1024,
+    stream_interval: Annotated[
+        int,
+        typer.Option(
+            "--stream-interval",
+            help="Milliseconds a streamed token may wait to share a chunk with the next "
+            "(0: a chunk per token).",
+            metavar="MS",
+        ),
+    ] = 20,
     alias: Annotated[
         list[str] | None,
         typer.Option(
@@ -96,6 +105,8 @@ def serve(
         raise UsageError(f"--max-loaded must be at least 1, not {max_loaded}")
     if cache_ram < 0:
         raise UsageError(f"--cache-ram must be 0 or more MiB, not {cache_ram}")
+    if not 0 <= stream_interval <= 1000:
+        raise UsageError(f"--stream-interval must be between 0 and 1000 ms, not {stream_interval}")
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be between 0 and 65535, not {port}")
     aliases: dict[str, str] = {}
@@ -181,6 +192,7 @@ def serve(
         log=stderr_log,
         allow_remote=allow_remote,
         embeddings_only=encoder,
+        stream_interval=stream_interval / 1000,
     )
     code = serve(state, sock, api_key=key, cors_origins=list(cors_origin or []), loopback=loopback)
     if code:

@@ -16,6 +16,7 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import math
 import queue
 import threading
 import time
@@ -59,9 +60,18 @@ class Events:
     several items waiting and takes them all at once (:meth:`drain`), which costs one wake-up
     and one socket write instead of one per token. On a machine whose cores all run llama.cpp,
     every wake-up of the loop thread takes a core from the token loop.
+
+    ``interval`` (seconds) paces the items of the kinds in ``paced`` (streamed text): after a
+    wake-up for one of them, the next waits up to ``interval`` for company, so a model faster
+    than one token per ``interval`` sends several tokens per write (a fast stream's chunks
+    carry a few tokens each, as the OpenAI API's do), and a slower one still sends each token
+    at once. The first paced item and every other item wake the loop at once; a timer on the
+    loop's side sends a paced item that has waited ``interval`` even if no other item follows.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, interval: float = 0.0, paced: tuple[type, ...] = ()
+    ) -> None:
         self.loop = loop
         self._items: collections.deque[Any] = collections.deque()
         self._lock = threading.Lock()
@@ -69,19 +79,29 @@ class Events:
         # True: the consumer wants the end only (a reply that is not streamed), so the worker
         # wakes the loop for the last item (or an error), not for each token on the way.
         self.final_only = False
+        self.interval = interval
+        self.paced = paced
+        self._paced_at = -math.inf  # when a paced item last woke the loop (time.monotonic)
         self.wakeups = 0  # times the worker woke the loop (tests and benchmarks read it)
 
     def put_threadsafe(self, item: Any) -> None:
-        """Add ``item`` (from any thread); wake the loop only if it waits for one."""
+        """Add ``item`` (from any thread); wake the loop only if it waits for one (and, for a
+        paced item, only once ``interval`` has passed since the last paced wake-up)."""
         with self._lock:
             self._items.append(item)
             if self.final_only and not is_final(item):
                 return
+            if self._waiter is None:
+                return
+            if type(item) in self.paced:
+                now = time.monotonic()
+                if now - self._paced_at < self.interval:
+                    return  # the loop's timer (wait) or the next item sends it
+                self._paced_at = now
             waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            self.wakeups += 1
-            with contextlib.suppress(RuntimeError):  # the loop is gone: the server is stopping
-                self.loop.call_soon_threadsafe(_wake, waiter)
+        self.wakeups += 1
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the server is stopping
+            self.loop.call_soon_threadsafe(_wake, waiter)
 
     def put_nowait(self, item: Any) -> None:
         """Add ``item`` from the event loop's own thread."""
@@ -114,12 +134,26 @@ class Events:
                 if self._items:
                     return
                 waiter = self._waiter = self.loop.create_future()
+                due = self._paced_at + self.interval - time.monotonic()
+            # A paced item that arrives before ``due`` is left for this timer to send.
+            timer = self.loop.call_later(due, self._due, waiter) if due > 0 else None
             try:
                 await waiter
             finally:
+                if timer is not None:
+                    timer.cancel()
                 with self._lock:
                     if self._waiter is waiter:
                         self._waiter = None
+
+    def _due(self, waiter: asyncio.Future[None]) -> None:
+        """The pacing timer (on the loop): wake ``waiter`` if items wait for it."""
+        with self._lock:
+            if not self._items or self._waiter is not waiter:
+                return
+            self._waiter = None
+            self._paced_at = time.monotonic()
+        _wake(waiter)
 
     async def get(self) -> Any:
         while True:
@@ -152,6 +186,11 @@ class Job:
 
     def __post_init__(self) -> None:
         self.events = Events(self.loop)
+
+    def pace(self, interval: float, kinds: tuple[type, ...]) -> None:
+        """Pace the stream's items of ``kinds`` (see :class:`Events`)."""
+        self.events.interval = interval
+        self.events.paced = kinds
 
     def emit(self, item: Any) -> None:
         """Hand ``item`` to the event loop (called from the worker thread)."""
