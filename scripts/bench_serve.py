@@ -206,10 +206,12 @@ def native_binary(given: str) -> str:
 
 def start_native(binary: str, model: str, threads: int, port: int) -> subprocess.Popen:
     """llama.cpp's llama-server with the settings ``localllm serve`` gets: the same context,
-    threads for decode and prompt, one slot (our worker runs one request at a time)."""
+    threads for decode and prompt, one slot (our worker runs one request at a time), and flash
+    attention off, as ``flash_attn: auto`` loads on the CPU (llama-server's own auto turns it
+    on: faster near the start of a context here, slower past ~1,500 tokens)."""
     return subprocess.Popen(
         [binary, "-m", model, "-t", str(threads), "-tb", str(threads), "-c", "2048",
-         "--port", str(port), "--host", "127.0.0.1", "-np", "1", "--no-warmup"],
+         "--port", str(port), "--host", "127.0.0.1", "-np", "1", "--no-warmup", "-fa", "off"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
     )  # fmt: skip
 

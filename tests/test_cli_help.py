@@ -64,3 +64,22 @@ def test_version_names_localllm_and_llama_cpp_python(flag: str) -> None:
     assert lines[1].startswith(f"llama-cpp-python {metadata.version('llama-cpp-python')} ")
     assert "CPU" in lines[1]  # every build carries the CPU backend
     assert lines[-1] == "exit 0 False"
+
+
+def test_a_command_line_builds_only_the_command_it_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``localllm run ...`` turns only run's signature into click parameters (Typer does it
+    for every command otherwise, on every start); help, a typo and completion get them all,
+    and the app's own list of commands is left as it was."""
+    for key in [k for k in __import__("os").environ if k.endswith("_COMPLETE")]:
+        monkeypatch.delenv(key)
+    everything = set(typer_command().commands)
+    assert {"run", "chat", "serve", "profile", "list"} <= everything
+    assert set(typer_command(["run", "-n", "1", "hi"]).commands) == {"run"}
+    assert set(typer_command(["profile", "list"]).commands) == {"profile"}
+    assert set(typer_command(["list"]).commands) == {"list"}  # named in @app.command("list")
+    assert set(typer_command(["--help"]).commands) == everything
+    assert set(typer_command(["runn"]).commands) == everything  # "did you mean 'run'?"
+    monkeypatch.setenv("_LOCALLLM_COMPLETE", "complete_bash")
+    assert set(typer_command(["run"]).commands) == everything
+    monkeypatch.delenv("_LOCALLLM_COMPLETE")
+    assert set(typer_command().commands) == everything

@@ -13,6 +13,7 @@ import errno
 import sys
 from typing import Any
 
+from localllm.cli import _app
 from localllm.cli import commands as _commands  # noqa: F401  (registers the commands)
 from localllm.cli._app import OutputClosed, app
 from localllm.errors import EXIT_INTERRUPTED, EXIT_PIPE_CLOSED, LocalLLMError, ResourceError
@@ -32,7 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: runs the app and maps every failure to an exit code."""
     import typer
 
-    command = typer_command()
+    command = typer_command(sys.argv[1:] if argv is None else argv)
+    _app.PROCESS_ENDS_AFTER = True  # a real run: the process ends when the command returns
     try:
         # Non-standalone: Typer returns the code of a typer.Exit (Ctrl-C becomes 130) and
         # raises usage errors for us to print as one line.
@@ -94,7 +96,31 @@ def _drop_stdout() -> None:
         pass
 
 
-def typer_command() -> Any:
+def typer_command(args: list[str] | None = None) -> Any:
+    """The click group of the app. Given the command line ``args``, only the command they
+    name is built: Typer turns every command's signature into click parameters (type hints
+    evaluated, options made), 30-60 ms for all of them, paid on every ``localllm run``. Help,
+    a mistyped command and shell completion still get the whole group."""
+    import os
+
     import typer.main
 
-    return typer.main.get_command(app)
+    name = args[0] if args else ""
+    completing = any(k.startswith("_") and k.endswith("_COMPLETE") for k in os.environ)
+    commands, groups = app.registered_commands, app.registered_groups
+    chosen = [c for c in commands if _command_name(c) == name]
+    chosen_groups = [g for g in groups if g.name == name]
+    if completing or not (chosen or chosen_groups):
+        return typer.main.get_command(app)
+    app.registered_commands, app.registered_groups = chosen, chosen_groups
+    try:
+        return typer.main.get_command(app)
+    finally:
+        app.registered_commands, app.registered_groups = commands, groups
+
+
+def _command_name(info: Any) -> str:
+    """The name Typer gives a registered command."""
+    import typer.main
+
+    return str(info.name or typer.main.get_command_name(info.callback.__name__))

@@ -185,6 +185,11 @@ def _install_plain_metavars() -> None:
 
 _install_plain_metavars()
 
+# Set by ``localllm.cli.main`` (the console script), never by tests that invoke the app
+# in-process: the process ends as soon as the command returns, so a one-shot command may
+# leave memory for the operating system to take back instead of freeing it piece by piece.
+PROCESS_ENDS_AFTER = False
+
 app = typer.Typer(
     name="localllm",
     cls=_PlainHelpGroup,

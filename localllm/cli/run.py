@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from localllm.cli import _app
 from localllm.cli._app import (
     app,
     complete_mode,
@@ -401,7 +402,11 @@ def run(
     finally:
         if projector is not None:
             projector.close()
-        engine.close()
+        abandon = getattr(engine, "abandon", None)  # in-process engines (a child must stop)
+        if _app.PROCESS_ENDS_AFTER and abandon is not None:
+            abandon()
+        else:
+            engine.close()
 
 
 def clean_profile_text(settings: Any, inputs: TextInputs) -> Any:
