@@ -959,8 +959,9 @@ class Engine:
     def abandon(self) -> None:
         """Let go of the native model and context without freeing them, for a process that
         exits right after (a one-shot ``run``): the operating system takes the memory back at
-        once, where freeing it piece by piece takes tens of milliseconds (the destructor of a
-        49k-token vocabulary alone, about 35 ms). Nothing here can be used afterwards."""
+        once, where freeing it piece by piece takes time (llama_model_free: about 15 ms for
+        the starter model, most of it in the vocabulary's destructor). Nothing here can be
+        used afterwards."""
         self.draft = None
         self._greedy = None
         self._llm = None  # type: ignore[assignment]
