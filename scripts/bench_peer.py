@@ -107,6 +107,11 @@ def main() -> None:
     llm = ensure_peer(starter)
     count = TokenCounter(starter)
     env = {**os.environ, "LLM_USER_PATH": str(PEER / "llm-home"), "PYTHONWARNINGS": "ignore"}
+    # Both sides with bytecode caches, as installed packages have them (pip compiles at
+    # install time): without this, an environment with PYTHONDONTWRITEBYTECODE compiles an
+    # editable checkout's every module on each start while the peer's site-packages have .pyc.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(PEER / "pycache")
     ours_cmd = (a.localllm.split() if a.localllm else [sys.executable, "-m", "localllm"]) + [
         "run", "-m", str(starter), a.prompt, "-n", str(a.tokens), "--temperature", "0"]  # fmt: skip
     peer_cmd = [str(llm), "-m", "SmolLM2", a.prompt]
