@@ -515,17 +515,13 @@ class ModelPool:
         from localllm import foreign, refs
 
         parts = refs.foreign_ref(target)
-        if parts is not None:  # its own 404 names what that store holds
-            found = foreign.lookup(*parts)
-            key = found.primary.resolve()
-            if key == self.default.path.resolve():
+        # ``ollama:llama3.2:3b`` (its own 404 names what that store holds), or Ollama's own
+        # spelling without the prefix (llama3.2, llama3.2:3b)
+        found = foreign.lookup(*parts) if parts is not None else _bare_ollama(target)
+        if found is not None:
+            if found.primary.resolve() == self.default.path.resolve():
                 return self.default
             return _foreign_entry(found, foreign.describe([found]).get(found.ref, {}))
-        bare = _bare_ollama(target)  # Ollama's own spelling (llama3.2, llama3.2:3b)
-        if bare is not None:
-            if bare.primary.resolve() == self.default.path.resolve():
-                return self.default
-            return _foreign_entry(bare, foreign.describe([bare]).get(bare.ref, {}))
         names = ", ".join(e.name for e in entries)
         hint = f"installed: {names}" if names else None
         try:
@@ -638,9 +634,7 @@ def _bare_ollama(name: str) -> Any:
         return None
     try:
         return foreign.lookup(foreign.OLLAMA, name)
-    except LocalLLMError:  # not there (or ambiguous, or broken): the 404 with its hint
-        return None
-    except Exception:  # a hint must never turn a clear 404 into a 500
+    except Exception:  # not there, ambiguous or broken: the caller's clear 404, never a 500
         return None
 
 
