@@ -216,6 +216,16 @@ def start_native(binary: str, model: str, threads: int, port: int) -> subprocess
     )  # fmt: skip
 
 
+def versus(name: str, clients: int, ours: list[float], theirs: list[float]) -> str:
+    """The concurrent-clients line for another server: medians and the per-round ratio."""
+    per_round = statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
+    return (
+        f"{name} {clients} concurrent clients: {statistics.median(theirs):.2f} s wall, median "
+        f"(ours {statistics.median(ours):.2f} s; ours ÷ theirs per round, median: "
+        f"{per_round:.3f})"
+    )
+
+
 def summary(name: str, rows: list[dict[str, Any]], key: str) -> float:
     values = [r[key] for r in rows if key in r]
     return statistics.median(values) if values else float("nan")
@@ -334,12 +344,7 @@ def main() -> None:
             f"serve ÷ llama-server: decode {srv_tok / ntok:.3f} (client-side "
             f"{client_tok / nclient:.3f}) · TTFT {srv_ttft - nttft:+.1f} ms"
         )
-        per_round = statistics.median(a / b for a, b in zip(walls, native_walls, strict=True))
-        print(
-            f"llama-server {args.clients} concurrent clients: {statistics.median(native_walls):.2f}"
-            f" s wall, median (ours {statistics.median(walls):.2f} s; ours ÷ theirs per round, "
-            f"median: {per_round:.3f})"
-        )
+        print(versus("llama-server", args.clients, walls, native_walls))
     if theirs is not None:
         ttok = summary("", their_rows, "tok_s")
         tttft = summary("", their_rows, "ttft_ms")
@@ -347,11 +352,7 @@ def main() -> None:
             f"llama_cpp.server decode {ttok:6.1f} tok/s (client-side) · TTFT {tttft:.0f} ms · "
             f"ours ÷ theirs (client-side) {client_tok / ttok:.3f}"
         )
-        print(
-            f"llama_cpp.server {args.clients} concurrent clients: "
-            f"{statistics.median(their_walls):.2f} s wall, median (ours "
-            f"{statistics.median(walls):.2f} s)"
-        )
+        print(versus("llama_cpp.server", args.clients, walls, their_walls))
 
 
 if __name__ == "__main__":
