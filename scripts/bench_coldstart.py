@@ -28,15 +28,10 @@ import sys
 import time
 from pathlib import Path
 
+from benchlib import starter_path
+
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("LOCALLLM_BENCH_CACHE", Path.home() / ".cache" / "localllm-bench"))
-
-
-def starter_path() -> Path:
-    sys.path.insert(0, str(ROOT / "tests"))
-    import conftest  # the test suite's cached download of the starter
-
-    return conftest.starter_model.__wrapped__()  # type: ignore[attr-defined]
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:

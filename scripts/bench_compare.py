@@ -37,16 +37,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchlib import starter_path
+
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("LOCALLLM_BENCH_CACHE", Path.home() / ".cache" / "localllm-bench"))
 STORY = "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle."
-
-
-def starter_path() -> Path:
-    sys.path.insert(0, str(ROOT / "tests"))
-    import conftest  # the test suite's cached download of the starter
-
-    return conftest.starter_model.__wrapped__()  # type: ignore[attr-defined]
 
 
 def find_llama_bench(explicit: str | None, build: bool) -> Path | None:

@@ -18,17 +18,13 @@ import sys
 import time
 from pathlib import Path
 
+from benchlib import starter_path
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 PROMPT = "Write a detailed story about a lighthouse keeper who finds a message in a bottle."
-
-
-def starter_path() -> Path:
-    import conftest  # the test suite's cached download of the starter
-
-    return conftest.starter_model.__wrapped__()  # type: ignore[attr-defined]
 
 
 def bench_localllm(engine, settings, prompt: str) -> tuple[float, int]:

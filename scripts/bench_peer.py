@@ -25,16 +25,11 @@ import sys
 import time
 from pathlib import Path
 
+from benchlib import starter_path
+
 ROOT = Path(__file__).resolve().parent.parent
 PEER = Path(os.environ.get("LOCALLLM_PEER_CACHE", Path.home() / ".cache" / "localllm-peer"))
 PROMPT = "Write a short story about a lighthouse keeper."  # answers run well past 16 tokens
-
-
-def starter_path() -> Path:
-    sys.path.insert(0, str(ROOT / "tests"))
-    import conftest  # the test suite's cached download of the starter
-
-    return conftest.starter_model.__wrapped__()  # type: ignore[attr-defined]
 
 
 def ensure_peer(starter: Path) -> Path:

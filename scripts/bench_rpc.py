@@ -30,14 +30,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchlib import starter_path
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def starter_path() -> Path:
-    sys.path.insert(0, str(ROOT / "tests"))
-    import conftest
-
-    return conftest.starter_model.__wrapped__()  # type: ignore[attr-defined]
 
 
 def free_port() -> int:

@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchlib import starter_path
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
@@ -51,12 +53,6 @@ QUESTIONS = [
     "What should I read next about trains?",
     "Thank you! Any final thoughts?",
 ]
-
-
-def starter_path() -> Path:
-    import conftest  # the test suite's cached download of the starter
-
-    return conftest.starter_model.__wrapped__()  # type: ignore[attr-defined]
 
 
 def settings(tokens: int, threads: int | None) -> Any:
