@@ -33,7 +33,7 @@ from localllm import backend, templates
 from localllm.errors import InferenceError, InvalidModelError, UsageError
 from localllm.hardware import default_threads
 from localllm.profiles import Profile
-from localllm.promptcache import PromptCache, common_prefix
+from localllm.promptcache import PrefixStore, PromptCache, common_prefix
 from localllm.sampling import Sampler, watch_trigger
 from localllm.speculative import (
     SPECULATIVE_AUTO_MIN_PROMPT,
@@ -464,6 +464,7 @@ class Engine:
         self.draft: Engine | None = None  # a draft model for speculative decoding
         # Earlier prompts' KV states kept in memory (the server turns it on): see PromptCache.
         self.prompt_cache: PromptCache | None = None
+        self.prefix_store: PrefixStore | None = None  # open_engine sets it (localllm.promptcache)
         self._greedy: Any = None  # its greedy sampler, when this engine drafts for another
         meta = self._llm.metadata()
         self.info = ModelInfo(
@@ -727,6 +728,7 @@ class Engine:
         steering: Steering | None = None,
         special: bool = False,
         grammar_lazy_after: str | None = None,
+        shared_prefix: str | None = None,
     ) -> Iterator[Event]:
         """Stream the completion of ``prompt``: text events, then one :class:`Stats`.
 
@@ -734,7 +736,9 @@ class Engine:
         ``steering`` lets the consumer inject text between tokens. ``grammar`` (GBNF)
         constrains the tokens; with ``grammar_lazy_after`` only those after that text has
         appeared in the output (generated or injected), e.g. ``"</think>"``. A grammar that
-        does not parse is a :class:`UsageError`.
+        does not parse is a :class:`UsageError`. ``shared_prefix`` is text the prompt starts
+        with that every prompt of this session would (the template's opening, the system
+        prompt): with a :attr:`prefix_store` and an empty KV cache, its state comes from disk.
         """
         if self._llm.ctx is None:
             raise UsageError("this model was loaded for its vocabulary only")
@@ -747,6 +751,18 @@ class Engine:
                 f"the prompt is {len(tokens)} tokens but the context holds {n_ctx}",
                 hint="raise the context with --ctx N, or shorten the prompt",
             )
+        began = time.perf_counter()
+        evaluated = 0  # prompt tokens the prefix store evaluated (not cached, though in the KV)
+        store = self.prefix_store
+        if store is not None and shared_prefix and not self._kv and isinstance(prompt, str):
+            n = min(common_prefix(tokens, self.tokenize(shared_prefix)), len(tokens) - 1)
+            if n >= store.min_tokens:
+                try:
+                    if not store.prepare(self, tokens[:n]):
+                        evaluated = len(self._kv)
+                except BaseException:
+                    self._forget_after(0)
+                    raise
         if self.prompt_cache is not None:
             self.prompt_cache.prepare(self, tokens)
         seed = settings.seed if settings.seed is not None else random.getrandbits(31)
@@ -762,6 +778,8 @@ class Engine:
                 special,
                 grammar_lazy_after,
                 speculative,
+                began,
+                evaluated,
             )
         except GeneratorExit:  # the consumer stopped reading: the cache is consistent
             raise
@@ -781,6 +799,8 @@ class Engine:
         special: bool,
         trigger: str | None,
         speculative: str,
+        start: float,
+        evaluated: int = 0,
     ) -> Iterator[Event]:
         vocab = self._vocab
         is_eog = self._lib.llama_vocab_is_eog
@@ -793,7 +813,6 @@ class Engine:
         limit = settings.max_tokens
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stopper = StopMatcher(settings.stop)
-        start = time.perf_counter()
         first = last = start
         n = 0
         since_event = 0
@@ -934,7 +953,7 @@ class Engine:
                 yield TextEvent(tail, since_event)
         yield Stats(
             prompt_tokens=len(tokens),
-            cached_tokens=max(0, cached),
+            cached_tokens=max(0, cached - evaluated),
             generated_tokens=n,
             ttft_s=first - start,
             generation_s=last - first,

@@ -13,7 +13,8 @@ The protocol, over two pipes (frames: 4-byte length + pickle):
 
 * parent to child: ``("load", path, what, force, need_tokens)`` (``what``: LoadOptions, or a
   Profile the child plans the load for), ``("call", method, args, kwargs)``,
-  ``("gen", prompt, settings, grammar, special, lazy_after, asks)``, ``("close",)``;
+  ``("gen", prompt, settings, grammar, special, lazy_after, asks, shared_prefix)``,
+  ``("close",)``;
 * child to parent: ``("ok", value)``, ``("err", class, message, hint)``, and while generating
   ``("ask", events)`` / ``("end", events)``.
 
@@ -422,13 +423,16 @@ class EngineProcess:
         steering: Steering | None = None,
         special: bool = False,
         grammar_lazy_after: str | None = None,
+        shared_prefix: str | None = None,
     ) -> Iterator[Event]:
         """:meth:`Engine.generate` in the child: the same events, ``cancel`` asked and
         ``steering`` taken at the same points."""
         self._check()
         request = prompt if isinstance(prompt, str) else list(prompt)
         asks = cancel is not None or steering is not None
-        self._send(("gen", request, settings, grammar, special, grammar_lazy_after, asks))
+        self._send(
+            ("gen", request, settings, grammar, special, grammar_lazy_after, asks, shared_prefix)
+        )
         finished = False
         try:
             while True:
@@ -628,6 +632,7 @@ class _Child:
         special: bool,
         lazy_after: str | None,
         asks: bool,
+        shared_prefix: str | None = None,
     ) -> None:
         out = self.out
         pending: list[Any] = []  # text events as (text, tokens, injected): cheaper to pickle
@@ -661,6 +666,7 @@ class _Child:
                 steering=steering if asks else None,
                 special=special,
                 grammar_lazy_after=lazy_after,
+                shared_prefix=shared_prefix,
             ):
                 if type(event) is TextEvent:
                     pending.append((event.text, event.tokens, event.injected))

@@ -13,10 +13,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from localllm import fit, modelfile
+from localllm import fit, modelfile, paths
 from localllm.engine import Engine, LoadOptions, plan_load
 from localllm.errors import ResourceError, UsageError
 from localllm.profiles import Profile
+from localllm.promptcache import PrefixStore
 
 Warn = Callable[[str], None]
 
@@ -278,12 +279,14 @@ def open_engine(
         path, profile, vocab_only=vocab_only, force=force, warn=warn, need_tokens=need_tokens
     )
     planned = time.perf_counter() - start
+    store = None if vocab_only else PrefixStore.from_env(paths.prefix_cache_dir())
     warming = None if vocab_only else _warm_imports()
     try:
         engine = Engine(path, options)
     finally:
         if warming is not None:
             warming.join()  # done by now: the load takes longer than the imports
+    engine.prefix_store = store
     engine.load_phases.insert(0, ("read header + plan", planned))
     draft_ref = getattr(profile, "draft_model", None)
     if draft_ref and not vocab_only:  # naming a draft model turns draft-model speculation on

@@ -65,6 +65,11 @@ def conversations_dir() -> Path:
     return data_dir() / "conversations"
 
 
+def prefix_cache_dir() -> Path:
+    """Saved KV states of shared prompt prefixes (:class:`localllm.promptcache.PrefixStore`)."""
+    return cache_dir() / "prefixes"
+
+
 def downloads_dir() -> Path:
     """Partial downloads and their sidecars."""
     return cache_dir() / "downloads"

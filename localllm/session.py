@@ -24,6 +24,7 @@ from localllm import reasoning, structured
 from localllm import tools as tool_calls
 from localllm.engine import Engine, Stats, Steering, TextEvent
 from localllm.profiles import Profile
+from localllm.promptcache import common_prefix
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,29 @@ class ChatSession:
         """The exact prompt text for the next request (pre-filled text included)."""
         return self._render_plan(self.plan(user_text))
 
+    def _shared_prefix(self, plan: reasoning.PromptPlan, prompt: str) -> str | None:
+        """The start of ``prompt`` that no user's words shape: the template's opening and the
+        system prompt, up to the first user message. It is what ``prompt`` and two renders
+        with different stand-ins for that message (``A``, ``B``) have in common, so it stops
+        before the message's first character. The engine may keep its KV state on disk
+        (:class:`~localllm.promptcache.PrefixStore`). None when the engine already holds
+        tokens (only a fresh context starts from a stored prefix) or nothing is shared."""
+        messages = plan.messages
+        first = next((i for i, m in enumerate(messages) if m.get("role") == "user"), None)
+        if first is None or not self.is_chat or self.engine.n_kv:
+            return None
+        shared = len(prompt)
+        for stand_in in ("A", "B"):
+            probe = [*messages[:first], {**messages[first], "content": stand_in}]
+            try:
+                other = self.engine.render(
+                    probe, variables=plan.variables or None, chat_template=self.chat_template
+                )
+            except Exception:  # a template that refuses the stand-in costs only the store
+                return None
+            shared = min(shared, common_prefix(prompt, other))
+        return prompt[:shared] or None
+
     # -- one turn ------------------------------------------------------------------------
 
     def send(
@@ -181,14 +205,16 @@ class ChatSession:
             self.messages.append(entry)
 
         history = [i for m in self.messages for i in m.get("images", ())]
+        prompt = self._render_plan(plan)
         yield from self._turn(
             plan,
-            self._render_plan(plan),
+            prompt,
             cancel,
             grammar,
             record,
             [*history, *images],
             constraint=constraint,
+            shared=self._shared_prefix(plan, prompt),
         )
 
     def _with_images(self, text: str, images: Sequence[Any]) -> str:
@@ -261,7 +287,15 @@ class ChatSession:
         if parser is not None:
             parser.prime(prompt)
         yield from self._turn(
-            plan, prompt, cancel, grammar, None, images, constraint=constraint, parser=parser
+            plan,
+            prompt,
+            cancel,
+            grammar,
+            None,
+            images,
+            constraint=constraint,
+            parser=parser,
+            shared=self._shared_prefix(plan, prompt),
         )
 
     def complete(
@@ -287,6 +321,7 @@ class ChatSession:
         *,
         constraint: structured.Constraint | None = None,
         parser: tool_calls.ToolCallParser | None = None,
+        shared: str | None = None,
     ) -> Iterator[SessionEvent]:
         profile = self.profile
         lazy: dict[str, Any] = {}
@@ -348,6 +383,7 @@ class ChatSession:
                 grammar=grammar,
                 steering=steering,
                 special=plan.special,
+                shared_prefix=shared if isinstance(request, str) else None,
                 **lazy,
             ):
                 if isinstance(event, TextEvent):
