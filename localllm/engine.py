@@ -436,9 +436,9 @@ class Engine:
         try:
             if options.rpc:
                 with backend.capture_llama_log() as self.load_log:
-                    self._llm = _Native(lib, self.path, options)
+                    self._llm = Native(lib, self.path, options)
             else:
-                self._llm = _Native(lib, self.path, options)
+                self._llm = Native(lib, self.path, options)
         except ValueError as exc:
             if options.kv_cache_type != "f16" and "context" in str(exc):
                 raise InvalidModelError(
@@ -604,8 +604,38 @@ class Engine:
             return full
         return kv[:k] + tail
 
-    def _save_state(self) -> bytes | None:
-        """A copy of sequence 0's KV state (what :meth:`_load_state` puts back), or None."""
+    # -- the KV cache: the prompt caches, the drafters and the projector work through these --
+
+    @property
+    def kv_tokens(self) -> list[int]:
+        """The tokens the KV cache holds, in order (a copy; images are negative ids)."""
+        return list(self._kv)
+
+    @property
+    def native(self) -> Native:
+        """The loaded llama.cpp objects (``ctx``, ``model``, ``vocab``, ``memory``,
+        ``n_batch``), for the engine layer's own modules: the sampler chain and the projector
+        act on the same context."""
+        return self._llm
+
+    @property
+    def lib(self) -> Any:
+        """llama.cpp's C API (:func:`localllm.backend.llama_lib`) as this engine loaded it."""
+        return self._lib
+
+    def greedy_token(self) -> int:
+        """The most likely next token after the KV cache (a draft model's proposal)."""
+        if self._greedy is None:
+            self._greedy = self._lib.llama_sampler_init_greedy()
+        return int(self._lib.llama_sampler_sample(self._greedy, self._llm.ctx, -1))
+
+    def adopt_kv(self, tokens: Sequence[int]) -> None:
+        """Record that the KV cache now holds ``tokens``, evaluated outside the engine (the
+        projector's images and text)."""
+        self._kv[:] = list(tokens)
+
+    def save_kv(self) -> bytes | None:
+        """A copy of sequence 0's KV state (what :meth:`load_kv` puts back), or None."""
         lib, ctx = self._lib, self._llm.ctx
         size = lib.llama_state_seq_get_size(ctx, 0)
         if size <= 0:
@@ -614,10 +644,10 @@ class Engine:
         written = lib.llama_state_seq_get_data(ctx, buf, size, 0)
         return ctypes.string_at(buf, written) if written else None
 
-    def _load_state(self, tokens: Sequence[int], state: bytes) -> bool:
+    def load_kv(self, tokens: Sequence[int], state: bytes) -> bool:
         """Make the KV cache hold ``tokens`` from their saved ``state``; False (and an empty
         cache) when llama.cpp refuses it."""
-        self._forget_after(0)
+        self.keep_kv(0)
         lib = self._lib
         buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
         if lib.llama_state_seq_set_data(self._llm.ctx, buf, len(state), 0) != len(state):
@@ -626,7 +656,7 @@ class Engine:
         self._kv[:] = tokens
         return True
 
-    def _forget_after(self, n: int) -> int:
+    def keep_kv(self, n: int) -> int:
         """Keep the first ``n`` tokens of the KV cache; returns how many are kept."""
         if n >= len(self._kv) and n > 0:
             return len(self._kv)
@@ -641,7 +671,7 @@ class Engine:
 
     def reset(self) -> None:
         """Empty the KV cache (benchmarks: the next prompt is evaluated in full)."""
-        self._forget_after(0)
+        self.keep_kv(0)
 
     @property
     def n_kv(self) -> int:
@@ -669,7 +699,7 @@ class Engine:
                 )
         self.draft = draft
 
-    def _decode(self, tokens: Sequence[int], cancel: Callable[[], bool] | None = None) -> bool:
+    def evaluate(self, tokens: Sequence[int], cancel: Callable[[], bool] | None = None) -> bool:
         """Evaluate ``tokens`` after the KV cache's in chunks of ``n_batch``, logits for the
         last only. Returns False when ``cancel`` said stop between two chunks."""
         lib, llm = self._lib, self._llm
@@ -681,7 +711,7 @@ class Engine:
             arr = (ctypes.c_int32 * len(chunk))(*chunk)
             rc = lib.llama_decode(llm.ctx, lib.llama_batch_get_one(arr, len(chunk)))
             if rc != 0:
-                self._forget_after(len(self._kv))  # llama.cpp rolled the batch back
+                self.keep_kv(len(self._kv))  # llama.cpp rolled the batch back
                 raise InferenceError(
                     f"llama_decode failed (code {rc}) after {len(self._kv)} tokens"
                 )
@@ -712,7 +742,7 @@ class Engine:
         batch.n_tokens = len(tokens)
         rc = lib.llama_decode(llm.ctx, batch)
         if rc != 0:
-            self._forget_after(0)
+            self.keep_kv(0)
             raise InferenceError(f"llama_decode failed (code {rc}) verifying a draft")
         self._kv.extend(tokens)
 
@@ -761,7 +791,7 @@ class Engine:
                     if not store.prepare(self, tokens[:n]):
                         evaluated = len(self._kv)
                 except BaseException:
-                    self._forget_after(0)
+                    self.keep_kv(0)
                     raise
         if self.prompt_cache is not None:
             self.prompt_cache.prepare(self, tokens)
@@ -784,7 +814,7 @@ class Engine:
         except GeneratorExit:  # the consumer stopped reading: the cache is consistent
             raise
         except BaseException:  # Ctrl-C may land between a decode and its bookkeeping
-            self._forget_after(0)
+            self.keep_kv(0)
             raise
         finally:
             sampler.close()
@@ -809,7 +839,7 @@ class Engine:
         cached = common_prefix(self._kv, tokens)
         if cached == len(tokens):
             cached -= 1  # the last prompt token is evaluated again to get fresh logits
-        cached = self._forget_after(cached)
+        cached = self.keep_kv(cached)
         limit = settings.max_tokens
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stopper = StopMatcher(settings.stop)
@@ -840,7 +870,7 @@ class Engine:
         base = vpos = 0
         drafted = accepted = 0
         try:
-            if not self._decode(tokens[cached:], cancel):
+            if not self.evaluate(tokens[cached:], cancel):
                 reason = "cancelled"
             token = sample() if reason != "cancelled" else -1
             while reason != "cancelled":
@@ -893,10 +923,10 @@ class Engine:
                         reason = "context"
                         break
                     if in_kv:  # drop the rest of the draft: the injection comes first
-                        self._forget_after(base + vpos + 1)
-                        self._decode(injected)
+                        self.keep_kv(base + vpos + 1)
+                        self.evaluate(injected)
                     else:
-                        self._decode([token, *injected])
+                        self.evaluate([token, *injected])
                     sampler.accept_injected(injected)
                     if drafter is not None:
                         drafter.extend([token, *injected])
@@ -911,7 +941,7 @@ class Engine:
                         vpos += 1
                         accepted += 1
                     else:
-                        self._forget_after(base + vpos + 1)
+                        self.keep_kv(base + vpos + 1)
                         in_kv = False
                         drafter.verified(vpos, len(batch) - 1)  # type: ignore[union-attr]
                     continue
@@ -941,10 +971,10 @@ class Engine:
                     accepted += 1
                     in_kv = True
                 else:
-                    self._forget_after(base + 1)
+                    self.keep_kv(base + 1)
                     drafter.verified(0, len(batch) - 1)  # type: ignore[union-attr]
             if in_kv:  # as plain decoding: the last sampled token is not in the cache
-                self._forget_after(base + vpos)
+                self.keep_kv(base + vpos)
         except (RuntimeError, OSError) as exc:
             raise InferenceError(f"generation failed: {exc}") from exc
         if not hit:
@@ -996,7 +1026,7 @@ class Engine:
 _KV_GGML_TYPES: dict[str, int] = {"f16": 1, "q4_0": 2, "q8_0": 8}
 
 
-class _Native:
+class Native:
     """A llama.cpp model and its context, owned through the C API."""
 
     def __init__(self, lib: Any, path: Path, options: LoadOptions) -> None:
@@ -1108,7 +1138,7 @@ def bench_prompt(engine: Engine, tokens: Sequence[int]) -> float:
     """Seconds to evaluate ``tokens`` into an empty context (prompt processing)."""
     engine.reset()
     start = time.perf_counter()
-    engine._decode(list(tokens))
+    engine.evaluate(list(tokens))
     return time.perf_counter() - start
 
 

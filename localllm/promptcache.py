@@ -5,9 +5,9 @@ not evaluate their whole prompt again (llama-server's ``--cache-ram``); and
 opening and the system prompt) kept on disk, so that a fresh process does not evaluate it
 again (llama-cli's ``--prompt-cache``, for the shared part only).
 
-Not for the KV cache of the running context itself, which the engine keeps (its ``_kv``
-tokens, ``_forget_after``, ``_save_state``/``_load_state``); this module decides which saved
-state to put back, through those.
+Not for the KV cache of the running context itself, which the engine keeps (its
+``kv_tokens``, ``keep_kv``, ``save_kv``/``load_kv``); this module decides which saved state
+to put back, through those.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class PromptCache:
 
     def prepare(self, engine: Engine, tokens: Sequence[int]) -> None:
         """Save the KV cache if ``tokens`` would cut it; load the best saved state."""
-        kv = engine._kv
+        kv = engine.kv_tokens
         if any(t < 0 for t in tokens) or any(t < 0 for t in kv):
             return
         here = common_prefix(kv, tokens)
@@ -70,12 +70,12 @@ class PromptCache:
             return
         self.entries = [e for e in self.entries if e is not chosen]  # it lives in the KV now
         tokens_saved, state = chosen
-        if engine._load_state(tokens_saved, state):
+        if engine.load_kv(tokens_saved, state):
             self.hits += 1
 
     def _store(self, engine: Engine) -> None:
-        kv = list(engine._kv)
-        state = engine._save_state()
+        kv = engine.kv_tokens
+        state = engine.save_kv()
         if state is None or len(state) > self.limit_bytes:
             return
         # a state this one extends is of no more use
@@ -157,7 +157,7 @@ class PrefixStore:
         o = engine.options
         model = engine.path.resolve()
         st = model.stat()
-        lib = getattr(getattr(engine._lib, "_lib", None), "_name", "") or ""
+        lib = getattr(getattr(engine.lib, "_lib", None), "_name", "") or ""  # the CDLL's path
         try:
             lib_st = os.stat(lib)
             lib_id = [lib, lib_st.st_size, lib_st.st_mtime_ns]
@@ -179,13 +179,13 @@ class PrefixStore:
         except OSError:
             return 0
         state = self._read(path, tokens)
-        if state is not None and engine._load_state(list(tokens), state):
+        if state is not None and engine.load_kv(list(tokens), state):
             self.hits += 1
             with contextlib.suppress(OSError):
                 os.utime(path)  # recently used: evicted last
             return len(tokens)
-        engine._decode(list(tokens))  # its own batch, as on a hit (see the class docstring)
-        self._write(path, tokens, engine._save_state())
+        engine.evaluate(list(tokens))  # its own batch, as on a hit (see the class docstring)
+        self._write(path, tokens, engine.save_kv())
         return 0
 
     def _read(self, path: Path, tokens: Sequence[int]) -> bytes | None:

@@ -44,9 +44,9 @@ class Sampler:
     def __init__(
         self, engine: Engine, settings: Profile, seed: int, grammar: str | None, lazy: bool
     ) -> None:
-        lib = engine._lib
+        lib = engine.lib
         self._lib = lib
-        self._ctx = engine._llm.ctx
+        self._ctx = engine.native.ctx
         self._settings = settings
         self._seed = seed
         params = lib.llama_sampler_chain_default_params()
@@ -159,9 +159,9 @@ def _tail_samplers(lib: Any, settings: Profile, seed: int) -> list[Any]:
 def _parse_grammar(engine: Engine, grammar: str) -> Any:
     """A grammar sampler for ``grammar`` (GBNF, root rule ``root``), or a UsageError that
     quotes llama.cpp's own complaint."""
-    lib = engine._lib
+    lib = engine.lib
     with backend.capture_llama_log() as lines:
-        smpl = lib.llama_sampler_init_grammar(engine._vocab, grammar.encode("utf-8"), b"root")
+        smpl = lib.llama_sampler_init_grammar(engine.native.vocab, grammar.encode("utf-8"), b"root")
     if not smpl:
         said = "; ".join(
             line.strip() for line in lines if line.strip() and "failed to parse" not in line

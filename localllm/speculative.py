@@ -151,9 +151,6 @@ class ModelDrafter(NgramDrafter):
         super().__init__((), size)
         self.engine = draft
         self.history = list(tokens)
-        if draft._greedy is None:
-            draft._greedy = draft._lib.llama_sampler_init_greedy()
-        self._greedy = draft._greedy
 
     def extend(self, tokens: Sequence[int]) -> None:
         self.history.extend(tokens)
@@ -164,17 +161,16 @@ class ModelDrafter(NgramDrafter):
         most = min(most, room - len(history))
         if most <= 0 or len(history) >= room:
             return []
-        cached = common_prefix(e._kv, history)
+        cached = common_prefix(e.kv_tokens, history)
         if cached == len(history):
             cached -= 1
-        e._forget_after(cached)
-        e._decode(history[e.n_kv :])
-        sample = e._lib.llama_sampler_sample
+        e.keep_kv(cached)
+        e.evaluate(history[e.n_kv :])
         out: list[int] = []
         for i in range(most):
-            token = int(sample(self._greedy, e._llm.ctx, -1))
+            token = e.greedy_token()
             out.append(token)
             if e.is_end_of_generation(token) or i + 1 == most:
                 break
-            e._decode_one(token)
+            e.evaluate((token,))
         return out

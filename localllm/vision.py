@@ -94,68 +94,13 @@ def _last_error() -> str:
     return lines[-1] if lines else ""
 
 
-# -- the engine's internals, for both token loops ----------------------------------------
-#
-# Main's engine wraps llama_cpp.Llama (``_llm._ctx.ctx``, ``_llm.input_ids``/``n_tokens``);
-# the low-level engine keeps a native context (``_llm.ctx``) and the cached tokens in ``_kv``.
-
-
-def _model_ptr(engine: Any) -> Any:
-    llm = engine._llm
-    inner = getattr(llm, "_model", None)
-    return inner.model if inner is not None and hasattr(inner, "model") else llm.model
-
-
-def _ctx_ptr(engine: Any) -> Any:
-    llm = engine._llm
-    inner = getattr(llm, "_ctx", None)
-    return inner.ctx if inner is not None and hasattr(inner, "ctx") else llm.ctx
-
-
-def _n_batch(engine: Any) -> int:
-    return int(getattr(engine._llm, "n_batch", None) or engine.options.n_batch)
-
-
-def _cached(engine: Any) -> list[int]:
-    if hasattr(engine, "_kv"):
-        return list(engine._kv)
-    llm = engine._llm
-    return [int(t) for t in llm.input_ids[: llm.n_tokens]]
-
-
-def _keep(engine: Any, n: int) -> int:
-    """Forget the KV cache after its first ``n`` positions; returns how many are kept."""
-    if hasattr(engine, "_forget_after"):
-        if n == 0:
-            engine._forget_after(0)
-            return 0
-        return int(engine._forget_after(n))
-    llm = engine._llm
-    if n == 0 or not llm._ctx.kv_cache_seq_rm(-1, n, -1):
-        llm.reset()
-        llm._ctx.kv_cache_clear()
-        return 0
-    llm.n_tokens = n
-    return n
-
-
-def _record(engine: Any, tokens: Sequence[int]) -> None:
-    """Tell the engine the KV cache now holds ``tokens`` (placeholders for images)."""
-    if hasattr(engine, "_kv"):
-        engine._kv[:] = list(tokens)
-        return
-    llm = engine._llm
-    llm.input_ids[: len(tokens)] = tokens
-    llm.n_tokens = len(tokens)
-
-
 def forget_images(engine: Any) -> None:
     """Cut the engine's KV cache before its first image, before a prompt of text alone: the
     engine may read its cached tokens back as text, and an image placeholder has none."""
-    cached = _cached(engine)
+    cached = engine.kv_tokens
     first = next((i for i, t in enumerate(cached) if t < 0), None)
     if first is not None:
-        _keep(engine, first)
+        engine.keep_kv(first)
 
 
 def placeholder(image_id: str) -> int:
@@ -209,7 +154,7 @@ class Projector:
         params.media_marker = self._marker
         self._params = params
         _logs["tail"].clear()
-        ctx = mtmd_cpp.mtmd_init_from_file(str(self.path).encode(), _model_ptr(engine), params)
+        ctx = mtmd_cpp.mtmd_init_from_file(str(self.path).encode(), engine.native.model, params)
         if not ctx:
             raise self._refused(gf)
         self._m = mtmd_cpp
@@ -292,9 +237,9 @@ class Projector:
             # BOS as the engine adds it: per the model's metadata, never twice (a chat
             # template that writes the BOS text already gives one).
             bos = engine.info.bos_token
-            text.add_special = bool(engine._lib.llama_vocab_get_add_bos(engine._vocab)) and not (
-                bos and prompt.startswith(bos)
-            )
+            text.add_special = bool(
+                engine.lib.llama_vocab_get_add_bos(engine.native.vocab)
+            ) and not (bos and prompt.startswith(bos))
             text.parse_special = True
             arr = (m.mtmd_bitmap_p_ctypes * max(1, len(bitmaps)))(*bitmaps)
             rc = m.mtmd_tokenize(self._ctx, chunks, ctypes.byref(text), arr, len(bitmaps))
@@ -343,7 +288,7 @@ class Projector:
         stats.text_tokens = len(tokens) - stats.image_tokens
         # Keep the cached prefix up to the first chunk that differs, then evaluate the rest
         # chunk by chunk, all but the prompt's last token (the engine evaluates that one).
-        cached = _cached(engine)
+        cached = engine.kv_tokens
         start = 0
         keep = 0
         for _chunk, toks in layout:
@@ -359,14 +304,14 @@ class Projector:
             start += len(toks)
             keep = start
         keep = min(keep, len(tokens) - 1)
-        kept = _keep(engine, keep)
+        kept = engine.keep_kv(keep)
         if kept != keep:
-            kept = _keep(engine, 0)
+            kept = engine.keep_kv(0)
         n_past = kept
         stats.cached = kept
         t_start = time.perf_counter()
-        n_batch = _n_batch(engine)
-        lctx = _ctx_ptr(engine)
+        n_batch = engine.native.n_batch
+        lctx = engine.native.ctx
         done: list[int] = tokens[:kept]
         try:
             pos = 0
@@ -376,7 +321,7 @@ class Projector:
                     pos = end
                     continue
                 if cancel is not None and cancel():
-                    _record(engine, done)
+                    engine.adopt_kv(done)
                     return None
                 is_image = bool(toks) and toks[0] < 0
                 if is_image:
@@ -402,10 +347,10 @@ class Projector:
                         done.extend(todo)
                 pos = end
         except BaseException:
-            _record(engine, [])
-            _keep(engine, 0)
+            engine.adopt_kv([])
+            engine.keep_kv(0)
             raise
-        _record(engine, done)
+        engine.adopt_kv(done)
         stats.prefill_s = time.perf_counter() - t_start
         self.stats = stats
         return tokens

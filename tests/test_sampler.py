@@ -103,7 +103,7 @@ def test_next_prompt_reuses_the_generated_token_ids(engine: Engine) -> None:
         engine, first, Profile(temperature=0.0, max_tokens=64), grammar=literal(answer)
     )
     assert text == answer and stats.stop_reason == "stop"
-    kv = list(engine._kv)
+    kv = engine.kv_tokens
     generated = kv[len(engine.tokenize(first)) :]
     # the grammar made the random model spell the answer in pieces the tokenizer would merge
     assert generated != engine.tokenize(answer, add_bos=False)
@@ -148,7 +148,7 @@ def test_injected_text_joins_the_context_without_a_new_pass(engine: Engine) -> N
     assert [e.text for e in injected] == [" [note] "]
     stats = events[-1]
     assert isinstance(stats, Stats) and stats.generated_tokens == 6
-    kv_text = engine.detokenize(engine._kv, special=True)
+    kv_text = engine.detokenize(engine.kv_tokens, special=True)
     assert " [note] " in kv_text  # the model read what was injected
 
 
@@ -161,7 +161,7 @@ def test_chat_turns_reuse_the_answer_tokens(engine: Engine) -> None:
     answer = "hello world, hello world"
     list(chat.send("say it", grammar=literal(answer)))
     assert chat.last_turn.answer == answer
-    kv = len(engine._kv)
+    kv = engine.n_kv
     list(chat.send("and then?"))
     stats = chat.last_turn.stats
     assert stats is not None

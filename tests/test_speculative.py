@@ -44,7 +44,7 @@ def generate(engine: Engine, prompt: str, settings: Profile, inject_at: int | No
         else:
             stats = event
     assert isinstance(stats, Stats)
-    return texts, stats, list(engine._kv)
+    return texts, stats, engine.kv_tokens
 
 
 def both(engine: Engine, prompt: str, settings: Profile, **kw):
@@ -150,7 +150,7 @@ def test_interrupt_during_a_verified_draft_leaves_a_usable_engine(engine: Engine
     with pytest.raises(KeyboardInterrupt):
         for _ in engine.generate(prompt, settings, cancel=interrupt, grammar=literal(PASSAGE)):
             pass
-    assert engine._kv == []
+    assert engine.kv_tokens == []
     again = [e for e in engine.generate(prompt, settings, grammar=literal(PASSAGE))]
     assert "".join(e.text for e in again if isinstance(e, TextEvent)) == PASSAGE
 

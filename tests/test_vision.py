@@ -156,10 +156,10 @@ def test_a_text_request_after_an_image_request(loaded, vision_dir) -> None:
     eng, proj = loaded
     session = ChatSession(eng, settings(max_tokens=30), projector=proj)
     answer(session, "Describe", [image(vision_dir, "red.png")], grammar=FORCED)
-    assert any(t < 0 for t in vision._cached(eng))
+    assert any(t < 0 for t in eng.kv_tokens)
     events = list(session.respond([{"role": "user", "content": "hi"}], grammar=FORCED))
     assert "".join(e.text for e in events if isinstance(e, AnswerText)) == "a red square"
-    assert all(t >= 0 for t in vision._cached(eng))
+    assert all(t >= 0 for t in eng.kv_tokens)
 
 
 def test_stop_strings_apply_after_an_image(loaded, vision_dir) -> None:
@@ -195,7 +195,7 @@ def test_ctrl_c_during_image_encoding_clears_the_cache(loaded, vision_dir) -> No
 
     with pytest.raises(KeyboardInterrupt):
         proj.prefill(prompt, [red, blue], cancel=interrupt)
-    assert vision._cached(eng) == []
+    assert eng.kv_tokens == []
     tokens = proj.prefill(prompt, [red, blue])
     assert proj.stats.encoded == 2
     events = list(eng.generate(tokens, settings(max_tokens=20), grammar=FORCED))
