@@ -788,7 +788,7 @@ class Engine:
             n = min(common_prefix(tokens, self.tokenize(shared_prefix)), len(tokens) - 1)
             if n >= store.min_tokens:
                 try:
-                    if not store.prepare(self, tokens[:n]):
+                    if not store.prepare(self, tokens[:n], cancel):
                         evaluated = len(self._kv)
                 except BaseException:
                     self.keep_kv(0)

@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -108,7 +108,7 @@ class PrefixStore:
     and read back after (about 1 ms for 0.5 MB).
 
     What reaches the disk: only a prefix the session marks as shared (it ends before the first
-    user message, see :meth:`Session.shared_prefix <localllm.session.Session>`), as tokens and
+    user message: ``ChatSession._shared_prefix`` in :mod:`localllm.session`), as tokens and
     their KV cells, in files only the user may read. Each file is named by a hash of the
     model file, the llama.cpp library, the load options that shape the KV cells and the tokens;
     it also holds the tokens, which must match, and a CRC-32 of the state, since llama.cpp
@@ -144,7 +144,7 @@ class PrefixStore:
             megabytes = float(value)
         except ValueError:
             megabytes = -1.0
-        if megabytes < 0 or megabytes != megabytes:  # NaN too
+        if not 0 <= megabytes < float("inf"):  # NaN fails both
             raise UsageError(
                 f"{PREFIX_CACHE_ENV}={value!r} is not a size",
                 hint="set it to the megabytes of prompt-prefix states to keep on disk "
@@ -168,10 +168,13 @@ class PrefixStore:
         ident = [str(model), st.st_size, st.st_mtime_ns, lib_id, shape, list(tokens)]
         return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:32] + ".kv"
 
-    def prepare(self, engine: Engine, tokens: Sequence[int]) -> int:
+    def prepare(
+        self, engine: Engine, tokens: Sequence[int], cancel: Callable[[], bool] | None = None
+    ) -> int:
         """Make ``engine``'s empty KV cache hold ``tokens``: their state read from disk, or
         evaluated and written there. Returns how many came from disk (0 on a miss, and when
-        ``tokens`` are too few to be worth a file)."""
+        ``tokens`` are too few to be worth a file). ``cancel`` is asked between batches of a
+        long prefix; a cancelled evaluation is not written."""
         if len(tokens) < self.min_tokens or engine.n_kv or any(t < 0 for t in tokens):
             return 0
         try:
@@ -184,8 +187,9 @@ class PrefixStore:
             with contextlib.suppress(OSError):
                 os.utime(path)  # recently used: evicted last
             return len(tokens)
-        engine.evaluate(list(tokens))  # its own batch, as on a hit (see the class docstring)
-        self._write(path, tokens, engine.save_kv())
+        # its own batch, as on a hit (see the class docstring)
+        if engine.evaluate(list(tokens), cancel):
+            self._write(path, tokens, engine.save_kv())
         return 0
 
     def _read(self, path: Path, tokens: Sequence[int]) -> bytes | None:

@@ -96,16 +96,17 @@ def test_off_keeps_nothing_and_a_bad_value_is_a_usage_error(starter_model: Path)
     assert out["stats"]["cached_tokens"] == 0 and stored() == []
     out = run_json(starter_model, "Hello", env={"LOCALLLM_PREFIX_CACHE": "0"})
     assert stored() == []
-    proc = subprocess.run(
-        [sys.executable, "-m", "localllm", "run", "-m", str(starter_model), "Hello"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "LOCALLLM_PREFIX_CACHE": "lots"},
-    )
-    assert proc.returncode == 2
-    assert "LOCALLLM_PREFIX_CACHE='lots' is not a size" in proc.stderr
-    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    for bad in ("lots", "-5", "inf", "nan"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "localllm", "run", "-m", str(starter_model), "Hello"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "LOCALLLM_PREFIX_CACHE": bad},
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert f"LOCALLLM_PREFIX_CACHE={bad!r} is not a size" in proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
 def test_a_model_in_a_child_process_uses_the_store_too(starter_model: Path) -> None:
