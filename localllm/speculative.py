@@ -10,6 +10,7 @@ draft with the same sampler plain decoding uses, so the output does not change.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -29,14 +30,21 @@ class NgramDrafter:
     proposed as the next ones. Answers that copy from their prompt (edits, extraction,
     summaries with quotes) then verify several tokens per decode.
 
-    An index from each 2-, 3- and 4-gram to the end of its latest occurrence makes a lookup a
-    few dictionary probes; the longest n-gram that occurred before wins. Drafting stops for the
-    rest of a generation when fewer than a quarter of the drafted tokens were accepted after
-    :attr:`PROBE` of them: a failing draft costs a wider decode for nothing.
+    An index from each 2-, 3- and 4-gram to the ends of its occurrences makes a lookup a few
+    dictionary probes; the longest n-gram that occurred before wins, at its latest occurrence.
+    Once a draft came from a passage, the next ones follow that passage as long as the answer
+    does (see :meth:`draft`), and pick it up again after the answer spelt a token otherwise.
+    Drafting stops for the rest of a generation when fewer than a quarter of the drafted
+    tokens were accepted after :attr:`PROBE` of them: a failing draft costs a wider decode
+    for nothing.
     """
 
     NGRAMS = (4, 3, 2)
     PROBE = 32
+    RESYNC = 8  # how far from where the answer left a passage a draft may pick it up
+    # A passage just found (looked up, or picked up again) gets a short draft first: most
+    # rejected drafts come right there, and a long one costs a long verify for nothing.
+    FRESH = 4
 
     def __init__(
         self,
@@ -47,7 +55,7 @@ class NgramDrafter:
         adaptive: bool = False,
     ) -> None:
         self.history: list[int] = []
-        self._index: dict[tuple[int, ...], int] = {}
+        self._index: dict[tuple[int, ...], list[int]] = {}  # n-gram -> ends, in order
         self._indexed = 0
         self.size = size
         self.active = True
@@ -62,6 +70,9 @@ class NgramDrafter:
         self._slope = 0.6
         self._hits = 2.0
         self._misses = 1.0
+        # the passage the last draft came from: (its start, the history length then)
+        self._source: tuple[int, int] | None = None
+        self._left: tuple[int, int] | None = None  # where the answer left that passage
         self.extend(tokens)
 
     def extend(self, tokens: Sequence[int]) -> None:
@@ -72,7 +83,7 @@ class NgramDrafter:
         for stop in range(self._indexed + 1, end + 1):
             for n in self.NGRAMS:
                 if stop >= n:
-                    index[tuple(history[stop - n : stop])] = stop
+                    index.setdefault(tuple(history[stop - n : stop]), []).append(stop)
         self._indexed = max(self._indexed, end)
 
     def keep_going(self, drafted: int, accepted: int) -> bool:
@@ -129,16 +140,52 @@ class NgramDrafter:
             self.active = False
 
     def draft(self, most: int) -> list[int]:
-        """Up to ``most`` tokens that followed the current n-gram where it last occurred."""
+        """Up to ``most`` tokens: where the answer goes on copying the passage the last draft
+        came from, what follows there; else what followed the current n-gram where it last
+        occurred.
+
+        Following the passage matters when the copied text repeats itself: in a code file
+        whose functions share a block, the n-gram before each ``return`` last occurred in
+        the previous function's copy, whose next tokens are wrong here, while the passage
+        being copied knows which function this is."""
         history = self.history
         end = len(history)
         self._index_upto(end - 1)  # every earlier occurrence, never the current one
+        if self._source is not None:
+            start, at = self._source
+            src = start + end - at  # where the passage is now, had the answer kept copying
+            n = min(self.NGRAMS[0], src)
+            if n and src < end and history[src - n : src] == history[end - n : end]:
+                self._source = (src, end)
+                return history[src : src + most]
+            self._source = None
+            self._left = (src, end)
+        if self._left is not None:
+            # The answer left the passage a few tokens ago, often only to spell it with other
+            # tokens (one blank line as "\n" "\n" where the passage has "\n\n" "\n"): pick
+            # the passage up again after the nearest token like the answer's last one.
+            src, at = self._left
+            here = src + end - at  # where the passage would be, had the answer kept pace
+            if end - at > 4 * self.RESYNC:
+                self._left = None  # the answer has moved on
+            last = history[end - 1]
+            for j in range(max(1, here - self.RESYNC), min(end, here + self.RESYNC)):
+                if history[j - 1] == last:
+                    self._source = (j, end)
+                    return history[j : j + min(most, self.FRESH)]
         for n in self.NGRAMS:
             if end < n:
                 continue
-            found = self._index.get(tuple(history[end - n :]))
-            if found is not None:
-                return history[found : found + most]
+            ends = self._index.get(tuple(history[end - n :]))
+            if ends:
+                # the passage's next occurrence, else the latest one
+                later = len(ends)
+                if self._left is not None:
+                    later = bisect.bisect_left(ends, self._left[0] - self.NGRAMS[0])
+                found = ends[later] if later < len(ends) else ends[-1]
+                self._source = (found, end)
+                self._left = None
+                return history[found : found + min(most, self.FRESH)]
         return []
 
 

@@ -212,6 +212,32 @@ def test_the_drafter_prefers_the_longest_and_latest_match() -> None:
     assert drafter.draft(3) == []
 
 
+def test_the_drafter_follows_the_passage_being_copied() -> None:
+    """Two functions share a block longer than any n-gram; while the answer copies the
+    second, the n-gram at the block's end last occurred in the answer's copy of the first
+    (followed by 20), but the passage being copied goes on with 21."""
+    block = [1, 2, 3, 4, 5]
+    prompt = [10, 11, *block, 20, 12, 13, *block, 21]
+    drafter = NgramDrafter([*prompt, 10, 11, *block, 20, 12, 13])
+    assert drafter.draft(2) == [1, 2]  # looked up: the prompt's second function
+    drafter.extend([1, 2, 3])  # both accepted, and the next token
+    assert drafter.draft(1) == [4]
+    drafter.extend([4, 5])
+    assert drafter.draft(2) == [21, 10]  # "2 3 4 5" last came before 20
+
+
+def test_the_drafter_picks_a_passage_up_again_after_a_respelt_token() -> None:
+    """The answer writes the passage's 35 as another token (99, say "\n\n" for "\n" "\n");
+    after its next token, which the passage has, drafting goes on from there."""
+    passage = list(range(30, 42))
+    drafter = NgramDrafter([*passage, 30, 31, 32, 33])
+    assert drafter.draft(4) == [34, 35, 36, 37]
+    drafter.extend([34, 99])  # 34 accepted, then the answer's own token
+    assert drafter.draft(4) == []  # 99 occurs nowhere before
+    drafter.extend([36])
+    assert drafter.draft(4) == [37, 38, 39, 40]
+
+
 def test_speculative_equals_plain_on_the_starter_model(starter_model: Path) -> None:
     text = (
         "Rewrite this code, renaming `area` to `rectangle_area`. Output only the code.\n\n"
