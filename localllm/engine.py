@@ -673,6 +673,16 @@ class Engine:
         """Empty the KV cache (benchmarks: the next prompt is evaluated in full)."""
         self.keep_kv(0)
 
+    def renew_context(self, n_ctx: int) -> None:
+        """A fresh context of ``n_ctx`` tokens in place of this one (same threads, batch
+        sizes, KV cache type), its KV cache empty: ``localllm bench`` runs each test in a
+        context sized for it, as llama-bench does. Costs about what creating the context
+        at load did, not a model load."""
+        if self._llm.ctx is None:
+            raise UsageError("this model was loaded for its vocabulary only")
+        self._kv.clear()
+        self._llm.new_context(n_ctx)
+
     @property
     def n_kv(self) -> int:
         """Tokens in the KV cache."""
@@ -1051,9 +1061,19 @@ class Native:
             raise ValueError("failed to load the model")
         self.model = model
         self.vocab = lib.llama_model_get_vocab(model)
-        n_batch = min(options.n_batch, options.n_ctx)
+        self._options = options
+        self.new_context(options.n_ctx)
+
+    def new_context(self, n_ctx: int) -> None:
+        """Create the context (freeing one there was) for ``n_ctx`` tokens, with the load
+        options' threads, batch sizes, flash attention and KV cache type."""
+        lib, model, options = self._lib, self.model, self._options
+        if self.ctx is not None:
+            lib.llama_free(self.ctx)
+            self.ctx = None
+        n_batch = min(options.n_batch, n_ctx)
         cp = lib.llama_context_default_params()
-        cp.n_ctx = options.n_ctx
+        cp.n_ctx = n_ctx
         cp.n_batch = n_batch
         cp.n_ubatch = min(options.n_ubatch, n_batch)
         cp.n_threads = options.n_threads

@@ -174,3 +174,23 @@ def test_stop_matcher_is_independent_of_chunking(
     assert run_matcher(stops, chunks) == whole
     first = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
     assert whole == ((text[:first], True) if first >= 0 else (text, False))
+
+
+def test_a_renewed_context_is_empty_of_the_size_asked_and_decodes_the_same(
+    tiny_model: Path,
+) -> None:
+    """``localllm bench`` runs each test in a context sized for it (``renew_context``)."""
+    eng = load(tiny_model, n_ctx=512)
+    fresh = load(tiny_model, n_ctx=128)
+    try:
+        list(eng.generate("hello there", GREEDY))
+        assert eng.n_kv > 0
+        eng.renew_context(128)
+        assert eng.n_kv == 0
+        assert eng.n_ctx == fresh.n_ctx < 512  # llama.cpp may pad 128 (to 256 here)
+        renewed, _ = collect(eng.generate("hello there", GREEDY))
+        expected, _ = collect(fresh.generate("hello there", GREEDY))
+        assert renewed == expected
+    finally:
+        eng.close()
+        fresh.close()
