@@ -21,7 +21,8 @@ the loop's own cost per token, and what sampling adds to it.
 The "grounded" contender (skip with --no-grounded) has the engine rewrite a code file with one
 change, greedy, with n-gram speculation and without, and reports decode tokens/s of both
 against native tg (goal with speculation: >= 1.5x native tg128) and whether the two outputs
-are identical.
+are identical. It also answers the same long prompt with a poem, where drafts fail, with
+``speculative: auto`` and off (goal: auto >= 0.95x off).
 """
 
 from __future__ import annotations
@@ -174,6 +175,26 @@ def grounded_worker(a: argparse.Namespace) -> None:
         if mode == "ngram":
             out["accept"] = stats.accepted_tokens / max(1, stats.drafted_tokens)
     out["same"] = float(texts["off"] == texts["ngram"])
+    # Where drafts fail: the same long prompt (so speculative: auto drafts), an answer that
+    # does not copy it; auto's acceptance and speed checks should turn drafting off.
+    free = engine.render([{"role": "user", "content": code + "\n\nForget the code above. "
+                           "Write a short poem about the sea."}])  # fmt: skip
+    free_texts = {}
+    for mode in ("off", "auto"):
+        engine.reset()
+        settings = Profile(temperature=0.0, max_tokens=max(a.n, 128), speculative=mode)
+        parts, stats = [], None
+        for event in engine.generate(free, settings):
+            if isinstance(event, TextEvent):
+                parts.append(event.text)
+            elif isinstance(event, Stats):
+                stats = event
+        assert stats is not None
+        free_texts[mode] = "".join(parts)
+        out["free_" + mode] = stats.tokens_per_s
+        if mode == "auto":
+            out["free_accept"] = stats.accepted_tokens / max(1, stats.drafted_tokens)
+    out["free_same"] = float(free_texts["off"] == free_texts["auto"])
     print(json.dumps(out))
 
 
@@ -417,6 +438,12 @@ def main() -> None:
         accept = statistics.median(r.get("accept", 0.0) for r in runs["grounded"])
         print(f"  grounded outputs identical with and without speculation: {same}; "
               f"draft acceptance {accept:.0%}")  # fmt: skip
+    ratio("drafts fail (poem after the code), auto / off", "grounded", "grounded", "free_auto",
+          "free_off", 0.95)  # fmt: skip
+    if runs["grounded"] and "free_same" in runs["grounded"][0]:
+        same = all(r.get("free_same") == 1.0 for r in runs["grounded"])
+        accept = statistics.median(r.get("free_accept", 0.0) for r in runs["grounded"])
+        print(f"  poem outputs identical with auto and off: {same}; draft acceptance {accept:.0%}")
 
 
 if __name__ == "__main__":
