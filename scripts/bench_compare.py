@@ -148,53 +148,45 @@ def run_grounded(model: Path, a: argparse.Namespace) -> dict[str, float]:
 
 def grounded_worker(a: argparse.Namespace) -> None:
     """A grounded task through Engine.generate: rewrite ~400 tokens of code renaming one
-    function, greedy, speculation off and on (fresh cache each), decode tokens/s of each."""
+    function, greedy, speculation off and on (fresh cache each), decode tokens/s of each.
+    Then a task where drafts fail: the same long prompt (so ``speculative: auto`` drafts)
+    answered with a poem, auto against off: its acceptance and speed checks should turn
+    drafting off."""
     from localllm.engine import Engine, LoadOptions, Stats, TextEvent
     from localllm.profiles import Profile
 
     code = GROUNDED_CODE
     engine = Engine(a.model, LoadOptions(n_ctx=2048, n_threads=a.threads, n_gpu_layers=0))
-    prompt = engine.render([{"role": "user", "content": "Rewrite this code, renaming "
-                             "`area` to `rectangle_area`. Output only the code.\n\n"
-                             + code}])  # fmt: skip
     out: dict[str, float] = {}
-    texts = {}
-    for mode in ("off", "ngram"):
-        engine.reset()
-        settings = Profile(temperature=0.0, max_tokens=max(a.n, 256), speculative=mode)
-        parts, stats = [], None
-        for event in engine.generate(prompt, settings):
-            if isinstance(event, TextEvent):
-                parts.append(event.text)
-            elif isinstance(event, Stats):
-                stats = event
-        assert stats is not None
-        texts[mode] = "".join(parts)
-        key = "plain" if mode == "off" else "spec"
-        out[key] = stats.tokens_per_s
-        if mode == "ngram":
-            out["accept"] = stats.accepted_tokens / max(1, stats.drafted_tokens)
-    out["same"] = float(texts["off"] == texts["ngram"])
-    # Where drafts fail: the same long prompt (so speculative: auto drafts), an answer that
-    # does not copy it; auto's acceptance and speed checks should turn drafting off.
-    free = engine.render([{"role": "user", "content": code + "\n\nForget the code above. "
-                           "Write a short poem about the sea."}])  # fmt: skip
-    free_texts = {}
-    for mode in ("off", "auto"):
-        engine.reset()
-        settings = Profile(temperature=0.0, max_tokens=max(a.n, 128), speculative=mode)
-        parts, stats = [], None
-        for event in engine.generate(free, settings):
-            if isinstance(event, TextEvent):
-                parts.append(event.text)
-            elif isinstance(event, Stats):
-                stats = event
-        assert stats is not None
-        free_texts[mode] = "".join(parts)
-        out["free_" + mode] = stats.tokens_per_s
-        if mode == "auto":
-            out["free_accept"] = stats.accepted_tokens / max(1, stats.drafted_tokens)
-    out["free_same"] = float(free_texts["off"] == free_texts["auto"])
+
+    def compare(content: str, modes: tuple[str, str], keys: tuple[str, str], n: int) -> bool:
+        """Answer ``content`` under both speculative modes; True when the texts match."""
+        prompt = engine.render([{"role": "user", "content": content}])
+        texts = []
+        for mode, key in zip(modes, keys, strict=True):
+            engine.reset()
+            settings = Profile(temperature=0.0, max_tokens=n, speculative=mode)
+            parts, stats = [], None
+            for event in engine.generate(prompt, settings):
+                if isinstance(event, TextEvent):
+                    parts.append(event.text)
+                elif isinstance(event, Stats):
+                    stats = event
+            assert stats is not None
+            texts.append("".join(parts))
+            out[key] = stats.tokens_per_s
+            if mode != "off":
+                out[key + "_accept"] = stats.accepted_tokens / max(1, stats.drafted_tokens)
+        return texts[0] == texts[1]
+
+    rewrite = ("Rewrite this code, renaming `area` to `rectangle_area`. Output only the "
+               "code.\n\n" + code)  # fmt: skip
+    out["same"] = float(compare(rewrite, ("off", "ngram"), ("plain", "spec"), max(a.n, 256)))
+    out["accept"] = out.pop("spec_accept")
+    poem = code + "\n\nForget the code above. Write a short poem about the sea."
+    same = compare(poem, ("off", "auto"), ("free_off", "free_auto"), max(a.n, 128))
+    out["free_same"] = float(same)
+    out["free_accept"] = out.pop("free_auto_accept")
     print(json.dumps(out))
 
 
