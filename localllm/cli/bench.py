@@ -103,7 +103,7 @@ def bench(
         f"{result.offload} · flash attention "
         f"{'auto' if result.flash_attn is None else 'on' if result.flash_attn else 'off'} · "
         f"KV cache {result.kv_cache_type} · batch {result.n_batch}/{result.n_ubatch} · "
-        f"context {result.n_ctx}"
+        f"a context per test, up to {result.n_ctx} tokens"
     )
     err(
         "tg and e2e sample every token with the default profile's settings through the same "
