@@ -12,7 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["fsync_dir", "fsync_file", "write_atomic"]
+__all__ = ["file_identity", "fsync_dir", "fsync_file", "write_atomic"]
 
 
 def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
@@ -57,3 +57,14 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def file_identity(path: str | Path) -> tuple[str, int, int, int] | None:
+    """What tells one version of a file from another: its resolved path, inode, size and
+    modification time (ns); None when it cannot be read. Keys for caches of facts about
+    files (a validated header, a saved prompt prefix)."""
+    try:
+        st = os.stat(path)
+        return (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    except OSError:
+        return None

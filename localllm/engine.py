@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from localllm import backend, templates
+from localllm.durable import file_identity
 from localllm.errors import InferenceError, InvalidModelError, UsageError
 from localllm.hardware import default_threads
 from localllm.profiles import Profile
@@ -341,24 +342,16 @@ def _model_shape(path: str | Path) -> dict[str, Any] | None:
 _validated: set[tuple[str, int, int, int]] = set()
 
 
-def _file_identity(path: Path) -> tuple[str, int, int, int] | None:
-    try:
-        st = path.stat()
-        return (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
-    except OSError:
-        return None
-
-
 def mark_validated(path: str | Path) -> None:
     """Record that this version of ``path`` passed :func:`localllm.modelfile.validate_gguf`
     (the loader's persistent header cache says so), so the engine need not parse it again."""
-    ident = _file_identity(Path(path))
+    ident = file_identity(Path(path))
     if ident is not None:
         _validated.add(ident)
 
 
 def _was_validated(path: Path) -> bool:
-    ident = _file_identity(path)
+    ident = file_identity(path)
     return ident is not None and ident in _validated
 
 

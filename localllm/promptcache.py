@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from localllm.durable import file_identity, write_atomic
 from localllm.errors import UsageError
 
 if TYPE_CHECKING:
@@ -155,17 +156,13 @@ class PrefixStore:
     def key(self, engine: Engine, tokens: Sequence[int]) -> str:
         """The file name for ``tokens``' state under ``engine``'s model and options."""
         o = engine.options
-        model = engine.path.resolve()
-        st = model.stat()
+        model = file_identity(engine.path)
+        if model is None:
+            raise OSError(f"cannot read {engine.path}")
         lib = getattr(getattr(engine.lib, "_lib", None), "_name", "") or ""  # the CDLL's path
-        try:
-            lib_st = os.stat(lib)
-            lib_id = [lib, lib_st.st_size, lib_st.st_mtime_ns]
-        except OSError:
-            lib_id = [lib]
         shape = [o.n_threads, o.n_threads_batch, o.n_gpu_layers, o.n_batch, o.n_ubatch,
                  o.kv_cache_type, o.flash_attn, list(o.rpc)]  # fmt: skip
-        ident = [str(model), st.st_size, st.st_mtime_ns, lib_id, shape, list(tokens)]
+        ident = [model, file_identity(lib) or lib, shape, list(tokens)]
         return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:32] + ".kv"
 
     def prepare(
@@ -221,8 +218,6 @@ class PrefixStore:
         blob = self.MAGIC + json.dumps(head).encode() + b"\n" + state
         if len(blob) > self.limit_bytes:
             return
-        from localllm.durable import write_atomic
-
         try:
             write_atomic(path, blob, durable=False)  # a lost file costs one evaluation
         except OSError:
