@@ -216,10 +216,10 @@ def loop_worker(a: argparse.Namespace) -> None:
                                          n_batch=min(a.batch, n_ctx),
                                          n_ubatch=min(a.ubatch, a.batch, n_ctx),
                                          flash_attn=a.flash_attn))  # fmt: skip
-    lib, llm = engine._lib, engine._llm
+    lib, llm = engine.lib, engine.native
     n_vocab = engine.n_vocab
     rng = random.Random(3)
-    bos = lib.llama_vocab_bos(engine._vocab)
+    bos = lib.llama_vocab_bos(llm.vocab)
     first = bos if bos >= 0 else 0
     profiles = {"decode": None, "greedy": Profile(temperature=0.0), "default": Profile()}
     clock = time.perf_counter

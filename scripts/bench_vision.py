@@ -40,7 +40,7 @@ def main() -> None:
     tail = "\nDescribe<|im_end|>\n<|im_start|>assistant\n"
     encode, image_prefill, n_tokens = [], [], 0
     for _ in range(5):
-        eng.reset() if hasattr(eng, "reset") else vision._keep(eng, 0)
+        eng.reset()
         t0 = time.perf_counter()
         tokens = proj.prefill(head + vision.MARKER + tail, [img])
         image_prefill.append(time.perf_counter() - t0)
@@ -54,9 +54,9 @@ def main() -> None:
     text_tokens = text_tokens[:1] + text_tokens[1 + cut :] if cut > 0 else text_tokens
     text_prefill = []
     for _ in range(5):
-        eng.reset() if hasattr(eng, "reset") else vision._keep(eng, 0)
+        eng.reset()
         t0 = time.perf_counter()
-        proj._decode_text(text_tokens[:-1], 0, vision._ctx_ptr(eng), vision._n_batch(eng))
+        proj._decode_text(text_tokens[:-1], 0, eng.native.ctx, eng.native.n_batch)
         text_prefill.append(time.perf_counter() - t0)
     med = statistics.median
     print(f"projector: {'224 px / 14 px patches' if big else 'fixture, 32 px / 8 px patches'}")
