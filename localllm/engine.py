@@ -789,13 +789,12 @@ class Engine:
         store = self.prefix_store
         if store is not None and shared_prefix and not self._kv and isinstance(prompt, str):
             n = min(common_prefix(tokens, self.tokenize(shared_prefix)), len(tokens) - 1)
-            if n >= store.min_tokens:
-                try:
-                    if not store.prepare(self, tokens[:n], cancel):
-                        evaluated = len(self._kv)
-                except BaseException:
-                    self.keep_kv(0)
-                    raise
+            try:  # a prefix too short to be worth a file is left for the token loop
+                if not store.prepare(self, tokens[:n], cancel):
+                    evaluated = len(self._kv)
+            except BaseException:
+                self.keep_kv(0)
+                raise
         if self.prompt_cache is not None:
             self.prompt_cache.prepare(self, tokens)
         seed = settings.seed if settings.seed is not None else random.getrandbits(31)
