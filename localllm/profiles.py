@@ -426,7 +426,78 @@ def _validate_items(
 # YAML with line numbers: compose the node tree, then construct each value on its own.
 
 
-def _parse_yaml(text: str, source: str) -> list[tuple[Any, Any, int | None]]:
+# Parsed profiles are kept in the cache folder by the sha256 of their text: importing PyYAML
+# and parsing the default profile is about 17 ms of the 0.4 s a one-shot `run` takes. Only
+# text that parsed cleanly into plain JSON values is kept (a file with an error is parsed, and
+# its error reported, every time); an unreadable or damaged cache just means parsing again.
+
+PARSED_CACHE_VERSION = 1
+PARSED_CACHE_ENTRIES = 64  # different texts kept (a profile edited often leaves old versions)
+Items = list[tuple[Any, Any, int | None]]
+
+
+def _parse(text: str, source: str) -> Items:
+    """``_parse_yaml(text, source)``, from the cache when this exact text parsed before."""
+    import hashlib
+
+    key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    entries = _read_parsed()
+    cached = entries.get(key)
+    if isinstance(cached, list) and all(
+        isinstance(item, list) and len(item) == 3 for item in cached
+    ):
+        return [(k, v, line) for k, v, line in cached]
+    items = _parse_yaml(text, source)
+    if all(_plain(k) and _plain(v) for k, v, _ in items):
+        entries.pop(key, None)
+        entries[key] = [list(item) for item in items]
+        _write_parsed(dict(list(entries.items())[-PARSED_CACHE_ENTRIES:]))
+    return items
+
+
+def _plain(value: Any) -> bool:
+    """Whether JSON gives ``value`` back exactly (no tuples, dates or non-string keys)."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return True
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+def _parsed_path() -> Path:
+    from localllm import paths
+
+    return paths.cache_dir() / "profiles.json"
+
+
+def _read_parsed() -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads(_parsed_path().read_bytes())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != PARSED_CACHE_VERSION:
+        return {}
+    entries = data.get("entries")
+    return entries if isinstance(entries, dict) else {}
+
+
+def _write_parsed(entries: dict[str, Any]) -> None:
+    """Keep ``entries``; a cache that cannot be written costs the next run one more parse."""
+    import contextlib
+    import json
+
+    from localllm.durable import write_atomic
+
+    data = {"version": PARSED_CACHE_VERSION, "entries": entries}
+    with contextlib.suppress(OSError, ValueError):
+        write_atomic(_parsed_path(), json.dumps(data).encode(), durable=False)
+
+
+def _parse_yaml(text: str, source: str) -> Items:
     import yaml
 
     try:
@@ -620,7 +691,7 @@ def _resolve_extends(
 def _load_origin(origin: _Origin, chain: tuple[str, ...] = ()) -> dict[str, Any]:
     """The resolved values of one profile file (its ``extends`` chain merged in)."""
     source = str(origin.path)
-    values, lines = _validate_items(_parse_yaml(origin.read(), source), source)
+    values, lines = _validate_items(_parse(origin.read(), source), source)
     if "name" in values and values["name"] != origin.name:
         raise ProfileError(
             f"{_where(source, lines.get('name'))}: name: '{values['name']}' does not match "

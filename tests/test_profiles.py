@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -112,6 +113,75 @@ def test_import_is_cheap():
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The parse cache: a profile's text parsed once is read back without PyYAML
+
+
+def _parsed_entries() -> dict:
+    return json.loads((paths.cache_dir() / "profiles.json").read_text())["entries"]
+
+
+def test_a_parsed_profile_is_read_back_by_its_text():
+    path = write_user("mine", "temperature: 0.3\nstop: [END]\n")
+    assert load_profile("mine").temperature == 0.3
+    entries = _parsed_entries()
+    (key,) = [k for k, items in entries.items() if ["temperature", 0.3, 1] in items]
+    # the next load takes the cached parse, not the YAML: a doctored entry shows which
+    entries[key][0][1] = 0.4
+    cache = paths.cache_dir() / "profiles.json"
+    cache.write_text(json.dumps({"version": profiles.PARSED_CACHE_VERSION, "entries": entries}))
+    assert load_profile("mine").temperature == 0.4
+    assert load_profile("mine").stop == ("END",)
+    path.write_text("temperature: 0.2\n")  # new text: parsed again
+    assert load_profile("mine").temperature == 0.2
+
+
+def test_the_parse_cache_keeps_only_what_json_gives_back():
+    write_user("dated", "description: x\nseed: 2024-01-01\n")  # YAML makes it a date
+    write_user("tagged", "stop: !!set {END: null}\n")  # a set
+    write_user("broken", "temperature: [\n")
+    assert "seed" in error_of(load_profile, "dated").message
+    assert "stop" in error_of(load_profile, "tagged").message
+    assert ":2: invalid YAML" in error_of(load_profile, "broken").message
+    cache = paths.cache_dir() / "profiles.json"
+    assert not cache.exists() or _parsed_entries() == {}
+    assert "seed" in error_of(load_profile, "dated").message  # still checked as YAML
+
+
+@pytest.mark.parametrize("damage", [b"{not json", b'{"version": 99, "entries": {}}', b"[]"])
+def test_a_damaged_parse_cache_means_parsing_again(damage):
+    expected = load_profile("default")
+    cache = paths.cache_dir() / "profiles.json"
+    cache.write_bytes(damage)
+    assert load_profile("default") == expected
+    assert len(_parsed_entries()) == 1  # written again
+
+
+def test_the_parse_cache_keeps_the_latest_texts():
+    path = write_user("mine", "temperature: 0.0\n")
+    for i in range(profiles.PARSED_CACHE_ENTRIES + 5):
+        path.write_text(f"temperature: 0.{i:03d}\n")
+        load_profile("mine")
+    entries = _parsed_entries()
+    assert len(entries) == profiles.PARSED_CACHE_ENTRIES
+    assert ["temperature", float(f"0.{i:03d}"), 1] in list(entries.values())[-1]
+
+
+def test_a_start_with_a_parsed_profile_does_not_import_yaml():
+    code = "import sys, localllm.profiles as p; p.resolve(None); print('yaml' in sys.modules)"
+    seen = [
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env={**_env(), "PYTHONPATH": str(REPO)},
+            check=True,
+        ).stdout.strip()
+        for _ in range(2)
+    ]
+    assert seen == ["True", "False"]
 
 
 def _env() -> dict[str, str]:
@@ -281,9 +351,10 @@ def test_non_string_key():
 )
 def test_bad_yaml_names_file_and_line(text, line, words):
     path = write_user("bad", text)
-    exc = error_of(load_profile, "bad")
-    assert exc.message.startswith(f"{path}:{line}: "), exc.message
-    assert words in exc.message
+    for _ in range(2):  # the second load may come from the parse cache: the same error
+        exc = error_of(load_profile, "bad")
+        assert exc.message.startswith(f"{path}:{line}: "), exc.message
+        assert words in exc.message
 
 
 def test_not_utf8(isolated_home):
@@ -474,9 +545,9 @@ def test_save_user_profile_roundtrip(monkeypatch):
 
     real = durable.write_atomic
 
-    def spy(path, data):
+    def spy(path, data, **kwargs):
         calls.append(path)
-        real(path, data)
+        real(path, data, **kwargs)
 
     monkeypatch.setattr(durable, "write_atomic", spy)
     profile = Profile(
