@@ -128,3 +128,49 @@ def test_run_stats_verbose_prints_the_load_phases(tiny_model: Path) -> None:
     for name in ("plan", "load weights + context", "metadata"):
         assert name in phases[0]
     assert "ctx 512" in proc.stderr
+
+
+def test_overlapped_loads_restore_the_switch_interval() -> None:
+    """The short GIL switch interval lasts while some load overlaps the imports: nested and
+    concurrent loads share it, and the last one out puts the process's own value back."""
+    import threading
+
+    saved = sys.getswitchinterval()
+    sys.setswitchinterval(0.003)
+    try:
+        inside: list[float] = []
+        entered, release = threading.Event(), threading.Event()
+
+        def other() -> None:
+            with loading._quick_handoff(True):
+                entered.set()
+                release.wait(30)
+                inside.append(sys.getswitchinterval())
+
+        thread = threading.Thread(target=other)
+        with loading._quick_handoff(True):
+            thread.start()
+            assert entered.wait(30)
+            with loading._quick_handoff(False):
+                inside.append(sys.getswitchinterval())
+        inside.append(sys.getswitchinterval())  # the other load is still going
+        release.set()
+        thread.join(30)
+        assert inside == [loading.HANDOFF_INTERVAL] * 3
+        assert sys.getswitchinterval() == 0.003
+    finally:
+        sys.setswitchinterval(saved)
+
+
+def test_a_fresh_process_loads_with_the_imports_beside_and_keeps_its_interval(
+    tiny_model: Path,
+) -> None:
+    code = (
+        "import sys; from localllm import loading; from localllm.profiles import Profile\n"
+        "before = sys.getswitchinterval()\n"
+        f"engine = loading.open_engine({str(tiny_model)!r}, Profile(), need_tokens=64)\n"
+        "print('localllm.session' in sys.modules, sys.getswitchinterval() == before)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True"]
