@@ -148,7 +148,8 @@ def run_grounded(model: Path, a: argparse.Namespace) -> dict[str, float]:
 
 def grounded_worker(a: argparse.Namespace) -> None:
     """A grounded task through Engine.generate: rewrite ~400 tokens of code renaming one
-    function, greedy, speculation off and on (fresh cache each), decode tokens/s of each.
+    function, greedy, speculation off and on (fresh cache each, off-on-on-off), decode
+    tokens/s of each.
     Then a task where drafts fail: the same long prompt (so ``speculative: auto`` drafts)
     answered with a poem, auto against off: its acceptance and speed checks should turn
     drafting off."""
@@ -160,10 +161,12 @@ def grounded_worker(a: argparse.Namespace) -> None:
     out: dict[str, float] = {}
 
     def compare(content: str, modes: tuple[str, str], keys: tuple[str, str], n: int) -> bool:
-        """Answer ``content`` under both speculative modes; True when the texts match."""
+        """Answer ``content`` under both speculative modes, in the order A B B A so that a
+        machine speeding up or slowing down during the pair favours neither (each figure is
+        the mean of its two runs); True when every text matches."""
         prompt = engine.render([{"role": "user", "content": content}])
-        texts = []
-        for mode, key in zip(modes, keys, strict=True):
+        texts, speeds = [], {key: [] for key in keys}
+        for mode, key in zip((*modes, *modes[::-1]), (*keys, *keys[::-1]), strict=True):
             engine.reset()
             settings = Profile(temperature=0.0, max_tokens=n, speculative=mode)
             parts, stats = [], None
@@ -174,10 +177,11 @@ def grounded_worker(a: argparse.Namespace) -> None:
                     stats = event
             assert stats is not None
             texts.append("".join(parts))
-            out[key] = stats.tokens_per_s
+            speeds[key].append(stats.tokens_per_s)
             if mode != "off":
                 out[key + "_accept"] = stats.accepted_tokens / max(1, stats.drafted_tokens)
-        return texts[0] == texts[1]
+        out.update({key: sum(v) / len(v) for key, v in speeds.items()})
+        return len(set(texts)) == 1
 
     rewrite = ("Rewrite this code, renaming `area` to `rectangle_area`. Output only the "
                "code.\n\n" + code)  # fmt: skip
