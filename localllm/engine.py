@@ -714,7 +714,8 @@ class Engine:
             arr = (ctypes.c_int32 * len(chunk))(*chunk)
             rc = lib.llama_decode(llm.ctx, lib.llama_batch_get_one(arr, len(chunk)))
             if rc != 0:
-                self.keep_kv(len(self._kv))  # llama.cpp rolled the batch back
+                # the cache must hold self._kv again, whatever of this chunk llama.cpp kept
+                lib.llama_memory_seq_rm(llm.memory, -1, len(self._kv), -1)
                 raise InferenceError(
                     f"llama_decode failed (code {rc}) after {len(self._kv)} tokens"
                 )

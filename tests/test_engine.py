@@ -194,3 +194,27 @@ def test_a_renewed_context_is_empty_of_the_size_asked_and_decodes_the_same(
     finally:
         eng.close()
         fresh.close()
+
+
+def test_a_failed_decode_leaves_the_cache_as_the_engine_records_it(tiny_model: Path) -> None:
+    """A chunk llama.cpp cannot place (the context is full) fails; what the cache holds then
+    is exactly ``kv_tokens``, so the next prompt reuses it and decodes as a fresh engine."""
+    from localllm.errors import InferenceError
+
+    eng = load(tiny_model, n_ctx=64)
+    fresh = load(tiny_model, n_ctx=64)
+    try:
+        tokens = eng.tokenize("word " * 100, add_bos=False)
+        n_ctx = eng.n_ctx
+        with pytest.raises(InferenceError, match="llama_decode failed"):
+            eng.evaluate(tokens[: n_ctx + 8])
+        kept = list(eng.kv_tokens)
+        assert 0 < len(kept) <= n_ctx and kept == tokens[: len(kept)]
+        assert eng.n_kv == len(kept)
+        prompt = eng.detokenize(tokens[:12])
+        again, stats = collect(eng.generate(prompt, GREEDY))
+        expected, _ = collect(fresh.generate(prompt, GREEDY))
+        assert again == expected and stats.cached_tokens > 0
+    finally:
+        eng.close()
+        fresh.close()
