@@ -14,13 +14,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from localllm import fit, modelfile, paths
+from localllm import fit, paths
 from localllm.engine import Engine, LoadOptions, plan_load
 from localllm.errors import ResourceError, UsageError
 from localllm.profiles import Profile
 from localllm.promptcache import PrefixStore
+
+if TYPE_CHECKING:
+    from localllm.modelfile import ModelFileInfo
 
 Warn = Callable[[str], None]
 
@@ -127,7 +130,7 @@ def model_to_generate(ref: str | None, say: Warn) -> Path:
     return path
 
 
-def refuse_encoder(info: modelfile.ModelFileInfo) -> None:
+def refuse_encoder(info: ModelFileInfo) -> None:
     """Encoder-only models (BERT and its kin) turn text into vectors and cannot generate:
     everything that loads a model to generate text (run, chat, serve) refuses them here."""
     _refuse_encoder(info.structure, info.name, info.architecture, info.path)
@@ -165,6 +168,8 @@ def header_summary(path: str | Path) -> dict[str, Any]:
         if cached is not None:
             engine.mark_validated(path)
             return cached
+    from localllm import modelfile  # 5 ms of imports that a file seen before skips
+
     info = modelfile.read_info(path)  # validates (InvalidModelError)
     summary = {
         "version": SUMMARY_VERSION,
@@ -189,7 +194,7 @@ def _summary_key(path: Path) -> str | None:
 
     try:
         st = path.stat()
-        checks = Path(modelfile.__file__).stat()
+        checks = (Path(__file__).parent / "modelfile.py").stat()  # the checks' own version
         resolved = str(path.resolve())
     except OSError:
         return None  # validation will say what is wrong with the file
