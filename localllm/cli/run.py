@@ -478,7 +478,7 @@ def _stream(
 ) -> None:
     from dataclasses import asdict
 
-    from localllm.errors import EXIT_INTERRUPTED
+    from localllm.errors import EXIT_INTERRUPTED, LocalLLMError
     from localllm.session import AnswerText, ReasoningText
 
     settings = session.profile
@@ -491,6 +491,7 @@ def _stream(
     flushed = -every
     clock = time.monotonic
     events = session.send(text, images=images or (), constraint=constraint)
+    midline = False  # an answer on a terminal, not yet ended by a newline
     try:
         for event in events:
             if isinstance(event, AnswerText):
@@ -500,6 +501,8 @@ def _stream(
                     reasoning_shown = False
                 if not as_json:
                     out.write(event.text)
+                    if event.text:
+                        midline = not every and not event.text.endswith("\n")
                     if not every:
                         out.flush()
                     elif (now := clock()) - flushed >= every:
@@ -515,6 +518,14 @@ def _stream(
             out.flush()
         err("interrupted: stopped generating")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except LocalLLMError:  # on a terminal, the error line gets a line of its own
+        if midline:
+            out.write("\n")
+            out.flush()
+        elif reasoning_shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+        raise
     finally:
         # A closed stdout (`| head -c5`) raises from a write above: the turn's generator is
         # closed there and then, so decoding stops at once (not when it is collected, and
