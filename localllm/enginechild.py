@@ -56,6 +56,31 @@ _HEADER = struct.Struct("<I")
 STDERR_LINES = 40  # the child's last output lines kept for the crash report
 CLOSE_WAIT_S = 10.0  # a child asked to close gets this long before it is killed
 ISOLATE_ENV = "LOCALLLM_ISOLATE"  # 1: every engine the front ends open runs in a child
+RPC_TIMEOUT_ENV = "LOCALLLM_RPC_TIMEOUT"  # seconds without a token before RPC is given up
+RPC_TIMEOUT_S = 120.0
+
+
+def rpc_timeout() -> float | None:
+    """How long a generation over RPC workers may go without a token (or a prompt chunk)
+    before the engine process is stopped: ``LOCALLLM_RPC_TIMEOUT`` seconds (default 120),
+    ``0`` or ``off`` for never. llama.cpp's RPC client waits for a worker's answer without a
+    limit, so a worker that hangs without closing its connection (stopped, or its host
+    gone quiet) would hold the model, and a server's every later request, for good."""
+    raw = os.environ.get(RPC_TIMEOUT_ENV, "").strip().lower()
+    if not raw:
+        return RPC_TIMEOUT_S
+    if raw in ("0", "off", "none", "never"):
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value != float("inf")):
+        raise UsageError(
+            f"{RPC_TIMEOUT_ENV} must be a number of seconds, 0 or off, not {raw!r}",
+            hint=f"e.g. {RPC_TIMEOUT_ENV}=300 for workers on a slow network",
+        )
+    return value
 
 
 def wants_isolation(profile: Profile) -> bool:
@@ -169,6 +194,10 @@ class EngineProcess:
         self._pieces: dict[tuple[int, bool], bytes] = {}
         self._n_ctx = 0
         self._n_vocab = 0
+        # a generation over RPC workers is stopped after this long without progress
+        self.stall_s = rpc_timeout() if self.endpoints else None
+        self._progress = 0.0  # when the child last said something during a generation
+        self._stalled: float | None = None  # the limit a stopped generation went past
         self._start()
 
     # -- life ----------------------------------------------------------------------------------
@@ -218,6 +247,7 @@ class EngineProcess:
         )
         self._reader.start()
         self._dead = None
+        self._stalled = None
         self._pieces.clear()
         self._n_ctx = 0
         spawned = time.perf_counter() - start
@@ -355,9 +385,20 @@ class EngineProcess:
                 code = proc.wait()
         if self._reader is not None:
             self._reader.join(timeout=CLOSE_WAIT_S)
-        error = crash_error(code, list(self._tail), self.endpoints, loading=not self._n_ctx)
+        error = crash_error(
+            code, list(self._tail), self.endpoints, loading=not self._n_ctx, stalled=self._stalled
+        )
         self._dead = error
         return error
+
+    def _watch(self, done: threading.Event, limit: float) -> None:
+        """Stop the child when a generation has gone ``limit`` seconds without a message
+        (the blocked read then ends, and says why)."""
+        while not done.wait(min(1.0, limit / 4)):
+            if time.monotonic() - self._progress > limit:
+                self._stalled = limit
+                self.kill()
+                return
 
     # -- the engine's interface ----------------------------------------------------------------
 
@@ -429,14 +470,25 @@ class EngineProcess:
         ``steering`` taken at the same points."""
         self._check()
         request = prompt if isinstance(prompt, str) else list(prompt)
-        asks = cancel is not None or steering is not None
+        # over RPC the child reports every token and prompt chunk, which the watchdog needs
+        asks = cancel is not None or steering is not None or self.stall_s is not None
         self._send(
             ("gen", request, settings, grammar, special, grammar_lazy_after, asks, shared_prefix)
         )
         finished = False
+        done = threading.Event()
+        if self.stall_s is not None:
+            self._progress = time.monotonic()
+            threading.Thread(
+                target=self._watch,
+                args=(done, self.stall_s),
+                name="localllm-rpc-watch",
+                daemon=True,
+            ).start()
         try:
             while True:
                 message = self._recv()
+                self._progress = time.monotonic()
                 kind = message[0]
                 if kind == "ask":
                     for item in message[1]:
@@ -460,6 +512,8 @@ class EngineProcess:
             if not finished:
                 self._drain()
             raise
+        finally:
+            done.set()
 
     def _drain(self) -> None:
         """Stop the generation in flight and read it to its end, so the next call starts in
@@ -482,12 +536,20 @@ class EngineProcess:
 
 
 def crash_error(
-    code: int | None, tail: Sequence[str], endpoints: Sequence[str] = (), *, loading: bool = False
+    code: int | None,
+    tail: Sequence[str],
+    endpoints: Sequence[str] = (),
+    *,
+    loading: bool = False,
+    stalled: float | None = None,
 ) -> EngineCrashed:
     """The error for an engine process that ended with ``code`` (a negative code is the
     signal that killed it) after writing ``tail``; ``endpoints`` (RPC workers) are tried,
-    and the ones that do not answer are named."""
+    and the ones that do not answer are named. ``stalled``: this process stopped it after
+    that many seconds without a token (:func:`rpc_timeout`)."""
     when = "while loading the model" if loading else "while running the model"
+    if stalled is not None:
+        return _stall_error(stalled, endpoints)
     if code is None:
         how = "stopped answering"
     elif code < 0:
@@ -510,6 +572,25 @@ def crash_error(
     else:
         hint = "the next request loads the model again (--verbose shows llama.cpp's log)"
     return EngineCrashed(message, hint=hint)
+
+
+def _stall_error(limit: float, endpoints: Sequence[str]) -> EngineCrashed:
+    """A generation stopped for going ``limit`` seconds without a token: the workers are
+    asked for a handshake (the engine's connections are closed by now, so a live worker is
+    free to answer), and the ones that do not answer are named."""
+    from localllm import rpcwire
+
+    silent = [e for e in endpoints if rpcwire.probe(e, timeout=2.0).problem]
+    if silent:
+        state = f"RPC worker{'s' if len(silent) > 1 else ''} not answering: {', '.join(silent)}"
+    else:
+        state = f"the RPC workers answer now: {', '.join(endpoints)}"
+    return EngineCrashed(
+        f"no token for {limit:g} s from the model split across RPC workers, so its engine "
+        f"process was stopped ({state})",
+        hint=f"check the workers (localllm doctor --rpc HOST:PORT), or allow more time "
+        f"with {RPC_TIMEOUT_ENV}=SECONDS; the next request loads the model again",
+    )
 
 
 _ENDPOINT = re.compile(r"\b[\w.-]+:\d{2,5}\b|\[[0-9a-fA-F:]+\]:\d{2,5}")

@@ -501,3 +501,150 @@ def test_a_worker_gone_before_a_second_load_is_named(rpc_build: object) -> None:
     out, err = client.communicate("\n", timeout=120)
     assert client.returncode == 0, err
     assert f"error: RPC worker {w.endpoint} is not reachable" in out
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+HANG_PROBE = """
+import sys, time
+from localllm import loading
+from localllm.errors import EngineCrashed
+from localllm.profiles import Profile
+profile = Profile(temperature=0.0, max_tokens=32, rpc=(sys.argv[2],), gpu_layers=99,
+                  flash_attn=False)
+engine = loading.open_engine(sys.argv[1], profile, need_tokens=128)
+print("loaded", flush=True)
+sys.stdin.readline()  # the test stops the worker here
+try:
+    list(engine.generate("hello there", profile))
+    print("answered", flush=True)
+except EngineCrashed as exc:
+    print("error:", exc.message, "|", exc.hint, flush=True)
+engine.close()
+"""
+
+
+def test_a_worker_that_hangs_is_given_up_after_the_rpc_timeout(
+    rpc_build: object, tiny_model: Path
+) -> None:
+    """llama.cpp's RPC client waits for a worker without a limit: a worker that stops
+    (SIGSTOP: its connections stay open) would hold the generation for good. The engine
+    process is stopped after LOCALLLM_RPC_TIMEOUT seconds without a token, and the error
+    names the worker that does not answer."""
+    env = _rpc_env(rpc_build)
+    w = Worker(_free_port(), None, env)
+    w.wait_for("ready: listening")
+    client = subprocess.Popen(
+        [sys.executable, "-c", HANG_PROBE, str(tiny_model), w.endpoint],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env, "LOCALLLM_RPC_TIMEOUT": "2"},
+        cwd=REPO,
+    )
+    assert client.stdout is not None and client.stdin is not None
+    servers = _children(w.proc.pid)
+    try:
+        assert client.stdout.readline().strip() == "loaded", client.stderr
+        assert servers, "the worker's llama.cpp server process"
+        for pid in servers:
+            os.kill(pid, signal.SIGSTOP)
+        out, err = client.communicate("\n", timeout=120)
+    finally:
+        for pid in servers:
+            os.kill(pid, signal.SIGCONT)
+        w.stop()
+    assert client.returncode == 0, err
+    assert out.startswith("error: no token for 2 s"), out + err
+    assert f"RPC worker not answering: {w.endpoint}" in out
+    assert "LOCALLLM_RPC_TIMEOUT" in out
+
+
+@pytest.mark.parametrize("value", ["soon", "-3", "inf", "nan"])
+def test_a_bad_rpc_timeout_is_a_usage_error(
+    value: str, rpc_build: object, tiny_model: Path
+) -> None:
+    proc = localllm(
+        "run",
+        "-m",
+        str(tiny_model),
+        "hi",
+        "--rpc",
+        "127.0.0.1:9",
+        env={**_rpc_env(rpc_build), "LOCALLLM_RPC_TIMEOUT": value},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"error: LOCALLLM_RPC_TIMEOUT must be a number of seconds, 0 or off, not '{value}'"
+        )
+    )
+
+
+def test_run_in_a_terminal_ends_the_partial_answer_before_the_hang_error(
+    rpc_build: object, starter_model: Path
+) -> None:
+    """What a person sees when a worker hangs mid-answer: the answer so far, then the error
+    on a line of its own, exit 6 (stdout and stderr on one pseudo-terminal)."""
+    import pty
+    import select
+
+    env = _rpc_env(rpc_build)
+    w = Worker(_free_port(), None, env)
+    w.wait_for("ready: listening")
+    servers = _children(w.proc.pid)
+    leader, follower = pty.openpty()
+    args = ["run", "-m", str(starter_model), "--rpc", w.endpoint, "--gpu-layers", "99",
+            "-n", "2000", "--temperature", "0", "Write a long story about the sea."]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "localllm", *args],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env={**os.environ, **env, "LOCALLLM_RPC_TIMEOUT": "2"},
+        cwd=REPO,
+    )
+    os.close(follower)
+    seen = b""
+    stopped = False
+    try:
+        while True:
+            ready, _, _ = select.select([leader], [], [], 120)
+            assert ready, seen.decode(errors="replace")
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+            if not stopped and b"The" in seen:  # the answer has begun: stop the worker
+                for pid in servers:
+                    os.kill(pid, signal.SIGSTOP)
+                stopped = True
+        assert proc.wait(timeout=60) == 6
+    finally:
+        os.close(leader)
+        for pid in servers:
+            os.kill(pid, signal.SIGCONT)
+        w.stop()
+    text = seen.decode(errors="replace").replace("\r\n", "\n")
+    assert stopped, text
+    answer, _, error = text.rpartition("\nerror: no token for 2 s")
+    assert error and "The" in answer, text
+    assert "Traceback" not in text and "GGML_ABORT" not in text
