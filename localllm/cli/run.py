@@ -443,15 +443,16 @@ def constraint_options(
             f"{' and '.join(flags)} cannot be used together",
             hint="a schema already makes the answer JSON; a grammar replaces both",
         )
-    if json_schema is not None or grammar_file is not None:
-        from localllm import structured  # only when a flag names a file or a schema
-
     if json_schema is not None:
+        from localllm import structured  # imported only when a flag needs it
+
         schema, source = structured.read_schema_arg(json_schema)
         return {"json_schema": schema, "source": source}
     if output_format == "json":
         return {"json_format": True}
     if grammar_file is not None:
+        from localllm import structured
+
         return {
             "grammar": structured.read_grammar_file(str(grammar_file)),
             "source": str(grammar_file),
