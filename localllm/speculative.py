@@ -45,6 +45,7 @@ class NgramDrafter:
     # A passage just found (looked up, or picked up again) gets a short draft first: most
     # rejected drafts come right there, and a long one costs a long verify for nothing.
     FRESH = 4
+    FOLLOWED = 1  # drafted tokens the answer must have copied to pick a passage up again
 
     def __init__(
         self,
@@ -159,7 +160,14 @@ class NgramDrafter:
                 self._source = (src, end)
                 return history[src : src + most]
             self._source = None
-            self._left = (src, end)
+            # Picked up again only if the answer copied some of it: a passage whose first
+            # draft was rejected outright was never being copied (in free text, a 2-gram
+            # like "is a" finds one), and resyncing on it drafts on every common word.
+            copied = 0
+            while at + copied < end and history[at + copied] == history[start + copied]:
+                copied += 1
+            if copied >= self.FOLLOWED:
+                self._left = (src, end)
         if self._left is not None:
             # The answer left the passage a few tokens ago, often only to spell it with other
             # tokens (one blank line as "\n" "\n" where the passage has "\n\n" "\n"): pick

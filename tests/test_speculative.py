@@ -378,3 +378,14 @@ def test_adaptive_draft_length_follows_acceptance_and_batch_cost() -> None:
     fixed.timed_batch(0.080, 9)
     fixed.verified(0, 8)
     assert fixed.draft_size() == 8
+
+
+def test_a_passage_whose_first_draft_failed_is_not_picked_up_again() -> None:
+    """In free text a short n-gram ("is a") finds some passage; when its first draft is
+    rejected outright the answer was never copying it, and a common token near it later
+    ("the") must not start drafts from it again."""
+    prompt = [10, 11, 12, 13, 14, 15, 16, 17]
+    drafter = NgramDrafter([*prompt, 50, 51, 11, 12])  # the answer ends with "11 12"
+    assert drafter.draft(4) == [13, 14, 15, 16]
+    drafter.extend([60, 61, 14])  # 13 rejected; later a token the passage has nearby
+    assert drafter.draft(4) == []
