@@ -37,11 +37,11 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("LOCALLLM_BENCH_CACHE", Path.home() / ".cache" / "localllm-bench"))
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+def timed(cmd: list[str], env: dict[str, str], cwd: Path = ROOT) -> tuple[float, float, str]:
     """Wall seconds, CPU seconds (user + system) of the child, and its stderr."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if out.returncode != 0:
@@ -85,20 +85,23 @@ def main() -> None:
     # the same run evaluating its whole prompt: no saved template prefix (see PrefixStore)
     contenders["run, prefix cache off"] = [*run, "Hello"]
     envs["run, prefix cache off"] = {**env, "LOCALLLM_PREFIX_CACHE": "off"}
+    cwds = {name: ROOT for name in contenders}
     if a.baseline is not None:
-        base_env = dict(env)
-        base_env["PYTHONPATH"] = str(a.baseline.resolve())
+        # `python -m` puts the working directory first on sys.path: the baseline's runs start
+        # in its folder, or they would import this checkout whatever PYTHONPATH says
+        base = a.baseline.resolve()
         for name, cmd in list(contenders.items())[1:]:
             contenders[f"baseline {name}"] = cmd
-            envs[f"baseline {name}"] = base_env
+            envs[f"baseline {name}"] = {**envs[name], "PYTHONPATH": str(base)}
+            cwds[f"baseline {name}"] = base
     for name, cmd in contenders.items():  # warm the page cache and the bytecode caches
-        timed(cmd, envs[name])
+        timed(cmd, envs[name], cwds[name])
     walls: dict[str, list[float]] = {k: [] for k in contenders}
     cpus: dict[str, list[float]] = {k: [] for k in contenders}
     items = list(contenders.items())
     for i in range(a.rounds):
         for name, cmd in items if i % 2 == 0 else items[::-1]:
-            wall, cpu, _ = timed(cmd, envs[name])
+            wall, cpu, _ = timed(cmd, envs[name], cwds[name])
             walls[name].append(wall)
             cpus[name].append(cpu)
     mode = "compiled from source" if a.no_bytecode else "bytecode cached"
