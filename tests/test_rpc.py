@@ -577,22 +577,12 @@ def test_a_worker_that_hangs_is_given_up_after_the_rpc_timeout(
 def test_a_bad_rpc_timeout_is_a_usage_error(
     value: str, rpc_build: object, tiny_model: Path
 ) -> None:
-    proc = localllm(
-        "run",
-        "-m",
-        str(tiny_model),
-        "hi",
-        "--rpc",
-        "127.0.0.1:9",
-        env={**_rpc_env(rpc_build), "LOCALLLM_RPC_TIMEOUT": value},
-    )
+    env = {**_rpc_env(rpc_build), "LOCALLLM_RPC_TIMEOUT": value}
+    proc = localllm("run", "-m", str(tiny_model), "hi", "--rpc", "127.0.0.1:9", env=env)
     assert proc.returncode == 2, proc.stderr
-    assert (
-        proc.stderr.strip()
-        .splitlines()[-1]
-        .startswith(
-            f"error: LOCALLLM_RPC_TIMEOUT must be a number of seconds, 0 or off, not '{value}'"
-        )
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"error: LOCALLLM_RPC_TIMEOUT must be a number of seconds, 0 or off, not '{value}'"
     )
 
 
