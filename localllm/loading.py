@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from localllm import fit, paths
+from localllm.durable import file_identity, write_atomic
 from localllm.engine import Engine, LoadOptions, plan_load
 from localllm.errors import ResourceError, UsageError
 from localllm.profiles import Profile
@@ -192,22 +193,15 @@ def header_summary(path: str | Path) -> dict[str, Any]:
 def _summary_key(path: Path) -> str | None:
     import hashlib
 
-    try:
-        st = path.stat()
-        checks = (Path(__file__).parent / "modelfile.py").stat()  # the checks' own version
-        resolved = str(path.resolve())
-    except OSError:
+    model = file_identity(path)
+    checks = file_identity(Path(__file__).parent / "modelfile.py")  # the checks' own version
+    if model is None or checks is None:
         return None  # validation will say what is wrong with the file
-    ident = (
-        f"{SUMMARY_VERSION}|{resolved}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|"
-        f"{checks.st_size}|{checks.st_mtime_ns}"
-    )
+    ident = repr((SUMMARY_VERSION, model, checks))
     return hashlib.sha256(ident.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 def _summary_path(key: str) -> Path:
-    from localllm import paths
-
     return paths.cache_dir() / "headers" / f"{key}.json"
 
 
@@ -229,19 +223,11 @@ def _read_summary(key: str) -> dict[str, Any] | None:
 
 
 def _write_summary(key: str, summary: dict[str, Any]) -> None:
+    """Keep ``summary``; a cache that cannot be written costs the next run one more check."""
     import json
-    import os
-    import tempfile
 
-    target = _summary_path(key)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(summary, f)
-        os.replace(tmp, target)
-    except OSError:
-        pass  # a cache that cannot be written costs the next run one more check
+    with contextlib.suppress(OSError):
+        write_atomic(_summary_path(key), json.dumps(summary).encode(), durable=False)
 
 
 def open_engine(
