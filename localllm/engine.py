@@ -705,6 +705,9 @@ class Engine:
     def evaluate(self, tokens: Sequence[int], cancel: Callable[[], bool] | None = None) -> bool:
         """Evaluate ``tokens`` after the KV cache's in chunks of ``n_batch``, logits for the
         last only. Returns False when ``cancel`` said stop between two chunks."""
+        if len(tokens) == 1:  # a draft model's token loop: the reused one-token batch
+            self._decode_one(tokens[0])
+            return True
         lib, llm = self._lib, self._llm
         n_batch = llm.n_batch
         for i in range(0, len(tokens), n_batch):
