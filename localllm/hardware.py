@@ -51,12 +51,34 @@ def physical_cores() -> int:
 
 
 def _runnable_tasks() -> int | None:
-    """Tasks runnable on this machine right now, this process included (Linux), else None."""
+    """Tasks runnable on this machine right now, this process counted once (Linux), else None.
+
+    This process's own other threads are not competition: a model loading on a helper thread
+    (:mod:`localllm.preload`) while this one plans must not cost the load a thread."""
     try:
         with open("/proc/loadavg", encoding="ascii") as f:
-            return int(f.read().split()[3].split("/")[0])
+            running = int(f.read().split()[3].split("/")[0])
     except (OSError, ValueError, IndexError):
         return None
+    return max(1, running - own_runnable_threads() + 1)
+
+
+def own_runnable_threads() -> int:
+    """This process's threads that are running or ready to run (Linux; at least 1, the caller)."""
+    count = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 1
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/stat", encoding="ascii", errors="replace") as f:
+                stat = f.read()
+        except OSError:
+            continue  # ended meanwhile
+        if stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] == "R":  # the name may hold ") "
+            count += 1
+    return max(1, count)
 
 
 def default_threads() -> int:

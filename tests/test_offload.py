@@ -3,7 +3,9 @@ plan_load decides on a CPU-only build and with a (pretended) GPU."""
 
 from __future__ import annotations
 
+import hashlib
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -312,3 +314,29 @@ def test_physical_cores_from_sysfs_match_psutil() -> None:
     import psutil
 
     assert hardware._linux_physical_cores() == psutil.cpu_count(logical=False)
+
+
+def test_this_process_own_threads_are_not_counted_as_other_work() -> None:
+    """A thread of ours busy in C (hashing, GIL released) is runnable but is not another
+    process's load: the thread count for a model must not drop because of it."""
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("needs Linux's /proc")
+    stop = threading.Event()
+    data = b"x" * (1 << 22)
+
+    def busy() -> None:
+        while not stop.is_set():
+            hashlib.sha256(data).digest()
+
+    thread = threading.Thread(target=busy)
+    thread.start()
+    try:
+        seen = 0
+        for _ in range(2000):  # until the busy thread is caught running beside this one
+            seen = max(seen, hardware.own_runnable_threads())
+            if seen >= 2:
+                break
+        assert seen >= 2
+    finally:
+        stop.set()
+        thread.join()
