@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 
 # A start (imports, the model load, the first prompt) makes a few hundred thousand objects
 # that live as long as the process. At Python's default threshold of 700 allocations the
@@ -14,6 +15,10 @@ GEN0_THRESHOLD = 20_000
 def main() -> None:
     """Set the collector for a command-line process, then run :func:`localllm.cli.main`."""
     gc.set_threshold(GEN0_THRESHOLD, *gc.get_threshold()[1:])
+    if sys.argv[1:2] == ["run"]:  # the model this command line loaded last time, early
+        from localllm import preload
+
+        preload.start(sys.argv[1:])
     from localllm.cli import main as cli_main
 
     try:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from localllm import backend, templates
+from localllm import backend, preload, templates
 from localllm.durable import file_identity
 from localllm.errors import InferenceError, InvalidModelError, UsageError
 from localllm.hardware import default_threads
@@ -1052,7 +1052,10 @@ class Native:
         else:  # pragma: no cover - older bindings
             mp.use_mmap = options.use_mmap
         self.model_params = mp
-        model = lib.llama_model_load_from_file(str(path).encode("utf-8"), mp)
+        # loaded while the command line was read (not when its log is to be shown)
+        model = None if options.verbose else preload.claim(lib, path, mp)
+        if model is None:
+            model = lib.llama_model_load_from_file(str(path).encode("utf-8"), mp)
         if not model:
             raise ValueError("failed to load the model")
         self.model = model

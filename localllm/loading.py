@@ -12,11 +12,11 @@ import contextlib
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from localllm import fit, paths
+from localllm import backend, fit, paths, preload
 from localllm.durable import file_identity, write_atomic
 from localllm.engine import Engine, LoadOptions, plan_load
 from localllm.errors import ResourceError, UsageError
@@ -269,20 +269,25 @@ def open_engine(
             endpoints=endpoints or _endpoints(profile),
         )
     start = time.perf_counter()
+    # With the model already loading (preload), the imports fill this thread's wait for it.
+    warming = _warm_imports() if not vocab_only and preload.loading() else None
     options = plan(
         path, profile, vocab_only=vocab_only, force=force, warn=warn, need_tokens=need_tokens
     )
     planned = time.perf_counter() - start
     store = None if vocab_only else PrefixStore.from_env(paths.prefix_cache_dir())
-    warming = None if vocab_only else _warm_imports()
+    if warming is None and not vocab_only:
+        warming = _warm_imports()
     try:
-        with _quick_handoff(warming is not None):
+        with backend.quick_handoff(warming is not None):
             engine = Engine(path, options)
     finally:
         if warming is not None:
             warming.join()  # done by now: the load takes longer than the imports
     engine.prefix_store = store
     engine.load_phases.insert(0, ("read header + plan", planned))
+    if not vocab_only:  # what the next run of this command line may start loading early
+        preload.remember(engine.lib, engine.path, engine.native.model_params, options.verbose)
     draft_ref = getattr(profile, "draft_model", None)
     if draft_ref and not vocab_only:  # naming a draft model turns draft-model speculation on
         try:
@@ -313,41 +318,6 @@ def _warm_imports() -> Any:
     thread = threading.Thread(target=warm, name="localllm-warm-imports", daemon=True)
     thread.start()
     return thread
-
-
-_handoff_lock = threading.Lock()
-_handoff_users = 0
-_handoff_saved = 0.0
-HANDOFF_INTERVAL = 0.0005  # seconds; Python's default switch interval is 0.005
-
-
-@contextlib.contextmanager
-def _quick_handoff(active: bool) -> Iterator[None]:
-    """A short GIL switch interval while ``active`` (the imports run beside the load).
-
-    llama.cpp logs some 1,200 lines while it loads a model, and each one calls our log
-    callback, which needs the GIL. With the import thread holding it, every call waits up to
-    the switch interval (5 ms): the load of the starter model took 165 ms instead of 118 ms
-    beside a busy thread, and 100 ms at 0.5 ms. Measured on a one-shot run, open_engine to the
-    first decode: 194 -> 180 ms (medians of 24). Nested and concurrent loads share it; the
-    last one out restores the interval.
-    """
-    global _handoff_users, _handoff_saved
-    if not active:
-        yield
-        return
-    with _handoff_lock:
-        if _handoff_users == 0:
-            _handoff_saved = sys.getswitchinterval()
-            sys.setswitchinterval(HANDOFF_INTERVAL)
-        _handoff_users += 1
-    try:
-        yield
-    finally:
-        with _handoff_lock:
-            _handoff_users -= 1
-            if _handoff_users == 0:
-                sys.setswitchinterval(_handoff_saved)
 
 
 def _endpoints(profile: Profile) -> tuple[str, ...]:

@@ -50,6 +50,7 @@ LAYERS: dict[str, int] = {
     "localllm.backend": 3,  # loading llama.cpp's library; its backends, devices, log
     "localllm.engine": 3,
     "localllm.sampling": 3,  # the sampler chain and grammars (llama.cpp via the engine)
+    "localllm.preload": 3,  # a run's model loaded while its command line is read
     "localllm.promptcache": 3,  # saved KV states of earlier prompts (through the engine)
     "localllm.speculative": 3,  # drafters for speculative decoding (n-grams, a draft model)
     "localllm.session": 3,

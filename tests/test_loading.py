@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from localllm import fit, loading
+from localllm import backend, fit, loading
 from localllm.errors import InvalidModelError, ResourceError
 from localllm.profiles import Profile
 
@@ -142,21 +142,21 @@ def test_overlapped_loads_restore_the_switch_interval() -> None:
         entered, release = threading.Event(), threading.Event()
 
         def other() -> None:
-            with loading._quick_handoff(True):
+            with backend.quick_handoff(True):
                 entered.set()
                 release.wait(30)
                 inside.append(sys.getswitchinterval())
 
         thread = threading.Thread(target=other)
-        with loading._quick_handoff(True):
+        with backend.quick_handoff(True):
             thread.start()
             assert entered.wait(30)
-            with loading._quick_handoff(False):
+            with backend.quick_handoff(False):
                 inside.append(sys.getswitchinterval())
         inside.append(sys.getswitchinterval())  # the other load is still going
         release.set()
         thread.join(30)
-        assert inside == [loading.HANDOFF_INTERVAL] * 3
+        assert inside == [backend.HANDOFF_INTERVAL] * 3
         assert sys.getswitchinterval() == 0.003
     finally:
         sys.setswitchinterval(saved)
