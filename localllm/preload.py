@@ -145,9 +145,12 @@ def start(argv: Sequence[str]) -> None:
     pending = _Preload(_key, path, identity, params)
 
     def load() -> None:
-        with backend.quick_handoff():
-            mp = _model_params(lib, params)
-            model = lib.llama_model_load_from_file(path.encode("utf-8"), mp)
+        try:
+            with backend.quick_handoff():
+                mp = _model_params(lib, params)
+                model = lib.llama_model_load_from_file(os.fsencode(path), mp)
+        except Exception:  # a head start only: the run's own load says what is wrong
+            return
         pending.model = model or None
 
     backend.backend_init(lib)

@@ -208,24 +208,7 @@ class ChatApp(App[None]):
         self.state.stop()
         self.state.loading = name
         self._update_status()
-        self.host.load(Path(path), name, self.profile, threads=self._threads())
-
-    def _threads(self) -> int | None:
-        """The profile's thread count, else the engine's default counted here and now.
-
-        The default leaves out CPUs that other work keeps busy, and counts this process as one
-        runnable thread. Counted from the load worker it would see the UI thread drawing the
-        first screen as "other work" and load the model with a thread too few; counted here
-        (the UI thread, before the worker starts) it sees what ``localllm run`` sees.
-        """
-        if self.profile.threads:
-            return self.profile.threads
-        try:
-            from localllm.hardware import default_threads
-
-            return default_threads()
-        except Exception:  # an engine without the helper: let it choose
-            return None
+        self.host.load(Path(path), name, self.profile)
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
         state = self.state

@@ -62,14 +62,14 @@ class EngineHost:
 
     # -- jobs ----------------------------------------------------------------------------------
 
-    def load(self, path: Path, name: str, profile: Profile, *, threads: int | None = None) -> None:
+    def load(self, path: Path, name: str, profile: Profile) -> None:
         """Load ``path`` (freeing the model loaded before); posts ModelLoaded or ModelFailed.
 
-        ``threads`` overrides the profile's (unset) thread count for this load only; the
-        ModelLoaded message carries ``profile`` as given.
+        Run from a worker, the engine's default thread count leaves this process's own busy
+        threads (the UI drawing its first screen) out of the CPUs other work keeps busy.
         """
         self.app.run_worker(
-            partial(self._load, Path(path), name, profile, threads),
+            partial(self._load, Path(path), name, profile),
             name="load",
             group="engine",
             exclusive=True,
@@ -111,7 +111,7 @@ class EngineHost:
 
     # -- worker bodies (thread) ------------------------------------------------------------
 
-    def _load(self, path: Path, name: str, profile: Profile, threads: int | None) -> None:
+    def _load(self, path: Path, name: str, profile: Profile) -> None:
         from localllm.session import ChatSession
 
         worker = get_current_worker()
@@ -122,14 +122,11 @@ class EngineHost:
             if old is not None:
                 _free(old)
             try:
-                load_profile = profile
-                if threads and not profile.threads:
-                    load_profile = profile.replace(threads=threads)
-                engine = self.factory(path, load_profile)
+                engine = self.factory(path, profile)
             except Exception as exc:
                 self.app.post_message(ModelFailed(path, name, as_error(exc, "loading failed")))
                 return
-            projector, problem = _open_projector(engine, path, bool(load_profile.verbose))
+            projector, problem = _open_projector(engine, path, bool(profile.verbose))
             self.session = ChatSession(engine, profile, projector=projector)
             backend = backend_of(engine)
             if worker.is_cancelled:
