@@ -17,8 +17,9 @@ changed since, another model chosen by an edited profile, or a command that ends
 error costs the helper's work on the other core and nothing else: the process waits for the
 helper before it exits, so llama.cpp is never torn down mid-load.
 
-Only plain CPU loads are remembered (no GPU layers, no RPC workers, no verbose log, no
-isolated child): a wrong guess must not take GPU memory or reach out to a worker.
+Only a llama.cpp build without a GPU backend remembers anything, and never a load with RPC
+workers, a verbose log or in an isolated child: a wrong guess must not take GPU memory or
+reach out to a worker.
 """
 
 from __future__ import annotations
@@ -58,8 +59,7 @@ _VALUED = {"-m": "model", "--model": "model", "-p": "profile", "--profile": "pro
 
 
 class _Preload:
-    def __init__(self, key: str, path: str, identity: list[Any], params: dict[str, Any]):
-        self.key = key
+    def __init__(self, path: str, identity: list[Any], params: dict[str, Any]):
         self.path = path
         self.identity = identity
         self.params = params
@@ -142,7 +142,7 @@ def start(argv: Sequence[str]) -> None:
         lib = backend.llama_lib()
     except Exception:
         return  # the load will say what is wrong
-    pending = _Preload(_key, path, identity, params)
+    pending = _Preload(path, identity, params)
 
     def load() -> None:
         try:
@@ -174,7 +174,7 @@ def _model_params(lib: Any, params: dict[str, Any]) -> Any:
 
 def _params_of(lib: Any, mp: Any) -> dict[str, Any] | None:
     """What a record keeps of llama.cpp model params ``mp``; None for loads it must not
-    guess (vocabulary only, devices chosen, GPU layers on a build that has a GPU)."""
+    guess (vocabulary only, devices chosen)."""
     if mp.vocab_only or mp.devices:
         return None
     if hasattr(lib, "LLAMA_LOAD_MODE_MMAP"):
