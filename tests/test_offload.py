@@ -321,18 +321,20 @@ def test_this_process_own_threads_are_not_counted_as_other_work() -> None:
     process's load: the thread count for a model must not drop because of it."""
     if not Path("/proc/self/task").is_dir():
         pytest.skip("needs Linux's /proc")
-    stop = threading.Event()
+    stop, hashing = threading.Event(), threading.Event()
     data = b"x" * (1 << 22)
 
     def busy() -> None:
         while not stop.is_set():
             hashlib.sha256(data).digest()
+            hashing.set()
 
     thread = threading.Thread(target=busy)
     thread.start()
     try:
+        assert hashing.wait(60)
         seen = 0
-        for _ in range(2000):  # until the busy thread is caught running beside this one
+        for _ in range(20_000):  # until the busy thread is caught running beside this one
             seen = max(seen, hardware.own_runnable_threads())
             if seen >= 2:
                 break
