@@ -359,7 +359,10 @@ class StopMatcher:
     """Holds back text that might be the start of a stop sequence.
 
     ``feed`` returns the text that is safe to emit and whether a stop sequence was completed;
-    text from the stop sequence on is never returned.
+    text from the stop sequence on is never returned. The stop that is complete first wins
+    (at the same end, the one that starts earlier): a stream knows no more when it stops, so
+    the answer is the same however the text comes in chunks. With stops ``O`` and ``POO``,
+    "POO" ends at "P" whether it comes whole or as "PO" then "O".
     """
 
     def __init__(self, stops: Sequence[str]) -> None:
@@ -370,10 +373,14 @@ class StopMatcher:
         if not self.stops:
             return text, False
         pending = self._pending + text
-        cut = min((i for i in (pending.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
+        first: tuple[int, int] | None = None  # (end, start) of the stop complete first
+        for stop in self.stops:
+            at = pending.find(stop)
+            if at >= 0 and (first is None or (at + len(stop), at) < first):
+                first = (at + len(stop), at)
+        if first is not None:
             self._pending = ""
-            return pending[:cut], True
+            return pending[: first[1]], True
         hold = 0
         for stop in self.stops:
             for n in range(min(len(stop) - 1, len(pending)), 0, -1):

@@ -172,8 +172,19 @@ def test_stop_matcher_is_independent_of_chunking(
     chunks = [text[a:b] for a, b in zip([0, *points], [*points, len(text)], strict=True)]
     whole = run_matcher(stops, [text])
     assert run_matcher(stops, chunks) == whole
-    first = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-    assert whole == ((text[:first], True) if first >= 0 else (text, False))
+    # the stop complete first (the earliest end; at the same end, the earliest start) wins
+    ends = [(i + len(s), i) for s, i in ((s, text.find(s)) for s in stops) if i >= 0]
+    assert whole == ((text[: min(ends)[1]], True) if ends else (text, False))
+
+
+def test_a_stop_complete_first_wins_over_a_longer_one_that_started_earlier() -> None:
+    """Found by the property above: with stops "O" and "POO", "POO" streamed as "PO" + "O"
+    stopped at "P" but whole at "" (the earliest start). A stream cannot wait to see whether a
+    longer stop completes, so the stop complete first wins either way."""
+    assert run_matcher(["O", "POO"], ["POO"]) == ("P", True)
+    assert run_matcher(["O", "POO"], ["PO", "O"]) == ("P", True)
+    assert run_matcher(["OO", "POO"], ["POO"]) == ("", True)  # same end: the earlier start
+    assert run_matcher(["b", "ab"], ["xab"]) == ("x", True)
 
 
 def test_a_renewed_context_is_empty_of_the_size_asked_and_decodes_the_same(
