@@ -2,8 +2,8 @@
 """localllm against llama-cpp-python's high-level streaming and native llama-bench, in one run,
 interleaved round by round, on the same model, threads, batch sizes and flash-attention setting.
 
-    python scripts/bench_compare.py [--model PATH] [--rounds 5] [--threads N] [-p 512] [-n 128]
-                                    [--llama-bench PATH | --build] [--flash-attn]
+    python scripts/bench_compare.py [--model PATH] [--requant TYPE] [--rounds 5] [--threads N]
+                                    [-p 512] [-n 128] [--llama-bench PATH | --build] [--flash-attn]
 
 Without --model it uses the starter model (fetched and cached like the test suite does). Native
 llama-bench comes from --llama-bench, else from the cache that scripts/build_llama_bench.sh
@@ -21,8 +21,11 @@ the loop's own cost per token, and what sampling adds to it.
 The "grounded" contender (skip with --no-grounded) has the engine rewrite a code file with one
 change, greedy, with n-gram speculation and without, and reports decode tokens/s of both
 against native tg (goal with speculation: >= 1.5x native tg128) and whether the two outputs
-are identical. It also answers the same long prompt with a poem, where drafts fail, with
-``speculative: auto`` and off (goal: auto >= 0.95x off).
+are identical. How much a verify batch costs depends on the weights' kernels: ``--requant F16``
+benchmarks the same model converted to F16 by llama.cpp's llama-quantize (built like
+llama-bench), whose batches cost far less per token than the starter's Q4_1. It also
+answers the same long prompt with a poem, where drafts fail, with ``speculative: auto`` and
+off (goal: auto >= 0.95x off).
 """
 
 from __future__ import annotations
@@ -58,6 +61,27 @@ def find_llama_bench(explicit: str | None, build: bool) -> Path | None:
         return Path(out.stdout.strip().splitlines()[-1])
     found = sorted(CACHE.glob("build-*/bin/llama-bench"))
     return found[-1] if found else None
+
+
+def requantized(model: Path, qtype: str) -> Path:
+    """``model`` converted to ``qtype`` (F16, Q8_0, ...) by llama.cpp's own llama-quantize,
+    built into the bench cache from the same sources as llama-bench; kept in the cache."""
+    out = CACHE / f"{model.stem.split('.')[0]}.{qtype}.gguf"
+    if out.exists():
+        return out
+    built = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "build_llama_bench.sh")],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LLAMA_TARGET": "llama-quantize"},
+    )
+    quantize = built.stdout.strip().splitlines()[-1]
+    tmp = out.with_name(f".{out.name}.tmp")
+    subprocess.run([quantize, "--allow-requantize", str(model), str(tmp), qtype], check=True,
+                   capture_output=True)  # fmt: skip
+    tmp.replace(out)
+    return out
 
 
 # -- the contenders (each in its own process) ---------------------------------------------
@@ -305,6 +329,9 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path)
+    parser.add_argument("--requant", metavar="TYPE",
+                        help="benchmark the model converted to TYPE (F16, Q8_0, ...) with "
+                        "llama.cpp's llama-quantize")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--reps", type=int, default=2, help="repetitions inside each run")
     parser.add_argument("--threads", type=int)
@@ -336,6 +363,8 @@ def main() -> None:
         loop_worker(a)
         return
     model = a.model or starter_path()
+    if a.requant:
+        model = requantized(model, a.requant)
     native = find_llama_bench(a.llama_bench, a.build)
     if native is None or not native.exists():
         print("native llama-bench not found: run scripts/build_llama_bench.sh (or --build)",
