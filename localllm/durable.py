@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 __all__ = ["file_identity", "fsync_dir", "fsync_file", "write_atomic"]
 
@@ -68,3 +69,29 @@ def file_identity(path: str | Path) -> tuple[str, int, int, int] | None:
         return (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
     except OSError:
         return None
+
+
+def read_json_table(path: Path, version: int, member: str) -> dict[str, Any]:
+    """The ``member`` table of a versioned JSON cache file; empty when the file is missing,
+    unreadable, damaged or of another version (a cache is only ever a shortcut)."""
+    import json
+
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != version:
+        return {}
+    table = data.get(member)
+    return table if isinstance(table, dict) else {}
+
+
+def write_json_table(path: Path, version: int, member: str, table: dict[str, Any]) -> None:
+    """Keep ``table`` as the ``member`` of a versioned JSON cache file (what
+    :func:`read_json_table` reads back); a cache that cannot be written is left as it was."""
+    import contextlib
+    import json
+
+    with contextlib.suppress(OSError, ValueError):
+        data = json.dumps({"version": version, member: table}).encode()
+        write_atomic(path, data, durable=False)

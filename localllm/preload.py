@@ -25,7 +25,6 @@ reach out to a worker.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import json
 import os
 import threading
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from localllm import backend, paths
-from localllm.durable import file_identity, write_atomic
+from localllm.durable import file_identity, read_json_table, write_json_table
 
 RECORD_VERSION = 1
 MAX_KEYS = 8  # command lines remembered (the most recent)
@@ -108,14 +107,7 @@ def _record_path() -> Path:
 
 
 def _read_record() -> dict[str, Any]:
-    try:
-        data = json.loads(_record_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict) or data.get("version") != RECORD_VERSION:
-        return {}
-    runs = data.get("runs")
-    return runs if isinstance(runs, dict) else {}
+    return read_json_table(_record_path(), RECORD_VERSION, "runs")
 
 
 def start(argv: Sequence[str]) -> None:
@@ -231,9 +223,7 @@ def remember(lib: Any, path: Path, mp: Any, verbose: bool) -> None:
     runs[_key] = entry  # most recent last
     for old in list(runs)[:-MAX_KEYS]:
         del runs[old]
-    data = json.dumps({"version": RECORD_VERSION, "runs": runs}).encode()
-    with contextlib.suppress(OSError):  # the next run then starts without a head start
-        write_atomic(_record_path(), data, durable=False)
+    write_json_table(_record_path(), RECORD_VERSION, "runs", runs)
 
 
 def _finish() -> None:

@@ -473,28 +473,16 @@ def _parsed_path() -> Path:
 
 
 def _read_parsed() -> dict[str, Any]:
-    import json
+    from localllm.durable import read_json_table
 
-    try:
-        data = json.loads(_parsed_path().read_bytes())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict) or data.get("version") != PARSED_CACHE_VERSION:
-        return {}
-    entries = data.get("entries")
-    return entries if isinstance(entries, dict) else {}
+    return read_json_table(_parsed_path(), PARSED_CACHE_VERSION, "entries")
 
 
 def _write_parsed(entries: dict[str, Any]) -> None:
     """Keep ``entries``; a cache that cannot be written costs the next run one more parse."""
-    import contextlib
-    import json
+    from localllm.durable import write_json_table
 
-    from localllm.durable import write_atomic
-
-    data = {"version": PARSED_CACHE_VERSION, "entries": entries}
-    with contextlib.suppress(OSError, ValueError):
-        write_atomic(_parsed_path(), json.dumps(data).encode(), durable=False)
+    write_json_table(_parsed_path(), PARSED_CACHE_VERSION, "entries", entries)
 
 
 def _parse_yaml(text: str, source: str) -> Items:
