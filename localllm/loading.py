@@ -269,14 +269,16 @@ def open_engine(
             endpoints=endpoints or _endpoints(profile),
         )
     start = time.perf_counter()
-    # With the model already loading (preload), the imports fill this thread's wait for it.
-    warming = _warm_imports() if not vocab_only and preload.loading() else None
+    # With the model already loading (preload), the imports fill this thread's wait for it;
+    # else they start beside the load.
+    early = not vocab_only and preload.loading()
+    warming = _warm_imports() if early else None
     options = plan(
         path, profile, vocab_only=vocab_only, force=force, warn=warn, need_tokens=need_tokens
     )
     planned = time.perf_counter() - start
     store = None if vocab_only else PrefixStore.from_env(paths.prefix_cache_dir())
-    if warming is None and not vocab_only:
+    if not vocab_only and not early:
         warming = _warm_imports()
     try:
         with backend.quick_handoff(warming is not None):
