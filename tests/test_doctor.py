@@ -53,6 +53,26 @@ def test_report_lines(no_network: None) -> None:
     assert "0.3" in result.stdout  # the llama-cpp-python version
 
 
+def test_hub_line_claims_nothing_it_did_not_check(
+    no_network: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """doctor never contacts the Hub, so its line must not call the Hub reachable (it said
+    "(online)" on a machine whose Hub lookups all failed); offline mode is named as such."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+
+    def hub_line() -> str:
+        result = runner.invoke(app, ["doctor"])
+        assert result.exit_code == 0, result.output
+        return next(line for line in result.stdout.splitlines() if line.startswith("Hub"))
+
+    line = hub_line()
+    assert "online" not in line and "reachable" not in line, line
+    assert "stays off the network" in line, line
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert "offline: HF_HUB_OFFLINE is set" in hub_line()
+
+
 def test_json_schema(no_network: None) -> None:
     result = runner.invoke(app, ["doctor", "--json"])
     assert result.exit_code == 0, result.output

@@ -359,7 +359,11 @@ def format_report(report: dict[str, Any]) -> str:
         (
             "Hub",
             hubinfo["endpoint"]
-            + (" (offline: HF_HUB_OFFLINE is set)" if hubinfo["offline"] else " (online)"),
+            + (
+                " (offline: HF_HUB_OFFLINE is set)"
+                if hubinfo["offline"]
+                else " (contacted when a command needs it; doctor itself stays off the network)"
+            ),
         ),
         *(_rpc_rows(report["rpc"]) if "rpc" in report else ()),
     ]
