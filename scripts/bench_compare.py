@@ -2,7 +2,7 @@
 """localllm against llama-cpp-python's high-level streaming and native llama-bench, in one run,
 interleaved round by round, on the same model, threads, batch sizes and flash-attention setting.
 
-    python scripts/bench_compare.py [--model PATH] [--requant TYPE] [--rounds 5] [--threads N]
+    python scripts/bench_compare.py [--model PATH] [--requant TYPE] [--rounds 9] [--threads N]
                                     [-p 512] [-n 128] [--llama-bench PATH | --build] [--flash-attn]
 
 Without --model it uses the starter model (fetched and cached like the test suite does). Native
@@ -11,12 +11,15 @@ fills (--build runs that script first). Each round runs every contender once, in
 process, with ``--reps`` repetitions inside (the order alternates from round to round); the
 report gives the median over rounds and the ratios against native as the median of per-round
 ratios, which cancels drifts in machine speed (goals: decode >= 0.97x native tg and tg@d512,
-prompt processing >= 0.97x pp512).
+prompt processing >= 0.97x pp512), with the middle half of the per-round ratios beside it and
+how far native tg itself ranged: on a shared 2-core machine one round can be 10% off, so a
+verdict needs the default 9 rounds or more.
 
 The "loop" contender (skip with --no-loop) splits the engine's token loop three ways in one
 process: random tokens with no sampling (what llama-bench's tg measures), the greedy sampler,
 and the default profile's sampling chain, and reports the time between two decodes of each:
-the loop's own cost per token, and what sampling adds to it.
+the loop's own cost per token, and what sampling adds to it. That cost as a share of a token is
+measured within the same tokens, so it holds whatever the machine's speed does meanwhile.
 
 The "grounded" contender (skip with --no-grounded) has the engine rewrite a code file with one
 change, greedy, with n-gram speculation and without, and reports decode tokens/s of both
@@ -423,14 +426,30 @@ def main() -> None:
         ]
         return statistics.median(values) if values else None
 
+    def spread(x: str, y: str, kx: str, ky: str) -> str:
+        """The middle half of the per-round ratios: how far one round is from telling."""
+        values = [rx[kx] / ry[ky] for rx, ry in zip(runs[x], runs[y], strict=False)
+                  if kx in rx and ky in ry and ry[ky] > 0]  # fmt: skip
+        if len(values) < 4:
+            return ""
+        q1, _, q3 = statistics.quantiles(values, n=4)
+        return f" [{q1:.2f}-{q3:.2f}]"
+
     def ratio(label: str, x: str, y: str, kx: str, ky: str, goal: float | None) -> None:
         mx, my, pr = med(x, kx), med(y, ky), paired(x, y, kx, ky)
         if mx is None or my is None or not my or pr is None:
             return
         mark = "" if goal is None else ("  ok" if pr >= goal else f"  below {goal}x")
-        print(f"  {label:50s} {pr:5.3f}x (of medians {mx / my:5.3f}x){mark}")
+        iqr = spread(x, y, kx, ky)
+        print(f"  {label:50s} {pr:5.3f}x (of medians {mx / my:5.3f}x){iqr}{mark}")
 
-    print("  (median of the per-round ratios; each round runs the contenders back to back)")
+    print("  (median of the per-round ratios; each round runs the contenders back to back;")
+    print("   [the middle half of the per-round ratios] where there are 4 rounds or more)")
+    native_tg = [r["tg"] for r in runs["native"] if "tg" in r]
+    if len(native_tg) > 1:
+        lo, hi = min(native_tg), max(native_tg)
+        print(f"  native tg{a.n} itself ranged {lo:.1f}-{hi:.1f} t/s over the rounds "
+              f"({(hi - lo) / statistics.median(native_tg):.0%} of its median)")  # fmt: skip
     ratio(f"localllm pp{a.p} / native pp{a.p}", "localllm", "native", "pp", "pp", 0.97)
     ratio(f"localllm bench tg{a.n} (samples as run does) / native tg{a.n}", "localllm", "native",
           "tg", "tg", 0.97)  # fmt: skip
@@ -448,6 +467,15 @@ def main() -> None:
         print(
             f"    time between two decodes (median): no sampling {gap['decode']:.0f} us, "
             f"greedy {gap['greedy']:.0f} us, default chain {gap['default']:.0f} us"
+        )
+        # Measured within the same tokens, so free of the machine's drift: what the loop and
+        # the sampler add to each token on top of llama_decode, as a ratio to a loop that adds
+        # nothing (llama-bench's, with the same library).
+        token_us = 1e6 / statistics.median(r["tg_default"] for r in runs["loop"])
+        share = gap["default"] / token_us
+        print(
+            f"    the loop's own share of a token with the default chain: {share:.1%} "
+            f"(drift-free: {1 - share:.3f}x of a loop that adds nothing to llama_decode)"
         )
     ratio("llama-cpp-python streaming tg / native tg", "highlevel", "native", "tg", "tg", None)
     ratio("localllm tg / llama-cpp-python streaming tg", "localllm", "highlevel", "tg", "tg",
