@@ -873,7 +873,7 @@ class Engine:
         elif speculative == "ngram":
             drafter = NgramDrafter(tokens, size=SPECULATIVE_MAX_DRAFT, adaptive=True)
         elif speculative == "auto" and len(tokens) >= SPECULATIVE_AUTO_MIN_PROMPT:
-            drafter = NgramDrafter(tokens, size=8, judge_speed=True, adaptive=True)
+            drafter = NgramDrafter(tokens, size=8, adaptive=True, pause=True)
         # Speculation: after a draft is verified in one batch, ``token`` may already be in the
         # KV cache (an accepted draft token, at ``batch[vpos]``); the next token is then drawn
         # from that position's logits, so every token is sampled from exactly the logits, and

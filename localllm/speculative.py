@@ -52,23 +52,21 @@ class NgramDrafter:
         tokens: Sequence[int],
         size: int = 8,
         *,
-        judge_speed: bool = False,
         adaptive: bool = False,
+        pause: bool = False,
     ) -> None:
         self.history: list[int] = []
         self._index: dict[tuple[int, ...], list[int]] = {}  # n-gram -> ends, in order
         self._indexed = 0
         self.size = size
         self.active = True
-        self.judge_speed = judge_speed
         self.adaptive = adaptive
+        self.pause = pause  # may decode plainly while no draft length pays (auto)
         self._single: float | None = None
-        self._batch_s = 0.0
-        self._gain: float | None = None
-        self._verifies = 0
         # adaptive draft length: the verify batch's cost per extra token, as a fraction of one
         # decode (a prior until measured), and drafted tokens accepted / rejected (decayed)
         self._slope = 0.6
+        self._plain = 0  # plain decodes since the last draft, while no draft length pays
         self._hits = 2.0
         self._misses = 1.0
         # the passage the last draft came from: (its start, the history length then)
@@ -92,31 +90,40 @@ class NgramDrafter:
             self.active = False
         return self.active
 
-    # Speed check (``speculative: auto``): a verify batch of k+1 tokens costs more than one
-    # token's decode, by how much depends on the hardware (on a small CPU, prompt processing
-    # is barely faster per token than decoding). After each verification the tokens it
-    # yielded per second are compared with plain decoding's; when drafting has not been
-    # faster over the last few (a moving average), it stops for the rest of the generation.
+    # Timing: a verify batch of k+1 tokens costs more than one token's decode, by how much
+    # depends on the hardware and the weights' kernels (on a small CPU a batch can cost nearly,
+    # or at one thread more than, one decode per token). The engine times plain decodes and
+    # verify batches; the batch's extra cost per token, as a fraction of a plain decode, is
+    # the slope below.
 
     def timed_single(self, seconds: float) -> None:
         self._single = seconds if self._single is None else 0.8 * self._single + 0.2 * seconds
 
     def timed_batch(self, seconds: float, n_tokens: int = 0) -> None:
-        self._batch_s = seconds
         if n_tokens > 1 and self._single:
             slope = max(0.05, (seconds / self._single - 1.0) / (n_tokens - 1))
             self._slope = 0.7 * self._slope + 0.3 * slope
 
     # Adaptive draft length. A draft of k tokens is verified in a batch of k + 1 that costs
-    # about (1 + slope * k) single decodes, slope measured on this machine; with each drafted
-    # token accepted with probability p (after the previous one was), the batch yields
-    # 1 + p + ... + p^k tokens on average. The draft length is the k that yields the most
-    # tokens per unit of time: long drafts while the answer copies its prompt, short ones
-    # when drafts keep failing, on hardware where a batch costs nearly one decode per token.
+    # about (1 + slope * k) single decodes; with each drafted token accepted with probability
+    # p (after the previous one was), the batch yields 1 + p + ... + p^k tokens on average.
+    # The draft length is the k that yields the most tokens per unit of time: long drafts
+    # while the answer copies its prompt, short ones when drafts keep failing.
+    #
+    # Plain decoding (k = 0) yields one token per decode. With ``pause`` (``speculative:
+    # auto``), when no draft length is expected to beat it, the engine decodes plainly and
+    # drafts only every PROBE_EVERY-th token, which keeps p and the slope current
+    # (``speculative: ngram`` always drafts). The first token is always decoded plainly: its time is
+    # the yardstick the batches are measured against (before, an answer that copied from its
+    # first token never timed a plain decode, and the slope never left its prior).
+
+    PROBE_EVERY = 16
 
     def draft_size(self) -> int:
         if not self.adaptive:
             return self.size
+        if self._single is None:
+            return 0
         p = self._hits / (self._hits + self._misses)
         best, best_rate = 1, 0.0
         made, power = 1.0, 1.0
@@ -126,19 +133,19 @@ class NgramDrafter:
             rate = made / (1.0 + self._slope * k)
             if rate > best_rate:
                 best, best_rate = k, rate
-        return best
+        if best_rate > 1.0 or not self.pause:
+            self._plain = 0
+            return best
+        self._plain += 1
+        if self._plain >= self.PROBE_EVERY:
+            self._plain = 0
+            return best
+        return 0
 
     def verified(self, accepted: int, drafted: int | None = None) -> None:
         self._hits = 0.9 * self._hits + accepted
         whole = drafted is not None and accepted >= drafted  # no drafted token was rejected
         self._misses = 0.9 * self._misses + (0 if whole else 1)
-        if not self.judge_speed or self._single is None or self._batch_s <= 0:
-            return
-        gain = (accepted + 1) * self._single / self._batch_s
-        self._gain = gain if self._gain is None else 0.6 * self._gain + 0.4 * gain
-        self._verifies += 1
-        if self._verifies >= 3 and self._gain < 1.0:
-            self.active = False
 
     def draft(self, most: int) -> list[int]:
         """Up to ``most`` tokens: where the answer goes on copying the passage the last draft

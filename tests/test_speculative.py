@@ -335,26 +335,34 @@ def test_run_with_a_draft_model_reports_drafted_tokens(
     assert "drafted" in proc.stderr and "accepted" in proc.stderr
 
 
-def test_auto_drafting_stops_when_verifying_is_slower_than_decoding() -> None:
-    """The speed check works on the durations it is given (no clock in the test)."""
-    slow = NgramDrafter([1, 2, 1, 2], judge_speed=True)
+def test_no_draft_while_verifying_is_slower_than_decoding() -> None:
+    """The durations are given (no clock in the test). Drafting waits for one timed plain
+    decode; then, where a verify batch costs more than decoding its tokens one by one (a CPU
+    at one thread), ``auto`` (pause) decodes plainly and drafts once every PROBE_EVERY tokens
+    to measure again, even while every draft is accepted; where a batch is cheap it drafts
+    every time. ``ngram`` (no pause) always drafts."""
+    slow = NgramDrafter([1, 2, 1, 2], size=16, adaptive=True, pause=True)
+    assert slow.draft_size() == 0  # nothing to compare a batch with yet
     slow.timed_single(0.010)
-    for _ in range(3):  # a verify batch costs 5 decodes and yields one token
-        slow.timed_batch(0.050)
-        slow.verified(0)
-    assert not slow.keep_going(drafted=12, accepted=0)
-    fast = NgramDrafter([1, 2, 1, 2], judge_speed=True)
+    for _ in range(10):  # a batch of 2 costs 2.3 decodes and yields 2 tokens
+        slow.timed_batch(0.023, 2)
+        slow.verified(1, 1)
+    sizes = [slow.draft_size() for _ in range(3 * NgramDrafter.PROBE_EVERY)]
+    assert sizes.count(0) == len(sizes) - 3, sizes
+    assert all(size >= 1 for size in sizes if size), sizes
+    forced = NgramDrafter([1, 2, 1, 2], size=16, adaptive=True)
+    assert forced.draft_size() == 0
+    forced.timed_single(0.010)
+    for _ in range(10):
+        forced.timed_batch(0.023, 2)
+        forced.verified(1, 1)
+    assert all(forced.draft_size() >= 1 for _ in range(3 * NgramDrafter.PROBE_EVERY))
+    fast = NgramDrafter([1, 2, 1, 2], size=16, adaptive=True, pause=True)
     fast.timed_single(0.010)
-    for _ in range(5):  # a batch of 4 drafts costs 2 decodes and yields 5 tokens
-        fast.timed_batch(0.020)
-        fast.verified(4)
-    assert fast.keep_going(drafted=20, accepted=20)
-    explicit = NgramDrafter([1, 2, 1, 2])  # speculative: ngram never judges speed
-    explicit.timed_single(0.010)
-    for _ in range(5):
-        explicit.timed_batch(0.050)
-        explicit.verified(0)
-    assert explicit.keep_going(drafted=8, accepted=8)
+    for _ in range(10):  # a batch of 5 costs 2 decodes and yields 5 tokens
+        fast.timed_batch(0.020, 5)
+        fast.verified(4, 4)
+    assert all(fast.draft_size() >= 4 for _ in range(3 * NgramDrafter.PROBE_EVERY))
 
 
 def test_adaptive_draft_length_follows_acceptance_and_batch_cost() -> None:
