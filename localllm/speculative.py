@@ -113,9 +113,9 @@ class NgramDrafter:
     # Plain decoding (k = 0) yields one token per decode. With ``pause`` (``speculative:
     # auto``), when no draft length is expected to beat it, the engine decodes plainly and
     # drafts only every PROBE_EVERY-th token, which keeps p and the slope current
-    # (``speculative: ngram`` always drafts). The first token is always decoded plainly: its time is
-    # the yardstick the batches are measured against (before, an answer that copied from its
-    # first token never timed a plain decode, and the slope never left its prior).
+    # (``speculative: ngram`` always drafts). The first token is always decoded plainly: its
+    # time is the yardstick the batches are measured against (before, an answer that copied
+    # from its first token never timed a plain decode, and the slope never left its prior).
 
     PROBE_EVERY = 16
 
