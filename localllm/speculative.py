@@ -2,10 +2,12 @@
 model to verify in one batch.
 
 :class:`NgramDrafter` looks the context's last n-gram up earlier in the context (prompt
-lookup); :class:`ModelDrafter` asks a small model with the same vocabulary. Both adapt the
-draft length to the acceptance rate and this machine's batch cost, and stop drafting when it
-does not pay. Not for verifying drafts or sampling: the engine's token loop verifies each
-draft with the same sampler plain decoding uses, so the output does not change.
+lookup); :class:`ModelDrafter` asks a small model with the same vocabulary. The n-gram drafter
+adapts the draft length to the acceptance rate and this machine's batch cost (under ``auto``,
+down to no draft while none pays); the draft model drafts a fixed length. Both stop when fewer
+than a quarter of their drafts are accepted. Not for verifying drafts or sampling: the
+engine's token loop verifies each draft with the same sampler plain decoding uses, so the
+output does not change.
 """
 
 from __future__ import annotations
@@ -136,11 +138,8 @@ class NgramDrafter:
         if best_rate > 1.0 or not self.pause:
             self._plain = 0
             return best
-        self._plain += 1
-        if self._plain >= self.PROBE_EVERY:
-            self._plain = 0
-            return best
-        return 0
+        self._plain = (self._plain + 1) % self.PROBE_EVERY
+        return 0 if self._plain else best
 
     def verified(self, accepted: int, drafted: int | None = None) -> None:
         self._hits = 0.9 * self._hits + accepted
