@@ -417,19 +417,21 @@ def main() -> None:
             print(f"  {name:10s}{cells}")
     print("\nratios")
 
-    def paired(x: str, y: str, kx: str, ky: str) -> float | None:
-        """Median over rounds of x/y measured side by side: drifts in machine speed cancel."""
-        values = [
+    def per_round(x: str, y: str, kx: str, ky: str) -> list[float]:
+        """x/y of each round, measured side by side: drifts in machine speed cancel."""
+        return [
             rx[kx] / ry[ky]
             for rx, ry in zip(runs[x], runs[y], strict=False)
             if kx in rx and ky in ry and ry[ky] > 0
         ]
+
+    def paired(x: str, y: str, kx: str, ky: str) -> float | None:
+        values = per_round(x, y, kx, ky)
         return statistics.median(values) if values else None
 
     def spread(x: str, y: str, kx: str, ky: str) -> str:
         """The middle half of the per-round ratios: how far one round is from telling."""
-        values = [rx[kx] / ry[ky] for rx, ry in zip(runs[x], runs[y], strict=False)
-                  if kx in rx and ky in ry and ry[ky] > 0]  # fmt: skip
+        values = per_round(x, y, kx, ky)
         if len(values) < 4:
             return ""
         q1, _, q3 = statistics.quantiles(values, n=4)
